@@ -1,0 +1,457 @@
+"""The run actor: the single writer of one run's journal.
+
+For each inbox message it (1) loads and replays the run if it is not in memory,
+(2) turns the message into a journal fact, (3) journals the decisions the code
+makes until it waits again, then the worker acks the message. A crash before
+the ack redelivers the message; every step is idempotent against the journal.
+Side publications (timer schedules, child starts) happen *before* the journal
+fact that records them, with deterministic ids, so a crash never loses them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from actors._commands import (
+    ChildCmd,
+    Command,
+    EffectCmd,
+    MarkerCmd,
+    RejectFact,
+    StepCmd,
+    TimerCmd,
+    WaitCmd,
+)
+from actors._context import Context
+from actors._machine import Machine
+from actors._runtime import Runtime, utcnow
+from schemas import (
+    NULL,
+    TERMINAL_EVENTS,
+    CancelRun,
+    ChildCompleted,
+    ChildDone,
+    ChildFailed,
+    ChildStarted,
+    EffectCompleted,
+    EffectFailed,
+    EffectRequested,
+    EffectResult,
+    ErrorInfo,
+    EventReceived,
+    EventRejected,
+    JournalConflict,
+    JournalEvent,
+    MarkerRecorded,
+    MainspringError,
+    NondeterminismError,
+    ParentRef,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunParked,
+    RunStarted,
+    StartRun,
+    StepCompleted,
+    StepFailed,
+    TimerFire,
+    TimerFired,
+    TimerStarted,
+    WaitStarted,
+    WaitTimedOut,
+    WakeRun,
+    WorkflowNotFound,
+    decode_inbox,
+    encode_inbox,
+)
+from streams import GENESIS, StoredEvent, num_delivered, stream_seq
+
+log = structlog.get_logger()
+_EPOCH = utcnow()
+_MAX_CONFLICT_RETRIES = 5
+
+
+class Outcome(Enum):
+    ACK = "ack"
+    RETRY = "retry"  # nak with a delay: try again later
+    DROP = "drop"  # poison: terminate, never redeliver
+
+
+def _error(exc: BaseException, default_type: str | None = None) -> ErrorInfo:
+    etype = getattr(exc, "type", None) if isinstance(exc, MainspringError) else None
+    return ErrorInfo(type=str(etype or default_type or type(exc).__name__), message=str(exc))
+
+
+def _at_spec(when: datetime) -> str:
+    """``Nats-Schedule`` value for a one-shot timer (RFC 3339, UTC)."""
+    return "@at " + when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class RunActor:
+    def __init__(self, run_id: str, rt: Runtime) -> None:
+        self.run_id = run_id
+        self.rt = rt
+        self.mailbox: deque[Msg] = deque()
+        self.busy = False
+        self.log = log.bind(run_id=run_id)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loaded = False
+        self.machine: Machine | None = None
+        self.started: RunStarted | None = None
+        self.terminal: JournalEvent | None = None
+        self.parked = False
+        self.last_type = ""
+        self.n = 0
+        self.last_seq = 0
+        self.head = GENESIS
+
+    def evict(self) -> None:
+        """Forget everything in memory; the next input replays from the journal."""
+        if self.machine is not None:
+            self.machine.close()
+        self._reset()
+
+    # ------------------------------------------------------------------ entry
+    async def handle(self, msg: Msg) -> Outcome:
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            try:
+                if not self.loaded:
+                    await self._load()
+                return await self._activate(msg)
+            except JournalConflict as conflict:
+                self.log.info("journal_conflict", detail=str(conflict))
+                self.evict()
+        return Outcome.RETRY
+
+    # ------------------------------------------------------------------ load / replay
+    async def _load(self) -> None:
+        events = await self.rt.journal.load(self.run_id)
+        self.loaded = True
+        if not events:
+            return
+        last = events[-1]
+        self.n, self.last_seq, self.head = last.n, last.seq, last.hash
+        self.last_type = type(last.event).__struct_config__.tag  # type: ignore[assignment]
+        first = events[0].event
+        assert isinstance(first, RunStarted), f"run {self.run_id} journal starts with {first}"
+        self.started = first
+        if isinstance(last.event, TERMINAL_EVENTS):
+            self.terminal = last.event
+            return
+        self._replay(events)
+
+    def _replay(self, events: list[StoredEvent]) -> None:
+        assert self.started is not None
+        try:
+            machine = self._new_machine(self.started, [e.event for e in events])
+        except WorkflowNotFound as e:
+            self.log.error("workflow_not_registered", error=str(e))
+            self.parked = True
+            return
+        if machine is None:
+            return
+        for stored in events[1:]:
+            machine.feed(stored.event)
+        machine.check_replay_complete()
+        self.machine = machine
+        if machine.nondeterminism is not None:
+            self.parked = True
+
+    def _new_machine(self, started: RunStarted, recorded: list[JournalEvent]) -> Machine | None:
+        wf = self.rt.registry.get(started.workflow)
+        machine = Machine(started, recorded)
+        try:
+            value = msgspec.json.decode(started.input, type=wf.input_type)
+        except msgspec.ValidationError:
+            return None  # the start path journaled run.failed(input.invalid)
+        machine.start(wf.fn(Context(machine), value))
+        return machine
+
+    # ------------------------------------------------------------------ activation
+    async def _activate(self, msg: Msg) -> Outcome:
+        run_id, event_name = self.rt.subjects.parse_inbox(msg.subject)
+        if event_name is not None:
+            return await self._on_event(msg, event_name)
+        try:
+            message = decode_inbox(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            self.log.error("inbox_message_invalid", subject=msg.subject, error=str(e))
+            return Outcome.DROP
+        if isinstance(message, StartRun):
+            return await self._on_start(msg, message)
+        if self.started is None:
+            if isinstance(message, CancelRun):
+                return Outcome.ACK
+            self.log.warning("input_for_unknown_run", kind=type(message).__name__)
+            return Outcome.RETRY if num_delivered(msg) < 20 else Outcome.DROP
+        if self.terminal is not None:
+            await self._after_terminal()
+            return Outcome.ACK
+        if isinstance(message, CancelRun):
+            await self._append(RunCancelled(run_id=run_id, n=0, at=_EPOCH, reason=message.reason,
+                                            cause=f"inbox:{stream_seq(msg)}"))
+            return Outcome.ACK
+        if isinstance(message, WakeRun):
+            if self.parked:
+                self.evict()
+                await self._load()
+            if self.parked or self.machine is None:
+                return Outcome.ACK
+            await self._advance()
+            return Outcome.ACK
+        if self.parked or self.machine is None:
+            return Outcome.RETRY
+        fact = self._fact_for(message, f"inbox:{stream_seq(msg)}")
+        if fact is not None:
+            await self._append(fact)
+        await self._advance()
+        return Outcome.ACK
+
+    def _fact_for(self, message: Any, cause: str) -> JournalEvent | None:
+        m = self.machine
+        assert m is not None
+        rid = self.run_id
+        if isinstance(message, EffectResult):
+            if m.is_resolved(message.seq) or message.seq not in m.futures:
+                return None
+            if message.ok:
+                return EffectCompleted(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
+                                       effect_id=message.effect_id, result=message.result,
+                                       attempts=message.attempts)
+            return EffectFailed(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
+                                effect_id=message.effect_id,
+                                error=message.error or ErrorInfo(type="effect.failed", message=""),
+                                attempts=message.attempts)
+        if isinstance(message, TimerFire):
+            if m.is_open_timer(message.seq):
+                return TimerFired(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq)
+            wait = m.waits_by_seq.get(message.seq)
+            if wait is not None:
+                return WaitTimedOut(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
+                                    name=wait.name)
+            return None
+        if isinstance(message, ChildDone):
+            if message.seq not in m.children or m.is_resolved(message.seq):
+                return None
+            if message.ok:
+                return ChildCompleted(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
+                                      child_run_id=message.child_run_id, output=message.output)
+            return ChildFailed(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
+                               child_run_id=message.child_run_id,
+                               error=message.error or ErrorInfo(type="child.failed", message=""))
+        return None
+
+    async def _on_event(self, msg: Msg, name: str) -> Outcome:
+        headers = msg.headers or {}
+        event_id = headers.get("Nats-Msg-Id") or f"in-{stream_seq(msg)}"
+        if self.started is None:
+            # Published before the run started: keep it until the run exists.
+            return Outcome.RETRY if num_delivered(msg) < 30 else Outcome.DROP
+        if self.terminal is not None:
+            self.log.info("event_after_end", event=name)
+            return Outcome.ACK
+        if self.parked or self.machine is None:
+            return Outcome.RETRY
+        if event_id in self.machine.seen_events or event_id in self.machine.rejected:
+            return Outcome.ACK
+        cause = f"inbox:{stream_seq(msg)}"
+        data = msg.data or b"null"
+        try:
+            msgspec.json.decode(data)
+        except msgspec.DecodeError as e:
+            await self._append(EventRejected(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
+                                             event_id=event_id, name=name, seq=0,
+                                             reason=f"payload is not valid JSON: {e}"))
+            self.machine.rejected.add(event_id)
+            return Outcome.ACK
+        await self._append(EventReceived(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
+                                         name=name, event_id=event_id, payload=msgspec.Raw(data)))
+        await self._advance()
+        return Outcome.ACK
+
+    async def _on_start(self, msg: Msg, start: StartRun) -> Outcome:
+        if self.started is not None:
+            if self.terminal is not None:
+                await self._after_terminal()
+            return Outcome.ACK
+        cause = f"inbox:{stream_seq(msg)}"
+        registry = self.rt.registry
+        opts = self.rt.options
+        version = registry.get(start.workflow).version if start.workflow in registry else "?"
+        started = RunStarted(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
+                             workflow=start.workflow, version=version, input=start.input,
+                             parent=start.parent, depth=start.depth,
+                             max_events=opts.max_events, max_depth=opts.max_depth)
+        stored = await self._append(started)
+        assert isinstance(stored.event, RunStarted)
+        self.started = stored.event
+        if start.workflow not in registry:
+            await self._append(RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
+                type="workflow.not_found",
+                message=f"no worker has a workflow named {start.workflow!r}")))
+            return Outcome.ACK
+        wf = registry.get(start.workflow)
+        try:
+            msgspec.json.decode(start.input, type=wf.input_type)
+        except msgspec.ValidationError as e:
+            await self._append(RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
+                type="input.invalid", message=f"input of workflow {start.workflow}: {e}")))
+            return Outcome.ACK
+        self.machine = self._new_machine(self.started, [])
+        await self._advance()
+        return Outcome.ACK
+
+    # ------------------------------------------------------------------ deciding
+    async def _advance(self) -> None:
+        """Journal the code's pending decisions until it waits for the outside world."""
+        while self.machine is not None and self.terminal is None:
+            m = self.machine
+            if m.nondeterminism is not None:
+                await self._park(m.nondeterminism)
+                return
+            if m.pending:
+                await self._append(await self._execute(m.pending[0]))
+                if self.rt.options.forced_replay and self.terminal is None:
+                    self.evict()
+                    await self._load()
+                continue
+            if m.main is not None and m.main.done():
+                await self._append(self._completion(m))
+            return
+
+    def _completion(self, m: Machine) -> JournalEvent:
+        assert m.main is not None
+        exc = m.main.exception()
+        if exc is None:
+            try:
+                out = msgspec.json.encode(m.main.result())
+            except (TypeError, msgspec.EncodeError) as e:
+                return RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
+                    type="output.invalid", message=f"workflow output is not JSON: {e}"))
+            return RunCompleted(run_id=self.run_id, n=0, at=_EPOCH, output=msgspec.Raw(out))
+        error = getattr(exc, "error", None)
+        info = error if isinstance(error, ErrorInfo) else _error(exc)
+        return RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=info)
+
+    async def _execute(self, cmd: Command) -> JournalEvent:
+        rid = self.run_id
+        subjects = self.rt.subjects
+        if isinstance(cmd, StepCmd):
+            try:
+                value = cmd.fn(*cmd.args, **cmd.kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+                result = msgspec.json.encode(value)
+            except Exception as exc:  # the step's own failure is a journaled fact
+                return StepFailed(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name,
+                                  error=_error(exc))
+            return StepCompleted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name,
+                                 result=msgspec.Raw(result))
+        if isinstance(cmd, EffectCmd):
+            return EffectRequested(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq,
+                                   effect_id=f"{rid}.fx.{cmd.seq}", kind=cmd.kind,
+                                   payload=msgspec.Raw(cmd.payload), retry=cmd.retry,
+                                   timeout_s=cmd.timeout_s, at_most_once=cmd.at_most_once,
+                                   inbox=subjects.inbox(rid, "effect.result"))
+        if isinstance(cmd, TimerCmd):
+            await self._schedule(cmd.seq, cmd.fire_at)
+            return TimerStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, fire_at=cmd.fire_at)
+        if isinstance(cmd, WaitCmd):
+            if cmd.deadline is not None:
+                await self._schedule(cmd.seq, cmd.deadline)
+            return WaitStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name,
+                               deadline=cmd.deadline)
+        if isinstance(cmd, ChildCmd):
+            assert self.started is not None
+            depth = self.started.depth + 1
+            if depth > self.started.max_depth:
+                return RunFailed(run_id=rid, n=0, at=_EPOCH, error=ErrorInfo(
+                    type="limit.child_depth",
+                    message=f"child run {cmd.child_run_id} would be at depth {depth}; "
+                            f"the limit is {self.started.max_depth}"))
+            start = StartRun(run_id=cmd.child_run_id, workflow=cmd.workflow,
+                             input=msgspec.Raw(cmd.input), parent=ParentRef(run_id=rid, seq=cmd.seq),
+                             depth=depth)
+            await self.rt.send_inbox(cmd.child_run_id, start, "start", f"start:{cmd.child_run_id}")
+            return ChildStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq,
+                                child_run_id=cmd.child_run_id, workflow=cmd.workflow,
+                                input=msgspec.Raw(cmd.input))
+        if isinstance(cmd, MarkerCmd):
+            return MarkerRecorded(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, patch=cmd.patch)
+        assert isinstance(cmd, RejectFact)
+        return EventRejected(run_id=rid, n=0, at=_EPOCH, cause="actor", event_id=cmd.event_id,
+                             name=cmd.name, seq=cmd.seq, reason=cmd.reason)
+
+    async def _schedule(self, seq: int, when: datetime) -> None:
+        subjects = self.rt.subjects
+        body = encode_inbox(TimerFire(run_id=self.run_id, seq=seq))
+        await self.rt.publish_js(subjects.schedule(self.run_id, seq), body, {
+            "Nats-Schedule": _at_spec(when),
+            "Nats-Schedule-Target": subjects.inbox(self.run_id, "timer.fire"),
+        })
+
+    # ------------------------------------------------------------------ journal
+    async def _append(self, event: JournalEvent) -> StoredEvent:
+        n = self.n + 1
+        started = self.started
+        if (started is not None and n >= started.max_events
+                and not isinstance(event, TERMINAL_EVENTS)):
+            event = RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
+                type="limit.events",
+                message=f"run reached its limit of {started.max_events} journal events"))
+        event = msgspec.structs.replace(event, n=n, at=utcnow())
+        stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
+        self.n, self.last_seq, self.head = n, stored.seq, stored.hash
+        self.last_type = type(event).__struct_config__.tag  # type: ignore[assignment]
+        if isinstance(event, TERMINAL_EVENTS):
+            self.terminal = event
+            children = self.machine.open_children() if self.machine else []
+            if self.machine is not None:
+                self.machine.close()
+                self.machine = None
+            self.log.info("run_ended", outcome=self.last_type)
+            await self._after_terminal(children)
+        elif self.machine is not None:
+            self.machine.feed(event)
+        return stored
+
+    async def _after_terminal(self, open_children: list[str] | None = None) -> None:
+        """Tell the parent; cancel children of a cancelled run. Idempotent (msg ids)."""
+        ev = self.terminal
+        started = self.started
+        if ev is None or started is None:
+            return
+        if started.parent is not None:
+            parent = started.parent
+            done = ChildDone(run_id=parent.run_id, seq=parent.seq, child_run_id=self.run_id,
+                             ok=isinstance(ev, RunCompleted),
+                             output=ev.output if isinstance(ev, RunCompleted) else NULL,
+                             error=None if isinstance(ev, RunCompleted) else (
+                                 ev.error if isinstance(ev, RunFailed) else
+                                 ErrorInfo(type="child.cancelled", message="child run cancelled")))
+            await self.rt.send_inbox(parent.run_id, done, "child.done", f"done:{self.run_id}")
+        if isinstance(ev, RunCancelled):
+            for child in open_children or []:
+                await self.rt.send_inbox(child, CancelRun(run_id=child, reason="parent cancelled"),
+                                         "cancel", f"cancel:{child}")
+
+    async def _park(self, error: NondeterminismError) -> None:
+        self.log.error("run_parked", error=str(error))
+        if self.last_type != "run.parked":
+            await self._append(RunParked(run_id=self.run_id, n=0, at=_EPOCH, cause="actor",
+                                         error=ErrorInfo(type="nondeterminism",
+                                                         message=str(error))))
+        self.parked = True
+        if self.machine is not None:
+            self.machine.close()
+            self.machine = None

@@ -1,0 +1,221 @@
+"""The client: start runs, await results, resume waiting runs, cancel, inspect journals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from ulid import ULID
+
+from schemas import (
+    CancelRun,
+    ConnectionFailed,
+    EventReceived,
+    JournalEvent,
+    RunCancelled,
+    RunCancelledError,
+    RunCompleted,
+    RunFailed,
+    RunFailedError,
+    RunNotFound,
+    RunParked,
+    RunStarted,
+    StartRun,
+    WaitStarted,
+    WaitTimedOut,
+    WakeRun,
+    check_event_name,
+    check_run_id,
+    check_workflow_name,
+    encode_inbox,
+)
+from schemas import ErrorInfo as _ErrorInfo
+from streams import HDR_TYPE, Journal, StoredEvent, Subjects, ensure_topology
+
+_TERMINAL_TYPES = {"run.completed", "run.failed", "run.cancelled"}
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What a run is doing, derived from its journal."""
+
+    run_id: str
+    workflow: str
+    version: str
+    status: str
+    """running | waiting | completed | failed | cancelled | parked"""
+    events: int
+    started_at: datetime
+    waiting_for: list[str] = field(default_factory=list)
+    output: Any = None
+    error: _ErrorInfo | None = None
+
+
+def status_from_journal(events: list[JournalEvent]) -> RunStatus:
+    first = events[0]
+    assert isinstance(first, RunStarted)
+    last = events[-1]
+    open_waits: dict[int, str] = {}
+    received: dict[str, int] = {}
+    for ev in events:
+        if isinstance(ev, WaitStarted):
+            open_waits[ev.seq] = ev.name
+        elif isinstance(ev, EventReceived):
+            received[ev.name] = received.get(ev.name, 0) + 1
+        elif isinstance(ev, WaitTimedOut):
+            open_waits.pop(ev.seq, None)
+    waiting = []
+    for name in open_waits.values():
+        if received.get(name, 0) > 0:
+            received[name] -= 1
+        else:
+            waiting.append(name)
+    status = "running"
+    output: Any = None
+    error = None
+    if isinstance(last, RunCompleted):
+        status, output = "completed", msgspec.json.decode(last.output)
+    elif isinstance(last, RunFailed):
+        status, error = "failed", last.error
+    elif isinstance(last, RunCancelled):
+        status = "cancelled"
+    elif isinstance(last, RunParked):
+        status, error = "parked", last.error
+    elif waiting:
+        status = "waiting"
+    return RunStatus(first.run_id, first.workflow, first.version, status, len(events), first.at,
+                     waiting, output, error)
+
+
+class Client:
+    """Talk to a Mainspring deployment. ``async with await Client.connect(url) as c: ...``"""
+
+    def __init__(self, nc: NATS, subjects: Subjects | None = None, *, owns_nc: bool = False):
+        self.nc = nc
+        self.subjects = subjects or Subjects()
+        self.journal = Journal(nc, self.subjects)
+        self._owns = owns_nc
+        self._ready = False
+
+    @classmethod
+    async def connect(
+        cls, url: str = "nats://127.0.0.1:4222", *, prefix: str = "ms", partitions: int = 16
+    ) -> Client:
+        try:
+            nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=3,
+                                    allow_reconnect=True)
+        except Exception as e:
+            raise ConnectionFailed(
+                f"cannot reach NATS at {url}: {e}. Start one with `mainspring dev` "
+                "or set MAINSPRING_NATS_URL"
+            ) from e
+        return cls(nc, Subjects(prefix, partitions), owns_nc=True)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def _ensure(self) -> None:
+        if not self._ready:
+            await ensure_topology(self.nc, self.subjects)
+            self._ready = True
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        await self._ensure()
+        try:
+            msg = await self.nc.request(subject, data, timeout=5.0, headers=headers)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            raise ConnectionFailed(f"publishing to {subject} failed: {e}") from e
+        ack = msgspec.json.decode(msg.data)
+        if ack.get("error"):
+            raise ConnectionFailed(f"stream refused {subject}: {ack['error']['description']}")
+
+    # ------------------------------------------------------------------ commands
+    async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:  # noqa: A002
+        """Start a run (idempotent on ``run_id``); returns the run id."""
+        check_workflow_name(workflow)
+        rid = check_run_id(run_id) if run_id else str(ULID())
+        body = StartRun(run_id=rid, workflow=workflow, input=msgspec.Raw(msgspec.json.encode(input)))
+        await self._publish(self.subjects.inbox(rid, "start"), encode_inbox(body),
+                            {"Nats-Msg-Id": f"start:{rid}"})
+        return rid
+
+    async def send_event(
+        self, run_id: str, name: str, payload: Any = None, *, event_id: str | None = None
+    ) -> None:
+        """Resume a run: same as publishing JSON to ``<prefix>.event.<run_id>.<name>``.
+
+        ``event_id`` makes the send idempotent (it becomes the ``Nats-Msg-Id``).
+        """
+        check_run_id(run_id)
+        check_event_name(name)
+        headers = {"Nats-Msg-Id": event_id} if event_id else {}
+        await self._publish(self.subjects.event(run_id, name), msgspec.json.encode(payload),
+                            headers)
+
+    async def cancel(self, run_id: str, reason: str = "") -> None:
+        check_run_id(run_id)
+        await self._publish(self.subjects.inbox(run_id, "cancel"),
+                            encode_inbox(CancelRun(run_id=run_id, reason=reason)),
+                            {"Nats-Msg-Id": f"cancel:{run_id}"})
+
+    async def wake(self, run_id: str) -> None:
+        """Ask a worker to replay a run now (continue a parked run after deploying a fix)."""
+        check_run_id(run_id)
+        await self._publish(self.subjects.inbox(run_id, "wake"),
+                            encode_inbox(WakeRun(run_id=run_id)), {})
+
+    # ------------------------------------------------------------------ queries
+    async def history(self, run_id: str) -> list[StoredEvent]:
+        """The run's journal as stored (hash-chain verified)."""
+        check_run_id(run_id)
+        await self._ensure()
+        return await self.journal.load(run_id)
+
+    async def status(self, run_id: str) -> RunStatus:
+        events = await self.history(run_id)
+        if not events:
+            raise RunNotFound(f"no run {run_id!r}: nothing was journaled under that id")
+        return status_from_journal([e.event for e in events])
+
+    async def result(
+        self, run_id: str, *, timeout: float | None = None, output_type: Any = Any
+    ) -> Any:
+        """Wait for the run to end; return its output or raise RunFailedError/RunCancelledError."""
+        check_run_id(run_id)
+        await self._ensure()
+        sub = await self.nc.subscribe(self.subjects.watch_run(run_id))
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    last = await self.journal.last(run_id)
+                    if last is not None and isinstance(
+                        last.event, RunCompleted | RunFailed | RunCancelled
+                    ):
+                        return _outcome(last.event, output_type)
+                    while True:
+                        msg = await sub.next_msg(timeout=None)  # type: ignore[arg-type]
+                        if (msg.headers or {}).get(HDR_TYPE) in _TERMINAL_TYPES:
+                            break
+        finally:
+            await sub.unsubscribe()
+
+
+def _outcome(ev: RunCompleted | RunFailed | RunCancelled, output_type: Any) -> Any:
+    if isinstance(ev, RunCompleted):
+        return msgspec.json.decode(ev.output, type=output_type)
+    if isinstance(ev, RunFailed):
+        raise RunFailedError(ev.run_id, ev.error)
+    raise RunCancelledError(ev.run_id, _ErrorInfo(type="cancelled", message=ev.reason or "cancelled"))

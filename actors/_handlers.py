@@ -1,0 +1,251 @@
+"""Effect handlers: decorated async functions that serve one effect kind.
+
+Each kind is a durable pull consumer on the journal (``<prefix>.j.*.fx.<kind>``)
+shared by every instance, so instances split the work. A handler that dies or
+hangs stops heartbeating; after ``ack_wait`` JetStream gives the request to
+another instance. The result goes to the run's inbox with ``Nats-Msg-Id`` = the
+effect id, so a duplicate result is dropped.
+
+Retries happen in the handler process (backoff, heartbeating meanwhile); a
+redelivery therefore always means "the previous holder was interrupted", which
+is what ``at_most_once`` effects report instead of running again.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import (
+    EffectRequested,
+    EffectResult,
+    ErrorInfo,
+    TerminalError,
+    check_effect_kind,
+    decode_event,
+    encode_inbox,
+)
+from streams import ConsumerSpec, Subjects, ensure_consumer, ensure_topology, num_delivered, pull_loop
+
+log = structlog.get_logger()
+
+HandlerFn = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class EffectContext:
+    """What a handler knows about the request it serves."""
+
+    run_id: str
+    effect_id: str
+    """stable across retries and redeliveries: use it as your idempotency key"""
+    kind: str
+    attempt: int
+    delivery: int
+    _msg: Msg
+
+    async def heartbeat(self) -> None:
+        """Tell JetStream the work is alive (resets the redelivery timer)."""
+        await self._msg.in_progress()
+
+
+@dataclass(frozen=True)
+class HandlerDef:
+    kind: str
+    fn: HandlerFn
+    payload_type: Any
+    wants_ctx: bool
+    concurrency: int
+    ack_wait_s: float
+
+
+class Handlers:
+    """A registry of effect handlers (no global state: create one per service)."""
+
+    def __init__(self) -> None:
+        self._defs: dict[str, HandlerDef] = {}
+
+    def handler(
+        self, kind: str, *, concurrency: int = 64, ack_wait_s: float = 30.0
+    ) -> Callable[[HandlerFn], HandlerFn]:
+        """Register ``async def h(payload[, ctx: EffectContext]) -> result`` for ``kind``."""
+        check_effect_kind(kind)
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"handler {fn.__name__} must be an `async def` function")
+            params = list(inspect.signature(fn).parameters)
+            hints = get_type_hints(fn)
+            payload_type = hints.get(params[0], Any) if params else Any
+            self._defs[kind] = HandlerDef(
+                kind, fn, payload_type, len(params) > 1, concurrency, ack_wait_s
+            )
+            return fn
+
+        return register
+
+    def kinds(self) -> list[str]:
+        return sorted(self._defs)
+
+    def get(self, kind: str) -> HandlerDef:
+        return self._defs[kind]
+
+
+class HandlerService:
+    """Serves every handler of a ``Handlers`` registry until cancelled."""
+
+    def __init__(self, nc: NATS, handlers: Handlers, *, subjects: Subjects | None = None) -> None:
+        self.nc = nc
+        self.handlers = handlers
+        self.subjects = subjects or Subjects()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await ensure_topology(self.nc, self.subjects)
+        async with anyio.create_task_group() as tg:
+            for kind in self.handlers.kinds():
+                await tg.start(self._serve, self.handlers.get(kind))
+            task_status.started()
+
+    async def _serve(
+        self, hdef: HandlerDef, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        s = self.subjects
+        spec = ConsumerSpec(
+            stream=s.journal_stream,
+            durable=s.effect_consumer(hdef.kind),
+            filter_subject=s.effect_filter(hdef.kind),
+            ack_wait_s=hdef.ack_wait_s,
+            max_ack_pending=hdef.concurrency * 4,
+        )
+        await ensure_consumer(self.nc, spec)
+        send, recv = anyio.create_memory_object_stream[Msg](max_buffer_size=hdef.concurrency)
+        limiter = anyio.Semaphore(hdef.concurrency)
+        async with anyio.create_task_group() as tg, send:
+            await tg.start(lambda task_status: pull_loop(
+                self.nc, spec, send, batch=hdef.concurrency, task_status=task_status))
+            log.info("handler_serving", kind=hdef.kind)
+            task_status.started()
+            async with recv:
+                async for msg in recv:
+                    await limiter.acquire()
+                    tg.start_soon(self._one, hdef, msg, limiter)
+
+    async def _one(self, hdef: HandlerDef, msg: Msg, limiter: anyio.Semaphore) -> None:
+        try:
+            await self._execute(hdef, msg)
+        except Exception as exc:  # reply could not be published: let JetStream redeliver
+            log.warning("effect_reply_failed", kind=hdef.kind, error=str(exc))
+            try:
+                await msg.nak(delay=1.0)
+            except Exception:
+                pass
+        finally:
+            limiter.release()
+
+    async def _execute(self, hdef: HandlerDef, msg: Msg) -> None:
+        try:
+            req = decode_event(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            log.error("effect_request_invalid", subject=msg.subject, error=str(e))
+            await msg.term()
+            return
+        assert isinstance(req, EffectRequested)
+        delivery = num_delivered(msg)
+        bound = log.bind(run_id=req.run_id, effect_id=req.effect_id, kind=req.kind)
+        if req.at_most_once and delivery > 1:
+            bound.warning("effect_interrupted")
+            await self._reply(req, msg, ok=False, attempts=1, error=ErrorInfo(
+                type="effect.interrupted",
+                message="the handler was interrupted while running this at-most-once effect; "
+                        "it was not run again"))
+            return
+        attempts = 0
+        while True:
+            attempts += 1
+            ctx = EffectContext(req.run_id, req.effect_id, req.kind, attempts, delivery, msg)
+            try:
+                result = await self._attempt(hdef, req, ctx)
+            except Exception as exc:
+                error = _classify(exc, req)
+                retry_ok = error.retryable and attempts < req.retry.max_attempts
+                bound.info("effect_attempt_failed", attempt=attempts, error=error.message,
+                           retrying=retry_ok)
+                if not retry_ok:
+                    await self._reply(req, msg, ok=False, attempts=attempts, error=error)
+                    return
+                await _sleep_heartbeating(req.retry.backoff(attempts), msg, hdef.ack_wait_s)
+                continue
+            try:
+                data = msgspec.json.encode(result)
+            except (TypeError, msgspec.EncodeError) as e:
+                await self._reply(req, msg, ok=False, attempts=attempts, error=ErrorInfo(
+                    type="result.invalid", message=f"handler result is not JSON: {e}"))
+                return
+            await self._reply(req, msg, ok=True, attempts=attempts, result=data)
+            return
+
+    async def _attempt(self, hdef: HandlerDef, req: EffectRequested, ctx: EffectContext) -> Any:
+        try:
+            payload = msgspec.json.decode(req.payload, type=hdef.payload_type)
+        except msgspec.ValidationError as e:
+            raise TerminalError(f"payload of {req.kind}: {e}", type="payload.invalid") from e
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_heartbeat_forever, ctx, hdef.ack_wait_s)
+            try:
+                with anyio.fail_after(req.timeout_s):
+                    if hdef.wants_ctx:
+                        return await hdef.fn(payload, ctx)
+                    return await hdef.fn(payload)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _reply(
+        self,
+        req: EffectRequested,
+        msg: Msg,
+        *,
+        ok: bool,
+        attempts: int,
+        result: bytes = b"null",
+        error: ErrorInfo | None = None,
+    ) -> None:
+        reply = EffectResult(run_id=req.run_id, seq=req.seq, effect_id=req.effect_id, ok=ok,
+                             result=msgspec.Raw(result), error=error, attempts=attempts)
+        subject = req.inbox or self.subjects.inbox(req.run_id, "effect.result")
+        ack = await self.nc.request(subject, encode_inbox(reply), timeout=5.0,
+                                    headers={"Nats-Msg-Id": req.effect_id})
+        if b'"error"' in ack.data:
+            raise RuntimeError(f"inbox refused result: {ack.data!r}")
+        await msg.ack()
+
+
+def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:
+    if isinstance(exc, TimeoutError):
+        return ErrorInfo(type="effect.timeout", retryable=True,
+                         message=f"attempt exceeded its timeout of {req.timeout_s}s")
+    if isinstance(exc, TerminalError):
+        return ErrorInfo(type=exc.type, message=str(exc), retryable=False)
+    name = type(exc).__name__
+    return ErrorInfo(type=name, message=str(exc), retryable=name not in req.retry.non_retryable)
+
+
+async def _heartbeat_forever(ctx: EffectContext, ack_wait_s: float) -> None:
+    while True:
+        await anyio.sleep(ack_wait_s / 3)
+        await ctx.heartbeat()
+
+
+async def _sleep_heartbeating(delay: float, msg: Msg, ack_wait_s: float) -> None:
+    end = anyio.current_time() + delay
+    while (left := end - anyio.current_time()) > 0:
+        await anyio.sleep(min(left, ack_wait_s / 3))
+        await msg.in_progress()

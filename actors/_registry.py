@@ -1,0 +1,69 @@
+"""Workflow registry: an object you create, decorate functions into, and hand to a worker."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints
+
+from schemas import WorkflowNotFound, check_workflow_name
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    name: str
+    version: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    input_type: Any
+    output_type: Any
+
+
+class Registry:
+    """Named workflows. No global state: create one per application."""
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, WorkflowDef] = {}
+
+    def workflow(
+        self, fn: F | None = None, *, name: str | None = None, version: str = "1"
+    ) -> Any:
+        """Register ``async def f(ctx, input) -> output`` (usable bare or with arguments).
+
+        ``version`` is recorded in every run the workflow starts.
+        """
+
+        def register(func: F) -> F:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"workflow {func.__name__} must be an `async def` function")
+            wf_name = check_workflow_name(name or func.__name__)
+            if wf_name in self._workflows:
+                raise ValueError(f"workflow {wf_name!r} is already registered")
+            params = list(inspect.signature(func).parameters)
+            hints = get_type_hints(func)
+            input_type = hints.get(params[1], Any) if len(params) > 1 else Any
+            self._workflows[wf_name] = WorkflowDef(
+                wf_name, version, func, input_type, hints.get("return", Any)
+            )
+            return func
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get(self, name: str) -> WorkflowDef:
+        try:
+            return self._workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            raise WorkflowNotFound(
+                f"no workflow named {name!r} is registered on this worker (known: {known})"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._workflows)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows

@@ -1,0 +1,63 @@
+"""What every actor of a worker shares: connection, journal, subjects, registry, options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from actors._registry import Registry
+from schemas import ConnectionFailed, InboxUnion, encode_inbox
+from streams import Journal, Subjects
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Tunables of a worker. Defaults suit production; tests shrink the timings."""
+
+    concurrency: int = 1000
+    """activations processed at once (each one run's turn)"""
+    max_actors: int = 10_000
+    """runs kept in memory; idle ones beyond this are evicted and replay on their next input"""
+    max_events: int = 10_000
+    """journal events per run before it fails with limit.events"""
+    max_depth: int = 8
+    """child-run nesting before the parent fails with limit.child_depth"""
+    lease_ttl_s: float = 10.0
+    ack_wait_s: float = 30.0
+    forced_replay: bool = False
+    """drop each run from memory after every journal append (test mode to find nondeterminism)"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Runtime:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, registry: Registry, options: WorkerOptions
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.registry = registry
+        self.options = options
+        self.journal = Journal(nc, subjects)
+
+    async def publish_js(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish into a stream and wait for its ack (raise if it refused)."""
+        try:
+            msg = await self.nc.request(subject, data, timeout=5.0, headers=headers)
+        except Exception as e:
+            raise ConnectionFailed(f"publish to {subject} failed: {e}") from e
+        ack = msgspec.json.decode(msg.data)
+        if isinstance(ack, dict) and ack.get("error"):
+            raise ConnectionFailed(f"stream refused {subject}: {ack['error']}")
+
+    async def send_inbox(self, run_id: str, message: InboxUnion, kind: str, msg_id: str) -> None:
+        await self.publish_js(
+            self.subjects.inbox(run_id, kind), encode_inbox(message), {"Nats-Msg-Id": msg_id}
+        )

@@ -1,0 +1,78 @@
+"""Mainspring: durable workflows for AI agents and automation, event-sourced on NATS JetStream.
+
+The public facade::
+
+    import mainspring as ms
+
+    registry = ms.Registry()
+
+    @registry.workflow
+    async def greet(ctx: ms.Context, name: str) -> str:
+        text = await ctx.effect("llm.chat", {"prompt": f"greet {name}"})
+        return text
+"""
+
+from actors import (
+    Client,
+    Context,
+    EffectContext,
+    Handlers,
+    HandlerService,
+    Registry,
+    RunStatus,
+    StepFailedError,
+    Worker,
+    WorkerOptions,
+    WorkflowMisuse,
+)
+from mainspring._natsserver import NatsServer
+from schemas import (
+    ChildFailedError,
+    ConfigError,
+    ConnectionFailed,
+    EffectFailedError,
+    ErrorInfo,
+    InvalidNameError,
+    MainspringError,
+    NondeterminismError,
+    RetryPolicy,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFound,
+    ServerUnsupported,
+    TerminalError,
+    WaitTimedOut,
+    WorkflowNotFound,
+)
+from streams import Subjects
+
+__all__ = [
+    "ChildFailedError",
+    "Client",
+    "ConfigError",
+    "ConnectionFailed",
+    "Context",
+    "EffectContext",
+    "EffectFailedError",
+    "ErrorInfo",
+    "HandlerService",
+    "Handlers",
+    "InvalidNameError",
+    "MainspringError",
+    "NatsServer",
+    "NondeterminismError",
+    "Registry",
+    "RetryPolicy",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunNotFound",
+    "RunStatus",
+    "ServerUnsupported",
+    "StepFailedError",
+    "Subjects",
+    "TerminalError",
+    "WaitTimedOut",
+    "Worker",
+    "WorkerOptions",
+    "WorkflowMisuse",
+]

@@ -1,0 +1,3 @@
+from mainspring._cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""The ``mainspring`` command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import anyio
+import typer
+
+from schemas import MainspringError
+
+app = typer.Typer(
+    name="mainspring",
+    help="Mainspring: durable workflows on NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+NatsOpt = Annotated[
+    str | None,
+    typer.Option("--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False),
+]
+PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix of the deployment")]
+PartitionsOpt = Annotated[int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")]
+
+
+@app.command()
+def worker(
+    app_spec: Annotated[str, typer.Option("--app", help="workflows to serve: 'module:registry'")],
+    nats_url: NatsOpt = None,
+    prefix: PrefixOpt = "ms",
+    partitions: PartitionsOpt = 16,
+    concurrency: Annotated[int, typer.Option(help="activations processed at once")] = 1000,
+    lease_ttl: Annotated[float, typer.Option(help="seconds before a silent worker's partitions move")] = 10.0,
+    forced_replay: Annotated[bool, typer.Option(help="replay every run after each step (finds nondeterminism)")] = False,
+) -> None:
+    """Run workflows of a registry until interrupted (Ctrl-C stops cleanly)."""
+    from actors import Registry, Worker, WorkerOptions
+    from mainspring._config import load_object
+
+    registry = load_object(app_spec)
+    if not isinstance(registry, Registry):
+        raise typer.BadParameter(f"{app_spec} is a {type(registry).__name__}, not a Registry")
+    options = WorkerOptions(concurrency=concurrency, lease_ttl_s=lease_ttl,
+                            forced_replay=forced_replay)
+
+    async def main(nc: object) -> None:
+        from streams import Subjects
+
+        await Worker(nc, registry, subjects=Subjects(prefix, partitions), options=options).run()  # type: ignore[arg-type]
+
+    _serve(nats_url, main)
+
+
+@app.command()
+def handlers(
+    app_spec: Annotated[str, typer.Option("--app", help="handlers to serve: 'module:handlers'")],
+    nats_url: NatsOpt = None,
+    prefix: PrefixOpt = "ms",
+    partitions: PartitionsOpt = 16,
+) -> None:
+    """Serve effect handlers of a registry until interrupted."""
+    from actors import Handlers, HandlerService
+    from mainspring._config import load_object
+
+    registry = load_object(app_spec)
+    if not isinstance(registry, Handlers):
+        raise typer.BadParameter(f"{app_spec} is a {type(registry).__name__}, not Handlers")
+
+    async def main(nc: object) -> None:
+        from streams import Subjects
+
+        await HandlerService(nc, registry, subjects=Subjects(prefix, partitions)).run()  # type: ignore[arg-type]
+
+    _serve(nats_url, main)
+
+
+def _serve(nats_url: str | None, main: object) -> None:
+    import nats
+
+    from mainspring._config import nats_url as resolve_url
+    from mainspring._logging import configure_logging
+
+    configure_logging()
+    url = resolve_url(nats_url)
+
+    async def run() -> None:
+        try:
+            nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=-1,
+                                    reconnect_time_wait=0.2)
+        except Exception as e:
+            raise SystemExit(
+                f"error: cannot reach NATS at {url} ({e}). Start one with `mainspring dev` "
+                "or point MAINSPRING_NATS_URL at your server."
+            ) from None
+        try:
+            await main(nc)  # type: ignore[operator]
+        finally:
+            with anyio.CancelScope(shield=True):
+                await nc.close()
+
+    try:
+        anyio.run(run, backend_options={"use_uvloop": _has_uvloop()})
+    except KeyboardInterrupt:
+        pass
+    except MainspringError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(20) from None
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    app()

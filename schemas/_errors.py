@@ -1,0 +1,144 @@
+"""The Mainspring error tree.
+
+::
+
+    MainspringError
+    ├── ConfigError                 bad configuration or arguments (exit 10)
+    │   └── InvalidNameError*       a run id / event name / kind that cannot be a subject
+    ├── ConnectionFailed            NATS (or Postgres) unreachable (exit 20)
+    ├── ServerUnsupported           nats-server too old / stream lacks a needed feature
+    ├── JournalError
+    │   ├── JournalConflict         another writer appended first (OCC); reload and retry
+    │   └── JournalCorrupt          hash chain or encoding broken in a stored journal
+    ├── WorkflowNotFound            no workflow registered under that name
+    ├── RunNotFound                 no journal for that run id
+    ├── RunFailedError              awaited run ended failed (carries ErrorInfo)
+    ├── RunCancelledError           awaited run was cancelled
+    ├── NondeterminismError         code no longer matches the journal; the run is parked
+    ├── TerminalError               raised by user code: never retried
+    ├── EffectFailedError           an effect failed after its retries (raised in workflow code)
+    ├── ChildFailedError            a child run failed (raised in workflow code)
+    └── WaitTimedOut                wait_event deadline passed (raised in workflow code)
+
+(*InvalidNameError also derives from ValueError.)
+"""
+
+from __future__ import annotations
+
+from schemas._common import ErrorInfo
+
+
+class MainspringError(Exception):
+    """Root of every error Mainspring raises on purpose."""
+
+
+class ConfigError(MainspringError):
+    """Bad configuration, arguments or input; fix the input and try again."""
+
+
+class ConnectionFailed(MainspringError):
+    """A server Mainspring needs could not be reached."""
+
+
+class ServerUnsupported(MainspringError):
+    """The NATS server lacks a feature Mainspring relies on."""
+
+
+class JournalError(MainspringError):
+    pass
+
+
+class JournalConflict(JournalError):
+    """Another writer appended to this run's journal first."""
+
+    def __init__(self, run_id: str, expected_seq: int, detail: str) -> None:
+        self.run_id = run_id
+        self.expected_seq = expected_seq
+        super().__init__(
+            f"journal of run {run_id} moved past sequence {expected_seq} ({detail}); "
+            "another worker owns it or did: reload the journal and retry"
+        )
+
+
+class JournalCorrupt(JournalError):
+    """A stored journal does not verify (bad hash link, gap, undecodable bytes)."""
+
+    def __init__(self, run_id: str, n: int, problem: str) -> None:
+        self.run_id = run_id
+        self.n = n
+        self.problem = problem
+        super().__init__(f"journal of run {run_id} is corrupt at event {n}: {problem}")
+
+
+class WorkflowNotFound(MainspringError):
+    pass
+
+
+class RunNotFound(MainspringError):
+    pass
+
+
+class _RunOutcomeError(MainspringError):
+    def __init__(self, run_id: str, error: ErrorInfo) -> None:
+        self.run_id = run_id
+        self.error = error
+        super().__init__(f"run {run_id}: {error.type}: {error.message}")
+
+
+class RunFailedError(_RunOutcomeError):
+    """The awaited run ended failed."""
+
+
+class RunCancelledError(_RunOutcomeError):
+    """The awaited run was cancelled."""
+
+
+class NondeterminismError(MainspringError):
+    """Workflow code made a different decision than the one recorded in the journal."""
+
+    def __init__(self, run_id: str, n: int | None, seq: int, recorded: str, now: str) -> None:
+        self.run_id = run_id
+        self.n = n
+        self.seq = seq
+        self.recorded = recorded
+        self.now = now
+        where = f"journal event {n}" if n is not None else f"command {seq}"
+        super().__init__(
+            f"nondeterminism in run {run_id} at {where} (command #{seq}): "
+            f"the journal recorded {recorded} but the code now did {now}. "
+            "The run is parked: deploy code that matches (use ctx.patched() for changes "
+            "to in-flight runs), then wake it"
+        )
+
+
+class TerminalError(MainspringError):
+    """Raise from a handler or step to fail without retries."""
+
+    def __init__(self, message: str, *, type: str = "terminal") -> None:  # noqa: A002
+        self.type = type
+        super().__init__(message)
+
+
+class EffectFailedError(MainspringError):
+    """An effect failed for good; raised where workflow code awaits it."""
+
+    def __init__(self, kind: str, error: ErrorInfo, attempts: int) -> None:
+        self.kind = kind
+        self.error = error
+        self.attempts = attempts
+        super().__init__(
+            f"effect {kind} failed after {attempts} attempt(s): {error.type}: {error.message}"
+        )
+
+
+class ChildFailedError(MainspringError):
+    def __init__(self, child_run_id: str, error: ErrorInfo) -> None:
+        self.child_run_id = child_run_id
+        self.error = error
+        super().__init__(f"child run {child_run_id} failed: {error.type}: {error.message}")
+
+
+class WaitTimedOut(MainspringError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no valid '{name}' event arrived before the wait's deadline")

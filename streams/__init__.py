@@ -1,0 +1,62 @@
+"""JetStream topology, journal append with optimistic concurrency, readers, consumers, leases."""
+
+from streams._consumer import (
+    ConsumerSpec,
+    delete_consumer,
+    ensure_consumer,
+    num_delivered,
+    pull_loop,
+    stream_seq,
+)
+from streams._jsapi import ApiError, api_request
+from streams._journal import (
+    GENESIS,
+    HDR_HASH,
+    HDR_N,
+    HDR_PREV,
+    HDR_TYPE,
+    Journal,
+    StoredEvent,
+    chain,
+    verify_chain,
+)
+from streams._leases import Lease, Leases
+from streams._subjects import Subjects, partition_of
+from streams._topology import (
+    MIN_API_LEVEL,
+    MIN_SERVER,
+    ServerFeatures,
+    TopologyConfig,
+    check_server,
+    ensure_topology,
+)
+
+__all__ = [
+    "GENESIS",
+    "HDR_HASH",
+    "HDR_N",
+    "HDR_PREV",
+    "HDR_TYPE",
+    "MIN_API_LEVEL",
+    "MIN_SERVER",
+    "ApiError",
+    "ConsumerSpec",
+    "Journal",
+    "Lease",
+    "Leases",
+    "ServerFeatures",
+    "StoredEvent",
+    "Subjects",
+    "TopologyConfig",
+    "api_request",
+    "chain",
+    "check_server",
+    "delete_consumer",
+    "ensure_consumer",
+    "ensure_topology",
+    "num_delivered",
+    "partition_of",
+    "pull_loop",
+    "stream_seq",
+    "verify_chain",
+]

@@ -1,0 +1,156 @@
+"""Durable pull consumers with a lean fetch loop (no per-message round trips, no polling).
+
+One pull request is outstanding at a time; it is renewed when its batch is used
+up or it expires. Idle heartbeats let us notice a server restart (the pending
+request is lost with it) and re-issue the pull.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+import nats.errors
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import ConnectionFailed
+from streams._jsapi import ApiError, api_request
+
+log = structlog.get_logger()
+_NS = 1_000_000_000
+_CONSUMER_NOT_FOUND = 10014
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 10_000
+    max_deliver: int = -1
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "durable_name": self.durable,
+            "filter_subject": self.filter_subject,
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "ack_wait": int(self.ack_wait_s * _NS),
+            "max_ack_pending": self.max_ack_pending,
+            "max_deliver": self.max_deliver,
+            "replay_policy": "instant",
+        }
+
+
+async def ensure_consumer(nc: NATS, spec: ConsumerSpec, *, recreate: bool = False) -> None:
+    """Create (or update) a durable consumer; ``recreate`` deletes it first so every
+    unacknowledged message is delivered again at once (partition takeover)."""
+    if recreate:
+        await delete_consumer(nc, spec.stream, spec.durable)
+    body = {"stream_name": spec.stream, "config": spec.config(), "action": ""}
+    await api_request(nc, f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}", body)
+
+
+async def delete_consumer(nc: NATS, stream: str, durable: str) -> None:
+    try:
+        await api_request(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{durable}")
+    except ApiError as e:
+        if e.err_code != _CONSUMER_NOT_FOUND:
+            raise
+
+
+class _Pull(msgspec.Struct):
+    batch: int
+    expires: int
+    idle_heartbeat: int
+
+
+async def pull_loop(
+    nc: NATS,
+    spec: ConsumerSpec,
+    out: MemoryObjectSendStream[Msg],
+    *,
+    batch: int = 256,
+    expires_s: float = 10.0,
+    heartbeat_s: float = 1.0,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Fetch messages of a durable consumer into ``out`` until cancelled.
+
+    Returns (without error) when the consumer is deleted, e.g. after another
+    worker took over its partition.
+    """
+    api = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, pending_msgs_limit=batch * 4)
+    encoder = msgspec.json.Encoder()
+    try:
+        task_status.started()
+        while True:
+            request = _Pull(batch, int(expires_s * _NS), int(heartbeat_s * _NS))
+            await nc.publish(api, encoder.encode(request), reply=inbox)
+            await nc.flush()
+            remaining = batch
+            while remaining > 0:
+                try:
+                    msg = await sub.next_msg(timeout=heartbeat_s * 3)
+                except nats.errors.TimeoutError:
+                    break  # heartbeats stopped: server restarted or request lost; re-pull
+                except nats.errors.ConnectionClosedError as e:
+                    raise ConnectionFailed("NATS connection closed under a consumer") from e
+                status = msg.headers.get("Status") if msg.headers else None
+                if status is None:
+                    remaining -= 1
+                    await out.send(msg)
+                    continue
+                if status == "100":
+                    continue  # idle heartbeat
+                if status in ("404", "408"):
+                    break  # no messages / request expired: pull again
+                if status == "409":
+                    desc = msg.headers.get("Description", "") if msg.headers else ""
+                    if "Deleted" in desc:
+                        log.info("consumer_deleted", consumer=spec.durable)
+                        return
+                    if "Exceeded MaxAckPending" in desc or "Leadership" in desc:
+                        await anyio.sleep(0.05)
+                    break
+                log.warning("pull_status", consumer=spec.durable, status=status)
+                break
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                await sub.unsubscribe()
+            except nats.errors.ConnectionClosedError:
+                pass
+
+
+def num_delivered(msg: Msg) -> int:
+    """How many times JetStream delivered this message (1 = first time)."""
+    reply = msg.reply or ""
+    tokens = reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1) or with domain/hash (v2)
+    if len(tokens) == 9:
+        return int(tokens[4])
+    if len(tokens) >= 12:
+        return int(tokens[6])
+    return 1
+
+
+def stream_seq(msg: Msg) -> int:
+    reply = msg.reply or ""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    if len(tokens) >= 12:
+        return int(tokens[7])
+    return 0
+
+

@@ -1,0 +1,59 @@
+"""Thin calls to the JetStream JSON API, with driver errors translated at the boundary.
+
+We talk to ``$JS.API.*`` directly (instead of nats-py's JetStream context) where
+we need fields nats-py does not model (message schedules, subject transforms,
+batch direct get) or want to see exactly what the server echoes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from schemas import ConnectionFailed, MainspringError
+
+
+class ApiError(MainspringError):
+    """The JetStream API answered with an error."""
+
+    def __init__(self, subject: str, code: int, err_code: int, description: str) -> None:
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+        super().__init__(f"JetStream API {subject}: {description} (code {code}/{err_code})")
+
+
+class _ApiErr(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _ApiResp(msgspec.Struct):
+    error: _ApiErr | None = None
+
+
+_resp_decoder = msgspec.json.Decoder(_ApiResp)
+
+
+async def api_request(nc: NATS, subject: str, body: Any = None, timeout: float = 5.0) -> Any:
+    """Send one API request; return the decoded JSON answer or raise ``ApiError``."""
+    payload = b"" if body is None else msgspec.json.encode(body)
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout)
+    except nats.errors.NoRespondersError as e:
+        raise ConnectionFailed(
+            "the NATS server does not answer JetStream requests: start nats-server with "
+            "JetStream enabled (-js), e.g. `mainspring dev`"
+        ) from e
+    except nats.errors.TimeoutError as e:
+        raise ConnectionFailed(f"JetStream API {subject} did not answer within {timeout}s") from e
+    except nats.errors.ConnectionClosedError as e:
+        raise ConnectionFailed("the NATS connection is closed") from e
+    head = _resp_decoder.decode(msg.data)
+    if head.error is not None:
+        raise ApiError(subject, head.error.code, head.error.err_code, head.error.description)
+    return msgspec.json.decode(msg.data)

@@ -1,0 +1,101 @@
+"""Partition leases in a NATS KV bucket: who owns which inbox partition.
+
+A worker holds partition ``p`` while key ``p<p>`` carries its id and keeps being
+renewed (compare-and-set on the revision). Keys expire after ``ttl_s`` without
+renewal. How fast a replacement learns the old owner is gone: it pings the
+holder's liveness subject; a SIGKILLed process has no subscription, so the
+server answers "no responders" at once and the lease is taken immediately.
+A holder that is alive but unreachable keeps its lease until the TTL runs out;
+journal OCC keeps runs correct while two workers overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from streams._subjects import Subjects
+
+
+@dataclass
+class Lease:
+    partition: int
+    revision: int
+
+
+class Leases:
+    def __init__(self, nc: NATS, subjects: Subjects, worker_id: str, *, ttl_s: float = 10.0):
+        self._nc = nc
+        self._s = subjects
+        self.worker_id = worker_id
+        self.ttl_s = ttl_s
+        self._kv: KeyValue | None = None
+
+    async def open(self) -> None:
+        js = self._nc.jetstream()
+        try:
+            self._kv = await js.key_value(self._s.lease_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            from nats.js.api import KeyValueConfig
+
+            self._kv = await js.create_key_value(
+                KeyValueConfig(bucket=self._s.lease_bucket, ttl=self.ttl_s, history=1)
+            )
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "Leases.open() first"
+        return self._kv
+
+    async def _holder_alive(self, holder: str) -> bool:
+        if holder == self.worker_id:
+            return False
+        try:
+            await self._nc.request(self._s.worker_ping(holder), b"", timeout=0.5)
+        except nats.errors.NoRespondersError:
+            return False
+        except nats.errors.TimeoutError:
+            return True  # cannot tell; respect the TTL
+        return True
+
+    async def try_acquire(self, partition: int) -> Lease | None:
+        """Take the partition if it is free or its holder is dead; None if held."""
+        key = self._s.lease_key(partition)
+        me = self.worker_id.encode()
+        try:
+            rev = await self.kv.create(key, me)
+            return Lease(partition, rev)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None  # raced with expiry; next round
+        holder = (entry.value or b"").decode()
+        if await self._holder_alive(holder):
+            return None
+        try:
+            rev = await self.kv.update(key, me, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        return Lease(partition, rev)
+
+    async def renew(self, lease: Lease) -> bool:
+        """Renew; False means someone else took it (stop consuming that partition)."""
+        try:
+            lease.revision = await self.kv.update(
+                self._s.lease_key(lease.partition), self.worker_id.encode(), last=lease.revision
+            )
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            return False
+        return True
+
+    async def release(self, lease: Lease) -> None:
+        try:
+            await self.kv.delete(self._s.lease_key(lease.partition), last=lease.revision)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            pass

@@ -1,0 +1,125 @@
+"""The one module that builds subjects and stream names (no f-string subjects elsewhere).
+
+Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
+
+    ms.j.<run>.e                 journal events of a run (stream MS_JOURNAL)
+    ms.j.<run>.fx.<kind>         journal events that are effect requests of <kind>
+    ms.jn.<run>...               headers-only republish of every journal append (watchers)
+    ms.event.<run>.<name>        public: publish JSON here to resume a run (stream MS_INBOX)
+    ms.in.<p>.<run>.ev.<name>    ...where the stream's transform stores it, p = partition
+    ms.in.<p>.<run>.<kind>       internal inbox messages (start, effect.result, ...)
+    ms.sched.<run>.<seq>         timer definitions (JetStream scheduled messages)
+    ms.worker.<id>.ping          liveness probe of a worker holding partition leases
+"""
+
+from __future__ import annotations
+
+import re
+
+from schemas import ConfigError
+
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+
+
+def partition_of(run_id: str, partitions: int) -> int:
+    """FNV-1a 32 of the run id modulo ``partitions``: the same function as the
+    server's ``{{partition(N,1)}}`` subject transform (a test pins the equality)."""
+    h = _FNV_OFFSET
+    for byte in run_id.encode():
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h % partitions
+
+
+class Subjects:
+    """Subjects and stream names for one Mainspring deployment (a prefix)."""
+
+    def __init__(self, prefix: str = "ms", partitions: int = 16) -> None:
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise ConfigError(
+                f"invalid subject prefix {prefix!r}: start with a-z, then up to 31 of a-z 0-9 _ -"
+            )
+        if not 1 <= partitions <= 1024:
+            raise ConfigError(f"partitions must be between 1 and 1024, got {partitions}")
+        self.prefix = prefix
+        self.partitions = partitions
+        upper = prefix.upper().replace("-", "_")
+        self.journal_stream = f"{upper}_JOURNAL"
+        self.inbox_stream = f"{upper}_INBOX"
+        self.lease_bucket = f"{prefix.replace('-', '_')}_leases"
+
+    # journal ----------------------------------------------------------------
+    def journal(self, run_id: str) -> str:
+        return f"{self.prefix}.j.{run_id}.e"
+
+    def journal_effect(self, run_id: str, kind: str) -> str:
+        return f"{self.prefix}.j.{run_id}.fx.{kind}"
+
+    def journal_run_filter(self, run_id: str) -> str:
+        return f"{self.prefix}.j.{run_id}.>"
+
+    def journal_all(self) -> str:
+        return f"{self.prefix}.j.>"
+
+    def effect_filter(self, kind: str) -> str:
+        return f"{self.prefix}.j.*.fx.{kind}"
+
+    def watch_all(self) -> str:
+        return f"{self.prefix}.jn.>"
+
+    def watch_run(self, run_id: str) -> str:
+        return f"{self.prefix}.jn.{run_id}.>"
+
+    # inbox ------------------------------------------------------------------
+    def event(self, run_id: str, name: str) -> str:
+        return f"{self.prefix}.event.{run_id}.{name}"
+
+    def event_ingest(self) -> str:
+        return f"{self.prefix}.event.*.*"
+
+    def event_transform_dest(self) -> str:
+        return (
+            f"{self.prefix}.in.{{{{partition({self.partitions},1)}}}}"
+            ".{{wildcard(1)}}.ev.{{wildcard(2)}}"
+        )
+
+    def inbox(self, run_id: str, kind: str) -> str:
+        return f"{self.prefix}.in.{partition_of(run_id, self.partitions)}.{run_id}.{kind}"
+
+    def inbox_all(self) -> str:
+        return f"{self.prefix}.in.>"
+
+    def inbox_partition(self, partition: int) -> str:
+        return f"{self.prefix}.in.{partition}.>"
+
+    def schedule(self, run_id: str, seq: int) -> str:
+        return f"{self.prefix}.sched.{run_id}.{seq}"
+
+    def schedule_all(self) -> str:
+        return f"{self.prefix}.sched.>"
+
+    def partition(self, run_id: str) -> int:
+        return partition_of(run_id, self.partitions)
+
+    def parse_inbox(self, subject: str) -> tuple[str, str | None]:
+        """``(run_id, event_name)`` of an inbox subject; event_name is None for internal kinds."""
+        tokens = subject.split(".")
+        # prefix . in . p . run . (ev . name | kind...)
+        run_id = tokens[3]
+        if len(tokens) == 6 and tokens[4] == "ev":
+            return run_id, tokens[5]
+        return run_id, None
+
+    # workers and consumers --------------------------------------------------------
+    def worker_ping(self, worker_id: str) -> str:
+        return f"{self.prefix}.worker.{worker_id}.ping"
+
+    def inbox_consumer(self, partition: int) -> str:
+        return f"inbox-p{partition}"
+
+    def effect_consumer(self, kind: str) -> str:
+        return "fx-" + kind.replace(".", "_")
+
+    def lease_key(self, partition: int) -> str:
+        return f"p{partition}"

@@ -1,0 +1,166 @@
+"""JetStream topology: create or update streams, and check the server can keep our promises.
+
+Servers older than 2.12 silently ignore headers and stream fields we rely on
+(scheduled messages for timers, the ``-Subject`` variant of the OCC header), so
+we read the server version and JetStream API level, and check the stream config
+the server echoes back. We refuse to run rather than run without a guarantee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from schemas import ServerUnsupported
+from streams._jsapi import ApiError, api_request
+from streams._subjects import Subjects
+
+log = structlog.get_logger()
+
+MIN_SERVER = (2, 12, 0)
+MIN_API_LEVEL = 2  # JetStream API level of nats-server 2.12
+_NS = 1_000_000_000
+_STREAM_NOT_FOUND = 10059
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    version: str
+    api_level: int
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """Stream settings. ``replicas=3`` on a 3-node cluster for broker fault tolerance."""
+
+    replicas: int = 1
+    duplicate_window_s: float = 120.0
+    storage: str = "file"
+
+
+def _parse_version(text: str) -> tuple[int, int, int]:
+    core = text.split("-")[0].lstrip("v")
+    parts = [int(p) for p in core.split(".")[:3] if p.isdigit()]
+    while len(parts) < 3:
+        parts.append(0)
+    return parts[0], parts[1], parts[2]
+
+
+async def check_server(nc: NATS) -> ServerFeatures:
+    """Refuse servers older than 2.12 (naming the version found and the one needed)."""
+    version = nc.connected_server_version
+    found = f"{version.major}.{version.minor}.{version.patch}"
+    need = ".".join(map(str, MIN_SERVER))
+    if (version.major, version.minor, version.patch) < MIN_SERVER:
+        raise ServerUnsupported(
+            f"nats-server {found} is too old: Mainspring needs nats-server >= {need} "
+            "(scheduled messages and subject-filtered optimistic concurrency). "
+            "Older servers silently ignore the headers that keep runs correct. "
+            "Use `mainspring dev` (bundles a new server) or upgrade."
+        )
+    info = await api_request(nc, "$JS.API.INFO")
+    level = int(info.get("api", {}).get("level", 0))
+    if level < MIN_API_LEVEL:
+        raise ServerUnsupported(
+            f"nats-server {found} reports JetStream API level {level}; Mainspring needs "
+            f"level >= {MIN_API_LEVEL} (nats-server >= {need})"
+        )
+    return ServerFeatures(version=found, api_level=level)
+
+
+def journal_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, Any]:
+    return {
+        "name": subjects.journal_stream,
+        "description": "Mainspring run journals: the source of truth",
+        "subjects": [subjects.journal_all()],
+        "retention": "limits",
+        "storage": cfg.storage,
+        "num_replicas": cfg.replicas,
+        "discard": "old",
+        "duplicate_window": int(cfg.duplicate_window_s * _NS),
+        "allow_direct": True,
+        "deny_delete": True,
+        "allow_rollup_hdrs": False,
+        "republish": {
+            "src": subjects.journal_all(),
+            "dest": subjects.watch_all(),
+            "headers_only": True,
+        },
+    }
+
+
+def inbox_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, Any]:
+    return {
+        "name": subjects.inbox_stream,
+        "description": "Mainspring run inboxes: inputs not yet turned into journal facts",
+        "subjects": [subjects.event_ingest(), subjects.inbox_all(), subjects.schedule_all()],
+        "retention": "workqueue",
+        "storage": cfg.storage,
+        "num_replicas": cfg.replicas,
+        "discard": "old",
+        "duplicate_window": int(cfg.duplicate_window_s * _NS),
+        "allow_direct": True,
+        "allow_msg_schedules": True,
+        "subject_transform": {
+            "src": subjects.event_ingest(),
+            "dest": subjects.event_transform_dest(),
+        },
+    }
+
+
+async def _create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
+    name = config["name"]
+    try:
+        info = await api_request(nc, f"$JS.API.STREAM.INFO.{name}")
+    except ApiError as e:
+        if e.err_code != _STREAM_NOT_FOUND:
+            raise
+        resp = await api_request(nc, f"$JS.API.STREAM.CREATE.{name}", config)
+        log.info("stream_created", stream=name)
+        echoed: dict[str, Any] = resp["config"]
+        return echoed
+    current: dict[str, Any] = info["config"]
+    if all(current.get(k) == v for k, v in config.items()):
+        return current
+    merged = {**current, **config}
+    try:
+        resp = await api_request(nc, f"$JS.API.STREAM.UPDATE.{name}", merged)
+    except ApiError as e:
+        raise ServerUnsupported(
+            f"stream {name} exists with a configuration Mainspring cannot update "
+            f"({e.description}); it was probably created with another partition count "
+            "or by another version. Inspect it with `nats stream info`."
+        ) from e
+    log.info("stream_updated", stream=name)
+    updated: dict[str, Any] = resp["config"]
+    return updated
+
+
+def _require(echoed: dict[str, Any], wanted: dict[str, Any], fields: tuple[str, ...]) -> None:
+    for field in fields:
+        if echoed.get(field) != wanted[field]:
+            raise ServerUnsupported(
+                f"stream {wanted['name']}: the server echoed {field}={echoed.get(field)!r} "
+                f"instead of {wanted[field]!r}; this server does not support a feature "
+                "Mainspring needs (nats-server >= 2.12 required)"
+            )
+
+
+async def ensure_topology(
+    nc: NATS, subjects: Subjects, cfg: TopologyConfig | None = None
+) -> ServerFeatures:
+    """Check the server, then create or update both streams and verify what it echoes."""
+    cfg = cfg or TopologyConfig()
+    features = await check_server(nc)
+    journal = journal_stream_config(subjects, cfg)
+    inbox = inbox_stream_config(subjects, cfg)
+    _require(await _create_or_update(nc, journal), journal, ("allow_direct", "republish"))
+    _require(
+        await _create_or_update(nc, inbox),
+        inbox,
+        ("allow_msg_schedules", "subject_transform", "retention"),
+    )
+    return features
