@@ -272,7 +272,6 @@ class RunActor:
             await self._append(EventRejected(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
                                              event_id=event_id, name=name, seq=0,
                                              reason=f"payload is not valid JSON: {e}"))
-            self.machine.rejected.add(event_id)
             return Outcome.ACK
         await self._append(EventReceived(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
                                          name=name, event_id=event_id, payload=msgspec.Raw(data)))

@@ -155,7 +155,7 @@ class Context:
 
         The payload is validated against ``type``; an invalid one is recorded as
         rejected (with the reason) and the run keeps waiting. Events that arrive
-        before the wait are kept. Raises ``WaitTimedOut`` after ``timeout``.
+        before the wait are kept. Raises ``WaitTimeoutError`` after ``timeout``.
         """
         check_event_name(name)
         seq = self._m.next_seq()

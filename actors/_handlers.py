@@ -198,15 +198,20 @@ class HandlerService:
             payload = msgspec.json.decode(req.payload, type=hdef.payload_type)
         except msgspec.ValidationError as e:
             raise TerminalError(f"payload of {req.kind}: {e}", type="payload.invalid") from e
+        failure: Exception | None = None
+        result: Any = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_heartbeat_forever, ctx, hdef.ack_wait_s)
             try:
                 with anyio.fail_after(req.timeout_s):
-                    if hdef.wants_ctx:
-                        return await hdef.fn(payload, ctx)
-                    return await hdef.fn(payload)
+                    result = await (hdef.fn(payload, ctx) if hdef.wants_ctx else hdef.fn(payload))
+            except Exception as exc:  # raised outside the task group, not as a group
+                failure = exc
             finally:
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return result
 
     async def _reply(
         self,

@@ -57,10 +57,8 @@ from schemas import (
     TimerStarted,
     WaitStarted,
     WaitTimedOut,
+    WaitTimeoutError,
     check_run_id,
-)
-from schemas import (
-    WaitTimedOut as WaitTimedOutError,
 )
 
 
@@ -183,9 +181,11 @@ class Machine:
             self._match(ev.name)
         elif isinstance(ev, EventRejected):
             self._drop_reject(ev.event_id)
-            if ev.event_id not in self.rejected:
-                self._nondeterministic(
-                    ev.n, ev.seq, f"event {ev.event_id} rejected", "accept it"
+            if ev.seq == 0:  # unreadable payload: rejected on arrival, no wait involved
+                self.rejected.add(ev.event_id)
+            elif ev.event_id not in self.rejected and self.nondeterminism is None:
+                self.nondeterminism = NondeterminismError(
+                    self.run_id, ev.n, ev.seq, f"event {ev.event_id} rejected", "accepted it"
                 )
         self._run()
 
@@ -244,7 +244,7 @@ class Machine:
         if wait is None or wait.future.done():
             return
         self.waits.get(wait.name, deque()).remove(wait)
-        wait.future.set_exception(WaitTimedOutError(wait.name))
+        wait.future.set_exception(WaitTimeoutError(wait.name))
 
     def _match(self, name: str) -> None:
         waits = self.waits.get(name)

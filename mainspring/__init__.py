@@ -41,7 +41,7 @@ from schemas import (
     RunNotFound,
     ServerUnsupported,
     TerminalError,
-    WaitTimedOut,
+    WaitTimeoutError,
     WorkflowNotFound,
 )
 from streams import Subjects
@@ -71,7 +71,7 @@ __all__ = [
     "StepFailedError",
     "Subjects",
     "TerminalError",
-    "WaitTimedOut",
+    "WaitTimeoutError",
     "Worker",
     "WorkerOptions",
     "WorkflowMisuse",

@@ -20,7 +20,7 @@ from schemas._errors import (
     RunNotFound,
     ServerUnsupported,
     TerminalError,
-    WaitTimedOut,
+    WaitTimeoutError,
     WorkflowNotFound,
 )
 from schemas._inbox import (
@@ -123,6 +123,7 @@ __all__ = [
     "TimerStarted",
     "WaitStarted",
     "WaitTimedOut",
+    "WaitTimeoutError",
     "WakeRun",
     "WorkflowNotFound",
     "check_effect_kind",

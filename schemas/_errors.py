@@ -18,7 +18,7 @@
     ├── TerminalError               raised by user code: never retried
     ├── EffectFailedError           an effect failed after its retries (raised in workflow code)
     ├── ChildFailedError            a child run failed (raised in workflow code)
-    └── WaitTimedOut                wait_event deadline passed (raised in workflow code)
+    └── WaitTimeoutError            wait_event deadline passed (raised in workflow code)
 
 (*InvalidNameError also derives from ValueError.)
 """
@@ -138,7 +138,7 @@ class ChildFailedError(MainspringError):
         super().__init__(f"child run {child_run_id} failed: {error.type}: {error.message}")
 
 
-class WaitTimedOut(MainspringError):
+class WaitTimeoutError(MainspringError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no valid '{name}' event arrived before the wait's deadline")

@@ -15,6 +15,7 @@ hashed bytes, so verification never re-encodes anything.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import anyio
@@ -41,6 +42,7 @@ HDR_HASH = "Ms-Hash"
 HDR_PREV = "Ms-Prev"
 HDR_TYPE = "Ms-Type"
 _WRONG_LAST_SEQ = 10071
+_LAST_SEQ_RE = re.compile(r"wrong last sequence: (\d+)")
 _APPEND_ATTEMPTS = 5
 
 
@@ -112,6 +114,12 @@ class Journal:
         ack = await self._publish(subject, data, headers)
         if ack.error is not None:
             if ack.error.err_code == _WRONG_LAST_SEQ:
+                # The server checks OCC before de-duplication, so a retry of an append
+                # whose ack was lost lands here too: it is ours if the run's newest
+                # message is byte-for-byte this event.
+                ours = await self._already_stored(ack.error.description, data)
+                if ours is not None:
+                    return StoredEvent(ours.seq, event.n, prev, link, data, event, subject)
                 raise JournalConflict(run_id, expected_seq, ack.error.description)
             raise ConnectionFailed(
                 f"journal append for run {run_id} refused: {ack.error.description}"
@@ -123,6 +131,13 @@ class Journal:
             if stored is None or stored.data != data:
                 raise JournalConflict(run_id, expected_seq, f"event {event.n} already stored")
         return StoredEvent(ack.seq, event.n, prev, link, data, event, subject)
+
+    async def _already_stored(self, description: str, data: bytes) -> StoredEvent | None:
+        found = _LAST_SEQ_RE.search(description)
+        if found is None:
+            return None
+        stored = await self.get(int(found.group(1)))
+        return stored if stored is not None and stored.data == data else None
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> _PubAck:
         """Publish and wait for the stream's ack; retry timeouts (Msg-Id makes it idempotent)."""

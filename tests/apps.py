@@ -90,3 +90,91 @@ async def file_append(payload: dict[str, str], ctx: ms.EffectContext) -> int:
         f.write(f"{payload['line']},{ctx.delivery}\n")
     await anyio.sleep(float(os.environ.get("MS_LINGER", "0")))
     return ctx.delivery
+
+
+@registry.workflow
+async def waiter(ctx: ms.Context, timeout: float) -> object:
+    """Wait for `go` (typed); report a timeout instead of failing."""
+    try:
+        ev = await ctx.wait_event("go", Approval, timeout=timeout)
+    except ms.WaitTimeoutError:
+        return "timed out"
+    return {"approved": ev.approved, "by": ev.by}
+
+
+@registry.workflow
+async def two_waits(ctx: ms.Context, _: None) -> list[object]:
+    """Two waits for the same event name: each consumes one event, in order."""
+    first = await ctx.wait_event("tick", int)
+    await ctx.sleep(0.05)
+    second = await ctx.wait_event("tick", int)
+    return [first, second]
+
+
+@registry.workflow
+async def parent(ctx: ms.Context, n: int) -> list[int]:
+    kids = [ctx.child("chain", i) for i in range(1, n + 1)]
+    return await ctx.gather(*kids)
+
+
+@registry.workflow
+async def recurse(ctx: ms.Context, depth: int) -> int:
+    """Starts a child of itself until depth 0 (bounded by max_depth)."""
+    if depth == 0:
+        return 0
+    return 1 + await ctx.child("recurse", depth - 1)
+
+
+@registry.workflow
+async def deterministic_values(ctx: ms.Context, _: None) -> list[object]:
+    a = ctx.random()
+    u = str(ctx.uuid())
+    t = ctx.now().isoformat()
+    await ctx.step(lambda: None, name="noop")
+    return [a, u, t, ctx.random()]
+
+
+@registry.workflow
+async def step_fails(ctx: ms.Context, _: None) -> str:
+    def boom() -> None:
+        raise ValueError("no good")
+
+    try:
+        await ctx.step(boom)
+    except ms.StepFailedError as e:
+        return f"caught {e.error.type}: {e.error.message}"
+    return "unreachable"
+
+
+@registry.workflow
+async def flaky_effect(ctx: ms.Context, inp: dict[str, object]) -> object:
+    return await ctx.effect(
+        "flaky", inp, retry=ms.RetryPolicy(max_attempts=4, initial_backoff_s=0.01),
+        timeout=float(inp.get("timeout", 5)),  # type: ignore[arg-type]
+    )
+
+
+@registry.workflow
+async def nested_gather(ctx: ms.Context, _: None) -> list[object]:
+    async def branch(tag: str) -> str:
+        a = await ctx.effect("math.double", 1)
+        b = await ctx.step(lambda: tag, name="tag")
+        return f"{b}{a}"
+
+    return await ctx.gather(branch("x"), branch("y"), ctx.effect("math.double", 21))
+
+
+_flaky_calls: dict[str, int] = {}
+
+
+@handlers.handler("flaky")
+async def flaky(payload: dict[str, object], ctx: ms.EffectContext) -> dict[str, int]:
+    """Fails `fail_times` attempts; `terminal` fails for good; `sleep` overruns timeouts."""
+    _flaky_calls[ctx.effect_id] = _flaky_calls.get(ctx.effect_id, 0) + 1
+    if payload.get("terminal"):
+        raise ms.TerminalError("refused for good", type="flaky.refused")
+    if payload.get("sleep"):
+        await anyio.sleep(float(payload["sleep"]))  # type: ignore[arg-type]
+    if ctx.attempt <= int(payload.get("fail_times", 0)):  # type: ignore[call-overload]
+        raise RuntimeError(f"transient failure {ctx.attempt}")
+    return {"attempt": ctx.attempt}

@@ -1,0 +1,87 @@
+"""Journal append/load on a real JetStream: OCC, idempotent retries, hash chain, partitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from schemas import JournalConflict, JournalCorrupt, RunStarted, StepCompleted
+from streams import GENESIS, Journal, Subjects, ensure_topology, partition_of
+
+pytestmark = pytest.mark.anyio
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _started(run_id: str) -> RunStarted:
+    return RunStarted(run_id=run_id, n=1, at=NOW, workflow="w", version="1")
+
+
+def _step(run_id: str, n: int, seq: int, value: int) -> StepCompleted:
+    return StepCompleted(run_id=run_id, n=n, at=NOW, seq=seq, name="s",
+                         result=msgspec.Raw(str(value).encode()))
+
+
+async def test_stale_writer_gets_conflict(nc: NATS, subjects: Subjects) -> None:
+    """A second writer appending at an old position is refused (no fork)."""
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    first = await j.append(_started("r1"), expected_seq=0, prev=GENESIS)
+    second = await j.append(_step("r1", 2, 1, 1), expected_seq=first.seq, prev=first.hash)
+    with pytest.raises(JournalConflict):
+        await j.append(_step("r1", 2, 1, 99), expected_seq=first.seq, prev=first.hash)
+    with pytest.raises(JournalConflict):  # a brand-new run id that already exists
+        await j.append(_started("r1"), expected_seq=0, prev=GENESIS)
+    events = await j.load("r1")
+    assert [e.seq for e in events] == [first.seq, second.seq]
+
+
+async def test_retry_of_same_append_is_idempotent(nc: NATS, subjects: Subjects) -> None:
+    """Re-sending an append whose ack was lost stores nothing twice; different bytes conflict."""
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    first = await j.append(_started("r2"), expected_seq=0, prev=GENESIS)
+    step = _step("r2", 2, 1, 1)
+    a = await j.append(step, expected_seq=first.seq, prev=first.hash)
+    # same Msg-Id and bytes, OCC check against the original position: dedup answers
+    b = await j.append(step, expected_seq=first.seq, prev=first.hash)
+    assert a.seq == b.seq
+    assert len(await j.load("r2")) == 2
+
+
+async def test_effect_requests_share_the_run_journal(nc: NATS, subjects: Subjects) -> None:
+    """OCC spans the run's effect subjects too (the -Subject header variant)."""
+    from schemas import EffectRequested
+
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    first = await j.append(_started("r3"), expected_seq=0, prev=GENESIS)
+    fx = EffectRequested(run_id="r3", n=2, at=NOW, seq=1, effect_id="r3.fx.1", kind="llm.chat")
+    stored = await j.append(fx, expected_seq=first.seq, prev=first.hash)
+    assert stored.subject == subjects.journal_effect("r3", "llm.chat")
+    with pytest.raises(JournalConflict):  # stale position, different subject of the same run
+        await j.append(_step("r3", 2, 1, 5), expected_seq=first.seq, prev=first.hash)
+    assert [e.n for e in await j.load("r3")] == [1, 2]
+
+
+async def test_load_detects_a_wrong_link(nc: NATS, subjects: Subjects) -> None:
+    """A journal written with a wrong hash link fails verification at load, naming the event."""
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    first = await j.append(_started("r4"), expected_seq=0, prev=GENESIS)
+    await j.append(_step("r4", 2, 1, 1), expected_seq=first.seq, prev=b"\x01" * 32)
+    with pytest.raises(JournalCorrupt, match="event 2"):
+        await j.load("r4")
+
+
+async def test_partition_function_matches_server_transform(nc: NATS, subjects: Subjects) -> None:
+    """Our FNV-1a partition equals the server's {{partition(N,1)}} for every run id tried."""
+    await ensure_topology(nc, subjects)
+    js = nc.jetstream()
+    ids = [f"run-{i}" for i in range(40)] + ["A", "z_9", "x" * 128]
+    for rid in ids:
+        await js.publish(subjects.event(rid, "ping"), b"{}")
+        msg = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.{rid}.ev.ping")
+        assert msg.subject == f"{subjects.prefix}.in.{partition_of(rid, 4)}.{rid}.ev.ping"
