@@ -263,6 +263,7 @@ class RunActor:
         if self.parked or self.machine is None:
             return Outcome.RETRY
         if event_id in self.machine.seen_events or event_id in self.machine.rejected:
+            await self._advance()
             return Outcome.ACK
         cause = f"inbox:{stream_seq(msg)}"
         data = msg.data or b"null"
@@ -280,8 +281,12 @@ class RunActor:
 
     async def _on_start(self, msg: Msg, start: StartRun) -> Outcome:
         if self.started is not None:
+            # Redelivered start (e.g. the previous worker died mid-activation):
+            # finish whatever the replayed code still has to do.
             if self.terminal is not None:
                 await self._after_terminal()
+            elif self.machine is not None:
+                await self._advance()
             return Outcome.ACK
         cause = f"inbox:{stream_seq(msg)}"
         registry = self.rt.registry

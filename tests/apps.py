@@ -69,8 +69,8 @@ async def sleeper(ctx: ms.Context, seconds: float) -> str:
 
 @registry.workflow
 async def once(ctx: ms.Context, path: str) -> object:
-    return await ctx.effect("file.append", {"path": path, "line": ctx.run_id},
-                            at_most_once=bool(os.environ.get("MS_AT_MOST_ONCE")))
+    """One effect that appends a line to a file (the side effect crash tests count)."""
+    return await ctx.effect("file.append", {"path": path, "line": ctx.run_id})
 
 
 @handlers.handler("llm.mock")
@@ -178,3 +178,9 @@ async def flaky(payload: dict[str, object], ctx: ms.EffectContext) -> dict[str, 
     if ctx.attempt <= int(payload.get("fail_times", 0)):  # type: ignore[call-overload]
         raise RuntimeError(f"transient failure {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@registry.workflow
+async def once_amo(ctx: ms.Context, path: str) -> object:
+    """Like `once`, but the effect must never run twice."""
+    return await ctx.effect("file.append", {"path": path, "line": ctx.run_id}, at_most_once=True)

@@ -1,0 +1,52 @@
+"""Worker and handler processes for crash tests (killed with real SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from streams import Subjects
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    def __init__(self, popen: subprocess.Popen[bytes], log: Path) -> None:
+        self.popen = popen
+        self.log = log
+
+    def kill9(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def spawn(
+    command: str,
+    app: str,
+    url: str,
+    subjects: Subjects,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> Proc:
+    """Start `mainspring <command> --app <app>` against the test server."""
+    args = [sys.executable, "-m", "mainspring", command, "--app", app, "--nats-url", url,
+            "--prefix", subjects.prefix, "--partitions", str(subjects.partitions), *extra]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    with log.open("ab") as out:
+        popen = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                 cwd=ROOT)
+    return Proc(popen, log)
