@@ -127,6 +127,8 @@ class RunActor:
             try:
                 if not self.loaded:
                     await self._load()
+                    if self.machine is not None and self.machine.nondeterminism is not None:
+                        await self._park(self.machine.nondeterminism)
                 return await self._activate(msg)
             except JournalConflict as conflict:
                 self.log.info("journal_conflict", detail=str(conflict))
@@ -164,8 +166,6 @@ class RunActor:
             machine.feed(stored.event)
         machine.check_replay_complete()
         self.machine = machine
-        if machine.nondeterminism is not None:
-            self.parked = True
 
     def _new_machine(self, started: RunStarted, recorded: list[JournalEvent]) -> Machine | None:
         wf = self.rt.registry.get(started.workflow)

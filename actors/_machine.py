@@ -102,10 +102,24 @@ def _matches(cmd: Command, ev: JournalEvent) -> bool:
     return False
 
 
+_CALLS = {
+    "step.completed": "step",
+    "step.failed": "step",
+    "effect.requested": "effect",
+    "timer.started": "sleep",
+    "wait.started": "wait_event",
+    "child.started": "child",
+    "marker.recorded": "patched",
+}
+
+
 def _describe_event(ev: JournalEvent) -> str:
+    """A recorded decision in the words of the ctx call that made it (``step 'x'``)."""
+    tag = str(type(ev).__struct_config__.tag)
     name = getattr(ev, "name", None) or getattr(ev, "kind", None) or getattr(ev, "patch", None)
-    tag = type(ev).__struct_config__.tag
-    return f"{tag} '{name}'" if name else str(tag)
+    name = name or getattr(ev, "workflow", None)
+    call = _CALLS.get(tag, tag)
+    return f"{call} '{name}'" if name else call
 
 
 def child_run_id(parent: str, seq: int) -> str:

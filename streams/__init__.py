@@ -32,18 +32,18 @@ from streams._topology import (
 )
 
 __all__ = [
+    "ApiError",
+    "ConsumerSpec",
     "GENESIS",
     "HDR_HASH",
     "HDR_N",
     "HDR_PREV",
     "HDR_TYPE",
-    "MIN_API_LEVEL",
-    "MIN_SERVER",
-    "ApiError",
-    "ConsumerSpec",
     "Journal",
     "Lease",
     "Leases",
+    "MIN_API_LEVEL",
+    "MIN_SERVER",
     "ServerFeatures",
     "StoredEvent",
     "Subjects",

@@ -1,0 +1,55 @@
+"""Package layering (DESIGN.md §3) and the public names each package exports."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"schemas", "streams", "actors", "projections", "mainspring"}
+ALLOWED = {
+    "schemas": set(),
+    "streams": {"schemas"},
+    "actors": {"schemas", "streams"},
+    "projections": {"schemas", "streams"},
+    "mainspring": OURS - {"mainspring"},
+}
+
+
+def _imports(package: str) -> set[str]:
+    found: set[str] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return (found & OURS) - {package}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_point_one_way(package: str) -> None:
+    """Each package imports only the packages below it."""
+    assert _imports(package) <= ALLOWED[package]
+
+
+PUBLIC = {
+    "schemas": 62,
+    "streams": 27,
+    "actors": 14,
+    "projections": 0,
+    "mainspring": 28,
+}
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC))
+def test_public_names_are_pinned_and_sorted(package: str) -> None:
+    """__all__ is sorted, resolvable, and changes only on purpose (update the pin)."""
+    module = importlib.import_module(package)
+    names = list(module.__all__)
+    assert names == sorted(names)
+    assert all(hasattr(module, n) for n in names)
+    assert len(names) == PUBLIC[package], f"{package}.__all__ changed: {names}"
