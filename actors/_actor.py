@@ -50,8 +50,8 @@ from schemas import (
     EventRejected,
     JournalConflict,
     JournalEvent,
-    MarkerRecorded,
     MainspringError,
+    MarkerRecorded,
     NondeterminismError,
     ParentRef,
     RunCancelled,
@@ -198,8 +198,15 @@ class RunActor:
             await self._after_terminal()
             return Outcome.ACK
         if isinstance(message, CancelRun):
-            await self._append(RunCancelled(run_id=run_id, n=0, at=_EPOCH, reason=message.reason,
-                                            cause=f"inbox:{stream_seq(msg)}"))
+            await self._append(
+                RunCancelled(
+                    run_id=run_id,
+                    n=0,
+                    at=_EPOCH,
+                    reason=message.reason,
+                    cause=f"inbox:{stream_seq(msg)}",
+                )
+            )
             return Outcome.ACK
         if isinstance(message, WakeRun):
             if self.parked:
@@ -225,30 +232,57 @@ class RunActor:
             if m.is_resolved(message.seq) or message.seq not in m.futures:
                 return None
             if message.ok:
-                return EffectCompleted(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
-                                       effect_id=message.effect_id, result=message.result,
-                                       attempts=message.attempts)
-            return EffectFailed(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
-                                effect_id=message.effect_id,
-                                error=message.error or ErrorInfo(type="effect.failed", message=""),
-                                attempts=message.attempts)
+                return EffectCompleted(
+                    run_id=rid,
+                    n=0,
+                    at=_EPOCH,
+                    cause=cause,
+                    seq=message.seq,
+                    effect_id=message.effect_id,
+                    result=message.result,
+                    attempts=message.attempts,
+                )
+            return EffectFailed(
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                cause=cause,
+                seq=message.seq,
+                effect_id=message.effect_id,
+                error=message.error or ErrorInfo(type="effect.failed", message=""),
+                attempts=message.attempts,
+            )
         if isinstance(message, TimerFire):
             if m.is_open_timer(message.seq):
                 return TimerFired(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq)
             wait = m.waits_by_seq.get(message.seq)
             if wait is not None:
-                return WaitTimedOut(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
-                                    name=wait.name)
+                return WaitTimedOut(
+                    run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq, name=wait.name
+                )
             return None
         if isinstance(message, ChildDone):
             if message.seq not in m.children or m.is_resolved(message.seq):
                 return None
             if message.ok:
-                return ChildCompleted(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
-                                      child_run_id=message.child_run_id, output=message.output)
-            return ChildFailed(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq,
-                               child_run_id=message.child_run_id,
-                               error=message.error or ErrorInfo(type="child.failed", message=""))
+                return ChildCompleted(
+                    run_id=rid,
+                    n=0,
+                    at=_EPOCH,
+                    cause=cause,
+                    seq=message.seq,
+                    child_run_id=message.child_run_id,
+                    output=message.output,
+                )
+            return ChildFailed(
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                cause=cause,
+                seq=message.seq,
+                child_run_id=message.child_run_id,
+                error=message.error or ErrorInfo(type="child.failed", message=""),
+            )
         return None
 
     async def _on_event(self, msg: Msg, name: str) -> Outcome:
@@ -270,12 +304,30 @@ class RunActor:
         try:
             msgspec.json.decode(data)
         except msgspec.DecodeError as e:
-            await self._append(EventRejected(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
-                                             event_id=event_id, name=name, seq=0,
-                                             reason=f"payload is not valid JSON: {e}"))
+            await self._append(
+                EventRejected(
+                    run_id=self.run_id,
+                    n=0,
+                    at=_EPOCH,
+                    cause=cause,
+                    event_id=event_id,
+                    name=name,
+                    seq=0,
+                    reason=f"payload is not valid JSON: {e}",
+                )
+            )
             return Outcome.ACK
-        await self._append(EventReceived(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
-                                         name=name, event_id=event_id, payload=msgspec.Raw(data)))
+        await self._append(
+            EventReceived(
+                run_id=self.run_id,
+                n=0,
+                at=_EPOCH,
+                cause=cause,
+                name=name,
+                event_id=event_id,
+                payload=msgspec.Raw(data),
+            )
+        )
         await self._advance()
         return Outcome.ACK
 
@@ -292,24 +344,49 @@ class RunActor:
         registry = self.rt.registry
         opts = self.rt.options
         version = registry.get(start.workflow).version if start.workflow in registry else "?"
-        started = RunStarted(run_id=self.run_id, n=0, at=_EPOCH, cause=cause,
-                             workflow=start.workflow, version=version, input=start.input,
-                             parent=start.parent, depth=start.depth,
-                             max_events=opts.max_events, max_depth=opts.max_depth)
+        started = RunStarted(
+            run_id=self.run_id,
+            n=0,
+            at=_EPOCH,
+            cause=cause,
+            workflow=start.workflow,
+            version=version,
+            input=start.input,
+            parent=start.parent,
+            depth=start.depth,
+            max_events=opts.max_events,
+            max_depth=opts.max_depth,
+        )
         stored = await self._append(started)
         assert isinstance(stored.event, RunStarted)
         self.started = stored.event
         if start.workflow not in registry:
-            await self._append(RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
-                type="workflow.not_found",
-                message=f"no worker has a workflow named {start.workflow!r}")))
+            await self._append(
+                RunFailed(
+                    run_id=self.run_id,
+                    n=0,
+                    at=_EPOCH,
+                    error=ErrorInfo(
+                        type="workflow.not_found",
+                        message=f"no worker has a workflow named {start.workflow!r}",
+                    ),
+                )
+            )
             return Outcome.ACK
         wf = registry.get(start.workflow)
         try:
             msgspec.json.decode(start.input, type=wf.input_type)
         except msgspec.ValidationError as e:
-            await self._append(RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
-                type="input.invalid", message=f"input of workflow {start.workflow}: {e}")))
+            await self._append(
+                RunFailed(
+                    run_id=self.run_id,
+                    n=0,
+                    at=_EPOCH,
+                    error=ErrorInfo(
+                        type="input.invalid", message=f"input of workflow {start.workflow}: {e}"
+                    ),
+                )
+            )
             return Outcome.ACK
         self.machine = self._new_machine(self.started, [])
         await self._advance()
@@ -340,8 +417,14 @@ class RunActor:
             try:
                 out = msgspec.json.encode(m.main.result())
             except (TypeError, msgspec.EncodeError) as e:
-                return RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
-                    type="output.invalid", message=f"workflow output is not JSON: {e}"))
+                return RunFailed(
+                    run_id=self.run_id,
+                    n=0,
+                    at=_EPOCH,
+                    error=ErrorInfo(
+                        type="output.invalid", message=f"workflow output is not JSON: {e}"
+                    ),
+                )
             return RunCompleted(run_id=self.run_id, n=0, at=_EPOCH, output=msgspec.Raw(out))
         error = getattr(exc, "error", None)
         info = error if isinstance(error, ErrorInfo) else _error(exc)
@@ -357,62 +440,110 @@ class RunActor:
                     value = await value
                 result = msgspec.json.encode(value)
             except Exception as exc:  # the step's own failure is a journaled fact
-                return StepFailed(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name,
-                                  error=_error(exc))
-            return StepCompleted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name,
-                                 result=msgspec.Raw(result))
+                return StepFailed(
+                    run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, error=_error(exc)
+                )
+            return StepCompleted(
+                run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, result=msgspec.Raw(result)
+            )
         if isinstance(cmd, EffectCmd):
-            return EffectRequested(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq,
-                                   effect_id=f"{rid}.fx.{cmd.seq}", kind=cmd.kind,
-                                   payload=msgspec.Raw(cmd.payload), retry=cmd.retry,
-                                   timeout_s=cmd.timeout_s, at_most_once=cmd.at_most_once,
-                                   inbox=subjects.inbox(rid, "effect.result"))
+            return EffectRequested(
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                seq=cmd.seq,
+                effect_id=f"{rid}.fx.{cmd.seq}",
+                kind=cmd.kind,
+                payload=msgspec.Raw(cmd.payload),
+                retry=cmd.retry,
+                timeout_s=cmd.timeout_s,
+                at_most_once=cmd.at_most_once,
+                inbox=subjects.inbox(rid, "effect.result"),
+            )
         if isinstance(cmd, TimerCmd):
             await self._schedule(cmd.seq, cmd.fire_at)
             return TimerStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, fire_at=cmd.fire_at)
         if isinstance(cmd, WaitCmd):
             if cmd.deadline is not None:
                 await self._schedule(cmd.seq, cmd.deadline)
-            return WaitStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name,
-                               deadline=cmd.deadline)
+            return WaitStarted(
+                run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, deadline=cmd.deadline
+            )
         if isinstance(cmd, ChildCmd):
             assert self.started is not None
             depth = self.started.depth + 1
             if depth > self.started.max_depth:
-                return RunFailed(run_id=rid, n=0, at=_EPOCH, error=ErrorInfo(
-                    type="limit.child_depth",
-                    message=f"child run {cmd.child_run_id} would be at depth {depth}; "
-                            f"the limit is {self.started.max_depth}"))
-            start = StartRun(run_id=cmd.child_run_id, workflow=cmd.workflow,
-                             input=msgspec.Raw(cmd.input), parent=ParentRef(run_id=rid, seq=cmd.seq),
-                             depth=depth)
+                return RunFailed(
+                    run_id=rid,
+                    n=0,
+                    at=_EPOCH,
+                    error=ErrorInfo(
+                        type="limit.child_depth",
+                        message=f"child run {cmd.child_run_id} would be at depth {depth}; "
+                        f"the limit is {self.started.max_depth}",
+                    ),
+                )
+            start = StartRun(
+                run_id=cmd.child_run_id,
+                workflow=cmd.workflow,
+                input=msgspec.Raw(cmd.input),
+                parent=ParentRef(run_id=rid, seq=cmd.seq),
+                depth=depth,
+            )
             await self.rt.send_inbox(cmd.child_run_id, start, "start", f"start:{cmd.child_run_id}")
-            return ChildStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq,
-                                child_run_id=cmd.child_run_id, workflow=cmd.workflow,
-                                input=msgspec.Raw(cmd.input))
+            return ChildStarted(
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                seq=cmd.seq,
+                child_run_id=cmd.child_run_id,
+                workflow=cmd.workflow,
+                input=msgspec.Raw(cmd.input),
+            )
         if isinstance(cmd, MarkerCmd):
             return MarkerRecorded(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, patch=cmd.patch)
         assert isinstance(cmd, RejectFact)
-        return EventRejected(run_id=rid, n=0, at=_EPOCH, cause="actor", event_id=cmd.event_id,
-                             name=cmd.name, seq=cmd.seq, reason=cmd.reason)
+        return EventRejected(
+            run_id=rid,
+            n=0,
+            at=_EPOCH,
+            cause="actor",
+            event_id=cmd.event_id,
+            name=cmd.name,
+            seq=cmd.seq,
+            reason=cmd.reason,
+        )
 
     async def _schedule(self, seq: int, when: datetime) -> None:
         subjects = self.rt.subjects
         body = encode_inbox(TimerFire(run_id=self.run_id, seq=seq))
-        await self.rt.publish_js(subjects.schedule(self.run_id, seq), body, {
-            "Nats-Schedule": _at_spec(when),
-            "Nats-Schedule-Target": subjects.inbox(self.run_id, "timer.fire"),
-        })
+        await self.rt.publish_js(
+            subjects.schedule(self.run_id, seq),
+            body,
+            {
+                "Nats-Schedule": _at_spec(when),
+                "Nats-Schedule-Target": subjects.inbox(self.run_id, "timer.fire"),
+            },
+        )
 
     # ------------------------------------------------------------------ journal
     async def _append(self, event: JournalEvent) -> StoredEvent:
         n = self.n + 1
         started = self.started
-        if (started is not None and n >= started.max_events
-                and not isinstance(event, TERMINAL_EVENTS)):
-            event = RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=ErrorInfo(
-                type="limit.events",
-                message=f"run reached its limit of {started.max_events} journal events"))
+        if (
+            started is not None
+            and n >= started.max_events
+            and not isinstance(event, TERMINAL_EVENTS)
+        ):
+            event = RunFailed(
+                run_id=self.run_id,
+                n=0,
+                at=_EPOCH,
+                error=ErrorInfo(
+                    type="limit.events",
+                    message=f"run reached its limit of {started.max_events} journal events",
+                ),
+            )
         event = msgspec.structs.replace(event, n=n, at=utcnow())
         stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
         self.n, self.last_seq, self.head = n, stored.seq, stored.hash
@@ -437,24 +568,42 @@ class RunActor:
             return
         if started.parent is not None:
             parent = started.parent
-            done = ChildDone(run_id=parent.run_id, seq=parent.seq, child_run_id=self.run_id,
-                             ok=isinstance(ev, RunCompleted),
-                             output=ev.output if isinstance(ev, RunCompleted) else NULL,
-                             error=None if isinstance(ev, RunCompleted) else (
-                                 ev.error if isinstance(ev, RunFailed) else
-                                 ErrorInfo(type="child.cancelled", message="child run cancelled")))
+            done = ChildDone(
+                run_id=parent.run_id,
+                seq=parent.seq,
+                child_run_id=self.run_id,
+                ok=isinstance(ev, RunCompleted),
+                output=ev.output if isinstance(ev, RunCompleted) else NULL,
+                error=None
+                if isinstance(ev, RunCompleted)
+                else (
+                    ev.error
+                    if isinstance(ev, RunFailed)
+                    else ErrorInfo(type="child.cancelled", message="child run cancelled")
+                ),
+            )
             await self.rt.send_inbox(parent.run_id, done, "child.done", f"done:{self.run_id}")
         if isinstance(ev, RunCancelled):
             for child in open_children or []:
-                await self.rt.send_inbox(child, CancelRun(run_id=child, reason="parent cancelled"),
-                                         "cancel", f"cancel:{child}")
+                await self.rt.send_inbox(
+                    child,
+                    CancelRun(run_id=child, reason="parent cancelled"),
+                    "cancel",
+                    f"cancel:{child}",
+                )
 
     async def _park(self, error: NondeterminismError) -> None:
         self.log.error("run_parked", error=str(error))
         if self.last_type != "run.parked":
-            await self._append(RunParked(run_id=self.run_id, n=0, at=_EPOCH, cause="actor",
-                                         error=ErrorInfo(type="nondeterminism",
-                                                         message=str(error))))
+            await self._append(
+                RunParked(
+                    run_id=self.run_id,
+                    n=0,
+                    at=_EPOCH,
+                    cause="actor",
+                    error=ErrorInfo(type="nondeterminism", message=str(error)),
+                )
+            )
         self.parked = True
         if self.machine is not None:
             self.machine.close()

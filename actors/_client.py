@@ -89,8 +89,17 @@ def status_from_journal(events: list[JournalEvent]) -> RunStatus:
         status, error = "parked", last.error
     elif waiting:
         status = "waiting"
-    return RunStatus(first.run_id, first.workflow, first.version, status, len(events), first.at,
-                     waiting, output, error)
+    return RunStatus(
+        first.run_id,
+        first.workflow,
+        first.version,
+        status,
+        len(events),
+        first.at,
+        waiting,
+        output,
+        error,
+    )
 
 
 class Client:
@@ -108,8 +117,9 @@ class Client:
         cls, url: str = "nats://127.0.0.1:4222", *, prefix: str = "ms", partitions: int = 16
     ) -> Client:
         try:
-            nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=3,
-                                    allow_reconnect=True)
+            nc = await nats.connect(
+                url, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True
+            )
         except Exception as e:
             raise ConnectionFailed(
                 f"cannot reach NATS at {url}: {e}. Start one with `mainspring dev` "
@@ -143,13 +153,16 @@ class Client:
             raise ConnectionFailed(f"stream refused {subject}: {ack['error']['description']}")
 
     # ------------------------------------------------------------------ commands
-    async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:  # noqa: A002
+    async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:
         """Start a run (idempotent on ``run_id``); returns the run id."""
         check_workflow_name(workflow)
         rid = check_run_id(run_id) if run_id else str(ULID())
-        body = StartRun(run_id=rid, workflow=workflow, input=msgspec.Raw(msgspec.json.encode(input)))
-        await self._publish(self.subjects.inbox(rid, "start"), encode_inbox(body),
-                            {"Nats-Msg-Id": f"start:{rid}"})
+        body = StartRun(
+            run_id=rid, workflow=workflow, input=msgspec.Raw(msgspec.json.encode(input))
+        )
+        await self._publish(
+            self.subjects.inbox(rid, "start"), encode_inbox(body), {"Nats-Msg-Id": f"start:{rid}"}
+        )
         return rid
 
     async def send_event(
@@ -162,20 +175,24 @@ class Client:
         check_run_id(run_id)
         check_event_name(name)
         headers = {"Nats-Msg-Id": event_id} if event_id else {}
-        await self._publish(self.subjects.event(run_id, name), msgspec.json.encode(payload),
-                            headers)
+        await self._publish(
+            self.subjects.event(run_id, name), msgspec.json.encode(payload), headers
+        )
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         check_run_id(run_id)
-        await self._publish(self.subjects.inbox(run_id, "cancel"),
-                            encode_inbox(CancelRun(run_id=run_id, reason=reason)),
-                            {"Nats-Msg-Id": f"cancel:{run_id}"})
+        await self._publish(
+            self.subjects.inbox(run_id, "cancel"),
+            encode_inbox(CancelRun(run_id=run_id, reason=reason)),
+            {"Nats-Msg-Id": f"cancel:{run_id}"},
+        )
 
     async def wake(self, run_id: str) -> None:
         """Ask a worker to replay a run now (continue a parked run after deploying a fix)."""
         check_run_id(run_id)
-        await self._publish(self.subjects.inbox(run_id, "wake"),
-                            encode_inbox(WakeRun(run_id=run_id)), {})
+        await self._publish(
+            self.subjects.inbox(run_id, "wake"), encode_inbox(WakeRun(run_id=run_id)), {}
+        )
 
     # ------------------------------------------------------------------ queries
     async def history(self, run_id: str) -> list[StoredEvent]:
@@ -206,7 +223,7 @@ class Client:
                     ):
                         return _outcome(last.event, output_type)
                     while True:
-                        msg = await sub.next_msg(timeout=None)  # type: ignore[arg-type]
+                        msg = await sub.next_msg(timeout=None)
                         if (msg.headers or {}).get(HDR_TYPE) in _TERMINAL_TYPES:
                             break
         finally:
@@ -218,4 +235,6 @@ def _outcome(ev: RunCompleted | RunFailed | RunCancelled, output_type: Any) -> A
         return msgspec.json.decode(ev.output, type=output_type)
     if isinstance(ev, RunFailed):
         raise RunFailedError(ev.run_id, ev.error)
-    raise RunCancelledError(ev.run_id, _ErrorInfo(type="cancelled", message=ev.reason or "cancelled"))
+    raise RunCancelledError(
+        ev.run_id, _ErrorInfo(type="cancelled", message=ev.reason or "cancelled")
+    )

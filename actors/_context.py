@@ -82,19 +82,39 @@ class Context:
         return self._m.patched(name)
 
     # --------------------------------------------------------------- journaled work
+    @overload
     def step(
         self,
-        fn: Callable[..., T] | Callable[..., Awaitable[T]],
+        fn: Callable[..., Awaitable[T]],
         *args: Any,
         name: str | None = None,
         result_type: Any = Any,
         **kwargs: Any,
-    ) -> DFuture[T]:
+    ) -> DFuture[T]: ...
+
+    @overload
+    def step(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        name: str | None = None,
+        result_type: Any = Any,
+        **kwargs: Any,
+    ) -> DFuture[T]: ...
+
+    def step(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        result_type: Any = Any,
+        **kwargs: Any,
+    ) -> DFuture[Any]:
         """Run a local function once and journal its result (sync or async).
 
         At-least-once: if the worker dies while the step runs, it runs again.
         """
-        label = name or getattr(fn, "__name__", "step")
+        label = name or str(getattr(fn, "__name__", "step"))
         seq = self._m.next_seq()
         cmd = StepCmd(seq, label, fn, args, kwargs)
         return self._m.issue(cmd, result_type, label)
@@ -147,7 +167,7 @@ class Context:
     def wait_event(
         self,
         name: str,
-        type: Any = Any,  # noqa: A002 - mirrors msgspec's naming
+        type: Any = Any,
         *,
         timeout: timedelta | float | None = None,
     ) -> DFuture[Any]:
@@ -165,7 +185,7 @@ class Context:
     def child(
         self,
         workflow: str,
-        input: Any = None,  # noqa: A002
+        input: Any = None,
         *,
         run_id: str | None = None,
         result_type: Any = Any,

@@ -13,6 +13,7 @@ is what ``at_most_once`` effects report instead of running again.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, get_type_hints
 
 import anyio
 import msgspec
+import nats.errors
 import structlog
 from anyio.abc import TaskStatus
 from nats.aio.client import Client as NATS
@@ -34,7 +36,14 @@ from schemas import (
     decode_event,
     encode_inbox,
 )
-from streams import ConsumerSpec, Subjects, ensure_consumer, ensure_topology, num_delivered, pull_loop
+from streams import (
+    ConsumerSpec,
+    Subjects,
+    ensure_consumer,
+    ensure_topology,
+    num_delivered,
+    pull_loop,
+)
 
 log = structlog.get_logger()
 
@@ -130,8 +139,11 @@ class HandlerService:
         send, recv = anyio.create_memory_object_stream[Msg](max_buffer_size=hdef.concurrency)
         limiter = anyio.Semaphore(hdef.concurrency)
         async with anyio.create_task_group() as tg, send:
-            await tg.start(lambda task_status: pull_loop(
-                self.nc, spec, send, batch=hdef.concurrency, task_status=task_status))
+            await tg.start(
+                lambda task_status: pull_loop(
+                    self.nc, spec, send, batch=hdef.concurrency, task_status=task_status
+                )
+            )
             log.info("handler_serving", kind=hdef.kind)
             task_status.started()
             async with recv:
@@ -144,10 +156,8 @@ class HandlerService:
             await self._execute(hdef, msg)
         except Exception as exc:  # reply could not be published: let JetStream redeliver
             log.warning("effect_reply_failed", kind=hdef.kind, error=str(exc))
-            try:
+            with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=1.0)
-            except Exception:
-                pass
         finally:
             limiter.release()
 
@@ -163,10 +173,17 @@ class HandlerService:
         bound = log.bind(run_id=req.run_id, effect_id=req.effect_id, kind=req.kind)
         if req.at_most_once and delivery > 1:
             bound.warning("effect_interrupted")
-            await self._reply(req, msg, ok=False, attempts=1, error=ErrorInfo(
-                type="effect.interrupted",
-                message="the handler was interrupted while running this at-most-once effect; "
-                        "it was not run again"))
+            await self._reply(
+                req,
+                msg,
+                ok=False,
+                attempts=1,
+                error=ErrorInfo(
+                    type="effect.interrupted",
+                    message="the handler was interrupted while running this at-most-once effect; "
+                    "it was not run again",
+                ),
+            )
             return
         attempts = 0
         while True:
@@ -177,8 +194,12 @@ class HandlerService:
             except Exception as exc:
                 error = _classify(exc, req)
                 retry_ok = error.retryable and attempts < req.retry.max_attempts
-                bound.info("effect_attempt_failed", attempt=attempts, error=error.message,
-                           retrying=retry_ok)
+                bound.info(
+                    "effect_attempt_failed",
+                    attempt=attempts,
+                    error=error.message,
+                    retrying=retry_ok,
+                )
                 if not retry_ok:
                     await self._reply(req, msg, ok=False, attempts=attempts, error=error)
                     return
@@ -187,8 +208,15 @@ class HandlerService:
             try:
                 data = msgspec.json.encode(result)
             except (TypeError, msgspec.EncodeError) as e:
-                await self._reply(req, msg, ok=False, attempts=attempts, error=ErrorInfo(
-                    type="result.invalid", message=f"handler result is not JSON: {e}"))
+                await self._reply(
+                    req,
+                    msg,
+                    ok=False,
+                    attempts=attempts,
+                    error=ErrorInfo(
+                        type="result.invalid", message=f"handler result is not JSON: {e}"
+                    ),
+                )
                 return
             await self._reply(req, msg, ok=True, attempts=attempts, result=data)
             return
@@ -223,11 +251,19 @@ class HandlerService:
         result: bytes = b"null",
         error: ErrorInfo | None = None,
     ) -> None:
-        reply = EffectResult(run_id=req.run_id, seq=req.seq, effect_id=req.effect_id, ok=ok,
-                             result=msgspec.Raw(result), error=error, attempts=attempts)
+        reply = EffectResult(
+            run_id=req.run_id,
+            seq=req.seq,
+            effect_id=req.effect_id,
+            ok=ok,
+            result=msgspec.Raw(result),
+            error=error,
+            attempts=attempts,
+        )
         subject = req.inbox or self.subjects.inbox(req.run_id, "effect.result")
-        ack = await self.nc.request(subject, encode_inbox(reply), timeout=5.0,
-                                    headers={"Nats-Msg-Id": req.effect_id})
+        ack = await self.nc.request(
+            subject, encode_inbox(reply), timeout=5.0, headers={"Nats-Msg-Id": req.effect_id}
+        )
         if b'"error"' in ack.data:
             raise RuntimeError(f"inbox refused result: {ack.data!r}")
         await msg.ack()
@@ -235,8 +271,11 @@ class HandlerService:
 
 def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:
     if isinstance(exc, TimeoutError):
-        return ErrorInfo(type="effect.timeout", retryable=True,
-                         message=f"attempt exceeded its timeout of {req.timeout_s}s")
+        return ErrorInfo(
+            type="effect.timeout",
+            retryable=True,
+            message=f"attempt exceeded its timeout of {req.timeout_s}s",
+        )
     if isinstance(exc, TerminalError):
         return ErrorInfo(type=exc.type, message=str(exc), retryable=False)
     name = type(exc).__name__

@@ -13,6 +13,7 @@ A command whose ``seq`` is already in the journal is *recorded* and must match
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections import deque
@@ -83,6 +84,17 @@ _DECISIONS = (
     WaitStarted,
     ChildStarted,
     MarkerRecorded,
+)
+
+
+_RESULTS = (
+    StepCompleted,
+    StepFailed,
+    EffectCompleted,
+    EffectFailed,
+    ChildCompleted,
+    ChildFailed,
+    TimerFired,
 )
 
 
@@ -183,9 +195,7 @@ class Machine:
         self.now = ev.at
         if isinstance(ev, _DECISIONS):
             self._drop_pending(ev.seq)
-        if isinstance(ev, StepCompleted | EffectCompleted | ChildCompleted | TimerFired):
-            self._resolve(ev)
-        elif isinstance(ev, StepFailed | EffectFailed | ChildFailed):
+        if isinstance(ev, _RESULTS):
             self._resolve(ev)
         elif isinstance(ev, WaitTimedOut):
             self._time_out(ev)
@@ -204,16 +214,14 @@ class Machine:
         self._run()
 
     def _run(self) -> None:
-        try:
+        with contextlib.suppress(_Parked):
             self.sched.run_until_quiescent()
-        except _Parked:
-            pass
 
     def _drop_pending(self, seq: int) -> None:
-        if self.pending and not isinstance(self.pending[0], RejectFact):
-            if self.pending[0].seq == seq:
-                self.pending.popleft()
-                return
+        head = self.pending[0] if self.pending else None
+        if head is not None and not isinstance(head, RejectFact) and head.seq == seq:
+            self.pending.popleft()
+            return
         for cmd in list(self.pending):
             if not isinstance(cmd, RejectFact) and cmd.seq == seq:
                 self.pending.remove(cmd)
@@ -289,9 +297,7 @@ class Machine:
         recorded = self.recorded.get(seq)
         if recorded is not None:
             if not _matches(cmd, recorded):
-                self._nondeterministic(
-                    recorded.n, seq, _describe_event(recorded), describe(cmd)
-                )
+                self._nondeterministic(recorded.n, seq, _describe_event(recorded), describe(cmd))
         else:
             self.pending.append(cmd)
         self.futures[seq] = (fut, result_type, label)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_type_hints, overload
 
 from schemas import WorkflowNotFound, check_workflow_name
 
@@ -27,9 +27,15 @@ class Registry:
     def __init__(self) -> None:
         self._workflows: dict[str, WorkflowDef] = {}
 
+    @overload
+    def workflow(self, fn: F, /) -> F: ...
+
+    @overload
+    def workflow(self, *, name: str | None = None, version: str = "1") -> Callable[[F], F]: ...
+
     def workflow(
         self, fn: F | None = None, *, name: str | None = None, version: str = "1"
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Register ``async def f(ctx, input) -> output`` (usable bare or with arguments).
 
         ``version`` is recorded in every run the workflow starts.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 
 import anyio
+import nats.errors
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -16,7 +18,16 @@ from ulid import ULID
 from actors._actor import Outcome, RunActor
 from actors._registry import Registry
 from actors._runtime import Runtime, WorkerOptions
-from streams import ConsumerSpec, Lease, Leases, Subjects, ensure_consumer, ensure_topology, pull_loop
+from schemas import MainspringError
+from streams import (
+    ConsumerSpec,
+    Lease,
+    Leases,
+    Subjects,
+    ensure_consumer,
+    ensure_topology,
+    pull_loop,
+)
 
 log = structlog.get_logger()
 
@@ -74,15 +85,12 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 for lease, _scope in list(self._held.values()):
-                    try:
+                    # best effort: if this fails the lease TTL frees the partition anyway
+                    with contextlib.suppress(nats.errors.Error, MainspringError):
                         await self.leases.release(lease)
-                    except Exception:  # best effort; the TTL frees it anyway
-                        pass
                 self._held.clear()
-                try:
+                with contextlib.suppress(nats.errors.Error):
                     await ping.unsubscribe()
-                except Exception:
-                    pass
                 for actor in self.actors.values():
                     actor.evict()
 
@@ -148,10 +156,8 @@ class Worker:
             now = time.monotonic()
             for msg, since in list(self._inflight.values()):
                 if now - since > period:
-                    try:
+                    with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
-                    except Exception:
-                        pass
 
     # ------------------------------------------------------------------ dispatch
     async def _dispatch(self, recv: MemoryObjectReceiveStream[Msg], tg: TaskGroup) -> None:
@@ -225,6 +231,3 @@ class _Relay:
 
     def started(self, value: object = None) -> None:
         self._outer.started(self._scope)
-
-
-

@@ -75,4 +75,5 @@ __all__ = [
     "Worker",
     "WorkerOptions",
     "WorkflowMisuse",
+    "WorkflowNotFound",
 ]

@@ -19,10 +19,14 @@ app = typer.Typer(
 
 NatsOpt = Annotated[
     str | None,
-    typer.Option("--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False),
+    typer.Option(
+        "--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False
+    ),
 ]
 PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix of the deployment")]
-PartitionsOpt = Annotated[int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")]
+PartitionsOpt = Annotated[
+    int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")
+]
 
 
 @app.command()
@@ -32,8 +36,12 @@ def worker(
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
     concurrency: Annotated[int, typer.Option(help="activations processed at once")] = 1000,
-    lease_ttl: Annotated[float, typer.Option(help="seconds before a silent worker's partitions move")] = 10.0,
-    forced_replay: Annotated[bool, typer.Option(help="replay every run after each step (finds nondeterminism)")] = False,
+    lease_ttl: Annotated[
+        float, typer.Option(help="seconds before a silent worker's partitions move")
+    ] = 10.0,
+    forced_replay: Annotated[
+        bool, typer.Option(help="replay every run after each step (finds nondeterminism)")
+    ] = False,
 ) -> None:
     """Run workflows of a registry until interrupted (Ctrl-C stops cleanly)."""
     from actors import Registry, Worker, WorkerOptions
@@ -42,8 +50,9 @@ def worker(
     registry = load_object(app_spec)
     if not isinstance(registry, Registry):
         raise typer.BadParameter(f"{app_spec} is a {type(registry).__name__}, not a Registry")
-    options = WorkerOptions(concurrency=concurrency, lease_ttl_s=lease_ttl,
-                            forced_replay=forced_replay)
+    options = WorkerOptions(
+        concurrency=concurrency, lease_ttl_s=lease_ttl, forced_replay=forced_replay
+    )
 
     async def main(nc: object) -> None:
         from streams import Subjects
@@ -87,8 +96,9 @@ def _serve(nats_url: str | None, main: object) -> None:
 
     async def run() -> None:
         try:
-            nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=-1,
-                                    reconnect_time_wait=0.2)
+            nc = await nats.connect(
+                url, connect_timeout=3, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+            )
         except Exception as e:
             raise SystemExit(
                 f"error: cannot reach NATS at {url} ({e}). Start one with `mainspring dev` "

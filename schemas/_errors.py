@@ -114,7 +114,7 @@ class NondeterminismError(MainspringError):
 class TerminalError(MainspringError):
     """Raise from a handler or step to fail without retries."""
 
-    def __init__(self, message: str, *, type: str = "terminal") -> None:  # noqa: A002
+    def __init__(self, message: str, *, type: str = "terminal") -> None:
         self.type = type
         super().__init__(message)
 

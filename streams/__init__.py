@@ -8,7 +8,6 @@ from streams._consumer import (
     pull_loop,
     stream_seq,
 )
-from streams._jsapi import ApiError, api_request
 from streams._journal import (
     GENESIS,
     HDR_HASH,
@@ -20,6 +19,7 @@ from streams._journal import (
     chain,
     verify_chain,
 )
+from streams._jsapi import ApiError, api_request
 from streams._leases import Lease, Leases
 from streams._subjects import Subjects, partition_of
 from streams._topology import (

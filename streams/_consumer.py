@@ -7,6 +7,7 @@ request is lost with it) and re-issue the pull.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,17 +127,16 @@ async def pull_loop(
                 break
     finally:
         with anyio.CancelScope(shield=True):
-            try:
+            with contextlib.suppress(nats.errors.ConnectionClosedError):
                 await sub.unsubscribe()
-            except nats.errors.ConnectionClosedError:
-                pass
 
 
 def num_delivered(msg: Msg) -> int:
     """How many times JetStream delivered this message (1 = first time)."""
     reply = msg.reply or ""
     tokens = reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1) or with domain/hash (v2)
+    # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+    # v2 adds domain and account hash after ACK
     if len(tokens) == 9:
         return int(tokens[4])
     if len(tokens) >= 12:
@@ -152,5 +152,3 @@ def stream_seq(msg: Msg) -> int:
     if len(tokens) >= 12:
         return int(tokens[7])
     return 0
-
-

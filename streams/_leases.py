@@ -11,6 +11,7 @@ journal OCC keeps runs correct while two workers overlap.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import nats.errors
@@ -95,7 +96,7 @@ class Leases:
         return True
 
     async def release(self, lease: Lease) -> None:
-        try:
+        with contextlib.suppress(
+            nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError
+        ):
             await self.kv.delete(self._s.lease_key(lease.partition), last=lease.revision)
-        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-            pass

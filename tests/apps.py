@@ -29,22 +29,26 @@ async def chain(ctx: ms.Context, n: int) -> int:
     return x
 
 
+class SlowChain(msgspec.Struct):
+    file: str
+    steps: int = 10
+    delay: float = 0.05
+
+
 @registry.workflow
-async def slow_chain(ctx: ms.Context, inp: dict[str, object]) -> int:
+async def slow_chain(ctx: ms.Context, inp: SlowChain) -> int:
     """Steps that sleep and append `run,step` to a file: the side effect W4 counts."""
-    path = Path(str(inp["file"]))
-    steps = int(inp.get("steps", 10))  # type: ignore[call-overload]
-    delay = float(inp.get("delay", 0.05))  # type: ignore[arg-type]
+    path = Path(inp.file)
 
     async def side_effect(i: int) -> int:
-        await anyio.sleep(delay)
+        await anyio.sleep(inp.delay)
         with path.open("a") as f:
             f.write(f"{ctx.run_id},{i}\n")
         return i
 
-    for i in range(steps):
+    for i in range(inp.steps):
         await ctx.step(side_effect, i, name="side_effect")
-    return steps
+    return inp.steps
 
 
 @registry.workflow
@@ -122,7 +126,8 @@ async def recurse(ctx: ms.Context, depth: int) -> int:
     """Starts a child of itself until depth 0 (bounded by max_depth)."""
     if depth == 0:
         return 0
-    return 1 + await ctx.child("recurse", depth - 1)
+    below: int = await ctx.child("recurse", depth - 1)
+    return 1 + below
 
 
 @registry.workflow
@@ -149,7 +154,9 @@ async def step_fails(ctx: ms.Context, _: None) -> str:
 @registry.workflow
 async def flaky_effect(ctx: ms.Context, inp: dict[str, object]) -> object:
     return await ctx.effect(
-        "flaky", inp, retry=ms.RetryPolicy(max_attempts=4, initial_backoff_s=0.01),
+        "flaky",
+        inp,
+        retry=ms.RetryPolicy(max_attempts=4, initial_backoff_s=0.01),
         timeout=float(inp.get("timeout", 5)),  # type: ignore[arg-type]
     )
 

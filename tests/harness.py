@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 from nats.aio.client import Client as NATS
 
-from actors import Client, Handlers, HandlerService, Registry, Worker, WorkerOptions
+from actors import Client, Handlers, HandlerService, Registry, RunStatus, Worker, WorkerOptions
+from schemas import Event, RunNotFound, StepCompleted
 from streams import StoredEvent, Subjects, verify_chain
+
+T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
 
 @dataclass
@@ -55,11 +60,35 @@ def types(events: list[StoredEvent]) -> list[str]:
     return [type(e.event).__struct_config__.tag for e in events]  # type: ignore[misc]
 
 
-async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll a condition until true or the deadline passes (never a blind sleep)."""
+async def wait_until(
+    predicate: Callable[[], Awaitable[T | None]], timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll a condition until it yields a truthy value or the deadline passes (no blind sleep)."""
     with anyio.fail_after(timeout):
         while True:
             value = await predicate()
             if value:
                 return value
             await anyio.sleep(interval)
+
+
+async def wait_status(client: Client, run_id: str, want: str, timeout: float = 20.0) -> RunStatus:
+    """Wait until the run's journal says it is ``want`` (waiting, parked, ...)."""
+
+    async def check() -> RunStatus | None:
+        try:
+            st = await client.status(run_id)
+        except RunNotFound:
+            return None
+        return st if st.status == want else None
+
+    return await wait_until(check, timeout)
+
+
+def step_seqs(events: list[StoredEvent]) -> list[int]:
+    """The command numbers of journaled step results, in journal order."""
+    return [e.event.seq for e in events if isinstance(e.event, StepCompleted)]
+
+
+def events_of(events: list[StoredEvent], cls: type[E]) -> list[E]:
+    return [e.event for e in events if isinstance(e.event, cls)]

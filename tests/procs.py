@@ -43,10 +43,22 @@ def spawn(
     extra: tuple[str, ...] = (),
 ) -> Proc:
     """Start `mainspring <command> --app <app>` against the test server."""
-    args = [sys.executable, "-m", "mainspring", command, "--app", app, "--nats-url", url,
-            "--prefix", subjects.prefix, "--partitions", str(subjects.partitions), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "mainspring",
+        command,
+        "--app",
+        app,
+        "--nats-url",
+        url,
+        "--prefix",
+        subjects.prefix,
+        "--partitions",
+        str(subjects.partitions),
+        *extra,
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with log.open("ab") as out:
-        popen = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                 cwd=ROOT)
+        popen = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     return Proc(popen, log)

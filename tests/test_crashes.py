@@ -13,7 +13,7 @@ import mainspring as ms
 from mainspring import NatsServer
 from streams import Subjects
 from tests.apps import registry
-from tests.harness import assert_journal_sound, running, types, wait_until
+from tests.harness import assert_journal_sound, running, step_seqs, types, wait_until
 from tests.procs import spawn
 
 pytestmark = pytest.mark.anyio
@@ -30,8 +30,12 @@ async def test_worker_sigkill_mid_run(
     side = tmp_path / "side.txt"
     first = spawn("worker", "tests.apps:registry", nats_server.url, subjects, tmp_path / "w1.log")
     client = ms.Client(nc, subjects)
-    ids = [await client.start("slow_chain", {"file": str(side), "steps": 10, "delay": 0.1},
-                              run_id=f"k{i}") for i in range(20)]
+    ids = [
+        await client.start(
+            "slow_chain", {"file": str(side), "steps": 10, "delay": 0.1}, run_id=f"k{i}"
+        )
+        for i in range(20)
+    ]
 
     async def progressed() -> bool:
         return len(_lines(side)) >= 30
@@ -41,8 +45,9 @@ async def test_worker_sigkill_mid_run(
         first.kill9()
         done_before = len(_lines(side))
         assert done_before < 200, "every run finished before the kill; the test proved nothing"
-        second = spawn("worker", "tests.apps:registry", nats_server.url, subjects,
-                       tmp_path / "w2.log")
+        second = spawn(
+            "worker", "tests.apps:registry", nats_server.url, subjects, tmp_path / "w2.log"
+        )
         try:
             with anyio.fail_after(60):
                 results = [await client.result(rid) for rid in ids]
@@ -54,7 +59,7 @@ async def test_worker_sigkill_mid_run(
     for rid in ids:
         events = await client.history(rid)
         assert_journal_sound(rid, events)
-        steps = [e.event.seq for e in events if types([e]) == ["step.completed"]]  # type: ignore[attr-defined]
+        steps = step_seqs(events)
         assert steps == list(range(1, 11)), f"{rid}: journaled steps {steps}"
     per_step = Counter(_lines(side))
     assert set(per_step) == {f"{rid},{i}" for rid in ids for i in range(10)}
@@ -103,8 +108,14 @@ async def _handler_killed_mid_effect(
     side = tmp_path / "fx.txt"
     env = {"MS_ACK_WAIT": "2", "MS_LINGER": "60"}
     async with running(nc, subjects, registry) as h:
-        first = spawn("handlers", "tests.apps:handlers", nats_server.url, subjects,
-                      tmp_path / "h1.log", env=env)
+        first = spawn(
+            "handlers",
+            "tests.apps:handlers",
+            nats_server.url,
+            subjects,
+            tmp_path / "h1.log",
+            env=env,
+        )
         try:
             rid = await h.client.start(workflow, str(side), run_id="fx1")
 
@@ -114,8 +125,14 @@ async def _handler_killed_mid_effect(
             await wait_until(effect_started, timeout=30)
         finally:
             first.kill9()
-        second = spawn("handlers", "tests.apps:handlers", nats_server.url, subjects,
-                       tmp_path / "h2.log", env={**env, "MS_LINGER": "0"})
+        second = spawn(
+            "handlers",
+            "tests.apps:handlers",
+            nats_server.url,
+            subjects,
+            tmp_path / "h2.log",
+            env={**env, "MS_LINGER": "0"},
+        )
         try:
             try:
                 outcome: object = await h.client.result(rid, timeout=30)

@@ -20,8 +20,9 @@ def _started(run_id: str) -> RunStarted:
 
 
 def _step(run_id: str, n: int, seq: int, value: int) -> StepCompleted:
-    return StepCompleted(run_id=run_id, n=n, at=NOW, seq=seq, name="s",
-                         result=msgspec.Raw(str(value).encode()))
+    return StepCompleted(
+        run_id=run_id, n=n, at=NOW, seq=seq, name="s", result=msgspec.Raw(str(value).encode())
+    )
 
 
 async def test_stale_writer_gets_conflict(nc: NATS, subjects: Subjects) -> None:

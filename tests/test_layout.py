@@ -41,7 +41,7 @@ PUBLIC = {
     "streams": 27,
     "actors": 14,
     "projections": 0,
-    "mainspring": 28,
+    "mainspring": 29,
 }
 
 

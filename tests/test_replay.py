@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -12,7 +13,7 @@ from actors._runtime import Runtime
 from schemas import StartRun, encode_inbox
 from streams import ConsumerSpec, Subjects, ensure_consumer, ensure_topology
 from tests.apps import registry
-from tests.harness import assert_journal_sound, running, types, wait_until
+from tests.harness import assert_journal_sound, running, step_seqs, types, wait_status
 
 pytestmark = pytest.mark.anyio
 
@@ -41,28 +42,15 @@ def _v2_incompatible() -> ms.Registry:
     return reg
 
 
-async def _status(client: ms.Client, rid: str, want: str) -> ms.RunStatus:
-    async def check() -> ms.RunStatus | None:
-        try:
-            st = await client.status(rid)
-        except ms.RunNotFound:
-            return None
-        return st if st.status == want else None
-
-    return await wait_until(check, timeout=20)
-
-
-async def test_nondeterminism_parks_then_fixed_code_continues(
-    nc: NATS, subjects: Subjects
-) -> None:
+async def test_nondeterminism_parks_then_fixed_code_continues(nc: NATS, subjects: Subjects) -> None:
     """Changed code is detected on replay (run, position, recorded vs now); the run is
     parked, not failed; fixed code woken later completes it."""
     async with running(nc, subjects, _v1()) as h:
         rid = await h.client.start("nd", None, run_id="nd1")
-        await _status(h.client, rid, "waiting")
+        await wait_status(h.client, rid, "waiting")
     async with running(nc, subjects, _v2_incompatible()) as h:
         await h.client.send_event(rid, "go", {})
-        parked = await _status(h.client, rid, "parked")
+        parked = await wait_status(h.client, rid, "parked")
     assert parked.error is not None
     message = parked.error.message
     assert "nd1" in message
@@ -101,10 +89,10 @@ async def test_patched_keeps_old_runs_on_old_path(nc: NATS, subjects: Subjects) 
 
     async with running(nc, subjects, old) as h:
         old_run = await h.client.start("pt", None, run_id="pt-old")
-        await _status(h.client, old_run, "waiting")
+        await wait_status(h.client, old_run, "waiting")
     async with running(nc, subjects, new, forced_replay=True) as h:
         new_run = await h.client.start("pt", None, run_id="pt-new")
-        await _status(h.client, new_run, "waiting")
+        await wait_status(h.client, new_run, "waiting")
         await h.client.send_event(old_run, "go", {})
         await h.client.send_event(new_run, "go", {})
         assert await h.client.result(old_run, timeout=20) == "old"
@@ -116,8 +104,7 @@ async def test_two_writers_racing_one_run_never_fork(nc: NATS, subjects: Subject
     """Two actors (as on two workers during a handover) drive one run at once: OCC
     lets exactly one journal exist, with every step once."""
     await ensure_topology(nc, subjects)
-    start = StartRun(run_id="race", workflow="chain",
-                     input=_raw(30))
+    start = StartRun(run_id="race", workflow="chain", input=_raw(30))
     js = nc.jetstream()
     await js.publish(subjects.inbox("race", "start"), encode_inbox(start))
     p = subjects.partition("race")
@@ -136,12 +123,9 @@ async def test_two_writers_racing_one_run_never_fork(nc: NATS, subjects: Subject
     kinds = types(events)
     assert kinds.count("run.started") == 1
     assert kinds.count("run.completed") == 1
-    seqs = [e.event.seq for e in events if types([e]) == ["step.completed"]]  # type: ignore[attr-defined]
-    assert seqs == list(range(1, 31))
+    assert step_seqs(events) == list(range(1, 31))
     assert await client.result("race", timeout=5) == 30
 
 
-def _raw(value: object):  # type: ignore[no-untyped-def]
-    import msgspec
-
+def _raw(value: object) -> msgspec.Raw:
     return msgspec.Raw(msgspec.json.encode(value))

@@ -7,7 +7,7 @@ from nats.aio.client import Client as NATS
 
 from streams import Subjects
 from tests.apps import handlers, registry
-from tests.harness import assert_journal_sound, running, types
+from tests.harness import assert_journal_sound, running, types, wait_status
 
 pytestmark = pytest.mark.anyio
 
@@ -22,25 +22,14 @@ async def test_chain_of_steps_completes(nc: NATS, subjects: Subjects, forced_rep
     assert_journal_sound(rid, events)
 
 
-async def test_agent_effect_wait_approval(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
+async def test_agent_effect_wait_approval(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Effect, then a wait resumed by a published event, then completion."""
     async with running(nc, subjects, registry, handlers, forced_replay=forced_replay) as h:
         rid = await h.client.start("agent", "otters", run_id="a1")
-        status = await _wait_status(h.client, rid, "waiting")
+        status = await wait_status(h.client, rid, "waiting")
         assert status.waiting_for == ["approval"]
         await h.client.send_event(rid, "approval", {"approved": True, "by": "ada"})
         out = await h.client.result(rid, timeout=10)
     assert out == {"draft": "DRAFT: write about otters", "approved": True, "by": "ada"}
-
-
-async def _wait_status(client, rid, want):  # type: ignore[no-untyped-def]
-    from tests.harness import wait_until
-
-    async def check():  # type: ignore[no-untyped-def]
-        try:
-            st = await client.status(rid)
-        except Exception:
-            return None
-        return st if st.status == want else None
-
-    return await wait_until(check)

@@ -40,14 +40,21 @@ async def test_old_server_is_refused(tmp_path: Path) -> None:
     """A pre-2.12 server is refused; the message names the version found and needed."""
     assert OLD is not None
     port = free_port()
-    proc = subprocess.Popen([OLD, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [OLD, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         nc = None
         for _ in range(100):  # connect as soon as it listens
             try:
-                nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=0.2,
-                                        max_reconnect_attempts=0, allow_reconnect=False)
+                nc = await nats.connect(
+                    f"nats://127.0.0.1:{port}",
+                    connect_timeout=0.2,
+                    max_reconnect_attempts=0,
+                    allow_reconnect=False,
+                )
                 break
             except Exception:
                 import anyio

@@ -8,23 +8,12 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
-from schemas import EffectResult, encode_inbox
+from schemas import EffectCompleted, EffectResult, EventRejected, encode_inbox
 from streams import Subjects
 from tests.apps import handlers, registry
-from tests.harness import assert_journal_sound, running, types, wait_until
+from tests.harness import assert_journal_sound, events_of, running, types, wait_status
 
 pytestmark = pytest.mark.anyio
-
-
-async def _status(client: ms.Client, rid: str, want: str) -> ms.RunStatus:
-    async def check() -> ms.RunStatus | None:
-        try:
-            st = await client.status(rid)
-        except ms.RunNotFound:
-            return None
-        return st if st.status == want else None
-
-    return await wait_until(check)
 
 
 async def test_parallel_effects(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
@@ -120,11 +109,15 @@ async def test_duplicate_effect_result_changes_nothing(nc: NATS, subjects: Subje
     """A second result for an effect (past JetStream's dedup window) is ignored."""
     async with running(nc, subjects, registry, handlers) as h:
         rid = await h.client.start("agent", "dup")
-        await _status(h.client, rid, "waiting")
-        fake = EffectResult(run_id=rid, seq=1, effect_id=f"{rid}.fx.1", ok=True,
-                            result=msgspec.Raw(b'"FORGED"'))
-        await nc.jetstream().publish(subjects.inbox(rid, "effect.result"), encode_inbox(fake),
-                                     headers={"Nats-Msg-Id": "another-id"})
+        await wait_status(h.client, rid, "waiting")
+        fake = EffectResult(
+            run_id=rid, seq=1, effect_id=f"{rid}.fx.1", ok=True, result=msgspec.Raw(b'"FORGED"')
+        )
+        await nc.jetstream().publish(
+            subjects.inbox(rid, "effect.result"),
+            encode_inbox(fake),
+            headers={"Nats-Msg-Id": "another-id"},
+        )
         await h.client.send_event(rid, "approval", {"approved": True})
         out = await h.client.result(rid, timeout=10)
         kinds = types(await h.client.history(rid))
@@ -143,9 +136,9 @@ async def test_invalid_event_rejected_run_keeps_waiting(
         await h.client.send_event(rid, "go", {"approved": False, "by": "bob"})
         assert await h.client.result(rid, timeout=10) == {"approved": False, "by": "bob"}
         events = await h.client.history(rid)
-    rejected = [e.event for e in events if types([e]) == ["event.rejected"]]
+    rejected = events_of(events, EventRejected)
     assert len(rejected) == 2
-    reasons = " | ".join(r.reason for r in rejected)  # type: ignore[attr-defined]
+    reasons = " | ".join(r.reason for r in rejected)
     assert "$.approved" in reasons
     assert "not valid JSON" in reasons
 
@@ -154,7 +147,7 @@ async def test_plain_nats_publish_resumes(nc: NATS, subjects: Subjects) -> None:
     """A core `nats pub` (no SDK, no ack) to the documented subject resumes the run."""
     async with running(nc, subjects, registry) as h:
         rid = await h.client.start("waiter", 60)
-        await _status(h.client, rid, "waiting")
+        await wait_status(h.client, rid, "waiting")
         await nc.publish(f"{subjects.prefix}.event.{rid}.go", b'{"approved": true, "by": "cli"}')
         assert await h.client.result(rid, timeout=10) == {"approved": True, "by": "cli"}
 
@@ -180,7 +173,7 @@ async def test_cancel_waiting_run(nc: NATS, subjects: Subjects) -> None:
     """Cancelling a waiting run ends it as cancelled; later events change nothing."""
     async with running(nc, subjects, registry) as h:
         rid = await h.client.start("waiter", 60)
-        await _status(h.client, rid, "waiting")
+        await wait_status(h.client, rid, "waiting")
         await h.client.cancel(rid, "no longer needed")
         with pytest.raises(ms.RunCancelledError):
             await h.client.result(rid, timeout=10)
@@ -192,7 +185,9 @@ async def test_cancel_waiting_run(nc: NATS, subjects: Subjects) -> None:
 async def test_deterministic_values_replay_identically(nc: NATS, subjects: Subjects) -> None:
     """random/uuid/now are the same whether computed live or on replay."""
     async with running(nc, subjects, registry) as h:
-        live = await h.client.result(await h.client.start("deterministic_values", None, run_id="dv"))
+        live = await h.client.result(
+            await h.client.start("deterministic_values", None, run_id="dv")
+        )
     other = Subjects(subjects.prefix, subjects.partitions)
     async with running(nc, other, registry, forced_replay=True) as h:
         replayed = await h.client.result(
@@ -218,8 +213,8 @@ async def test_effect_retries_then_succeeds(nc: NATS, subjects: Subjects) -> Non
     async with running(nc, subjects, registry, handlers) as h:
         rid = await h.client.start("flaky_effect", {"fail_times": 2})
         assert await h.client.result(rid, timeout=10) == {"attempt": 3}
-        done = [e.event for e in await h.client.history(rid) if types([e]) == ["effect.completed"]]
-    assert done[0].attempts == 3  # type: ignore[attr-defined]
+        done = events_of(await h.client.history(rid), EffectCompleted)
+    assert done[0].attempts == 3
 
 
 async def test_terminal_error_is_not_retried(nc: NATS, subjects: Subjects) -> None:
