@@ -207,6 +207,30 @@ class Client:
             raise RunNotFound(f"no run {run_id!r}: nothing was journaled under that id")
         return status_from_journal([e.event for e in events])
 
+    async def wait_for(
+        self, run_id: str, *statuses: str, timeout: float | None = None
+    ) -> RunStatus:
+        """Wait until the run's status is one of ``statuses`` (e.g. ``"waiting"``).
+
+        Event-driven: woken by each journal append of the run, no polling.
+        Terminal statuses always end the wait (check the returned status).
+        """
+        check_run_id(run_id)
+        await self._ensure()
+        wanted = set(statuses) | {"completed", "failed", "cancelled"}
+        sub = await self.nc.subscribe(self.subjects.watch_run(run_id))
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    events = await self.journal.load(run_id)
+                    if events:
+                        status = status_from_journal([e.event for e in events])
+                        if status.status in wanted:
+                            return status
+                    await sub.next_msg(timeout=None)
+        finally:
+            await sub.unsubscribe()
+
     async def result(
         self, run_id: str, *, timeout: float | None = None, output_type: Any = Any
     ) -> Any:

@@ -96,6 +96,7 @@ class Worker:
 
     # ------------------------------------------------------------------ partitions
     async def _acquire(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+        acquired: list[int] = []
         for p in range(self.subjects.partitions):
             if p in self._held:
                 continue
@@ -108,7 +109,9 @@ class Worker:
             await ensure_consumer(self.rt.nc, spec, recreate=True)
             scope = await tg.start(self._consume, spec, send)
             self._held[p] = (lease, scope)
-            self.log.info("partition_acquired", partition=p)
+            acquired.append(p)
+        if acquired:
+            self.log.info("partitions_acquired", partitions=acquired)
 
     def _spec(self, partition: int) -> ConsumerSpec:
         s = self.subjects

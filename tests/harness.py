@@ -11,7 +11,7 @@ import anyio
 from nats.aio.client import Client as NATS
 
 from actors import Client, Handlers, HandlerService, Registry, RunStatus, Worker, WorkerOptions
-from schemas import Event, RunNotFound, StepCompleted
+from schemas import Event, StepCompleted
 from streams import StoredEvent, Subjects, verify_chain
 
 T = TypeVar("T")
@@ -74,15 +74,9 @@ async def wait_until(
 
 async def wait_status(client: Client, run_id: str, want: str, timeout: float = 20.0) -> RunStatus:
     """Wait until the run's journal says it is ``want`` (waiting, parked, ...)."""
-
-    async def check() -> RunStatus | None:
-        try:
-            st = await client.status(run_id)
-        except RunNotFound:
-            return None
-        return st if st.status == want else None
-
-    return await wait_until(check, timeout)
+    status = await client.wait_for(run_id, want, timeout=timeout)
+    assert status.status == want, f"run {run_id} is {status.status}, expected {want}"
+    return status
 
 
 def step_seqs(events: list[StoredEvent]) -> list[int]:
