@@ -81,8 +81,20 @@ _MAX_CONFLICT_RETRIES = 5
 
 class Outcome(Enum):
     ACK = "ack"
-    RETRY = "retry"  # nak with a delay: try again later
+    RETRY = "retry"  # nak with a growing delay: try again later
     DROP = "drop"  # poison: terminate, never redeliver
+
+
+# Inputs for a run that does not exist yet are kept this many deliveries
+# (backoff 0.5 s doubling to 30 s: about an hour), then dropped with an error log.
+ORPHAN_DELIVERIES = 130
+
+
+def _orphan(msg: Msg, log: Any, what: str) -> Outcome:
+    if num_delivered(msg) < ORPHAN_DELIVERIES:
+        return Outcome.RETRY
+    log.error("input_dropped_no_such_run", input=what, subject=msg.subject)
+    return Outcome.DROP
 
 
 def _error(exc: BaseException, default_type: str | None = None) -> ErrorInfo:
@@ -192,8 +204,7 @@ class RunActor:
         if self.started is None:
             if isinstance(message, CancelRun):
                 return Outcome.ACK
-            self.log.warning("input_for_unknown_run", kind=type(message).__name__)
-            return Outcome.RETRY if num_delivered(msg) < 20 else Outcome.DROP
+            return _orphan(msg, self.log, type(message).__name__)
         if self.terminal is not None:
             await self._after_terminal()
             return Outcome.ACK
@@ -290,7 +301,7 @@ class RunActor:
         event_id = headers.get("Nats-Msg-Id") or f"in-{stream_seq(msg)}"
         if self.started is None:
             # Published before the run started: keep it until the run exists.
-            return Outcome.RETRY if num_delivered(msg) < 30 else Outcome.DROP
+            return _orphan(msg, self.log, f"event {name}")
         if self.terminal is not None:
             self.log.info("event_after_end", event=name)
             return Outcome.ACK

@@ -26,6 +26,7 @@ from streams import (
     Subjects,
     ensure_consumer,
     ensure_topology,
+    num_delivered,
     pull_loop,
 )
 
@@ -218,11 +219,16 @@ async def _settle(msg: Msg, outcome: Outcome) -> None:
         if outcome is Outcome.ACK:
             await msg.ack()
         elif outcome is Outcome.RETRY:
-            await msg.nak(delay=1.0)
+            await msg.nak(delay=retry_delay(num_delivered(msg)))
         else:
             await msg.term()
     except Exception as exc:  # connection trouble: JetStream redelivers; journal dedupes
         log.warning("settle_failed", error=str(exc))
+
+
+def retry_delay(delivered: int) -> float:
+    """Seconds before a retried input comes back: 0.5 s doubling, capped at 30 s."""
+    return float(min(0.5 * 2 ** max(delivered - 1, 0), 30.0))
 
 
 class _Relay:

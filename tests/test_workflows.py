@@ -287,3 +287,17 @@ async def test_awaiting_asyncio_is_refused(nc: NATS, subjects: Subjects) -> None
         rid = await h.client.start("sneaky", None)
         with pytest.raises(ms.RunFailedError, match="only await ctx"):
             await h.client.result(rid, timeout=10)
+
+
+async def test_idle_runs_are_evicted_and_replayed(nc: NATS, subjects: Subjects) -> None:
+    """Memory is bounded: beyond max_actors idle runs are evicted, then replay on input."""
+    opts = ms.WorkerOptions(max_actors=2, lease_ttl_s=3)
+    async with running(nc, subjects, registry, options=opts) as h:
+        ids = [await h.client.start("waiter", 60, run_id=f"ev{i}") for i in range(6)]
+        for rid in ids:
+            await wait_status(h.client, rid, "waiting")
+        assert len(h.workers[0].actors) <= 2
+        for rid in ids:
+            await h.client.send_event(rid, "go", {"approved": True, "by": rid})
+        results = [await h.client.result(rid, timeout=10) for rid in ids]
+    assert results == [{"approved": True, "by": rid} for rid in ids]
