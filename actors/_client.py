@@ -36,7 +36,7 @@ from schemas import (
     encode_inbox,
 )
 from schemas import ErrorInfo as _ErrorInfo
-from streams import HDR_TYPE, Journal, StoredEvent, Subjects, ensure_topology
+from streams import HDR_TYPE, Journal, StoredEvent, Subjects, ensure_topology, publish_checked
 
 _TERMINAL_TYPES = {"run.completed", "run.failed", "run.cancelled"}
 
@@ -144,13 +144,7 @@ class Client:
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self._ensure()
-        try:
-            msg = await self.nc.request(subject, data, timeout=5.0, headers=headers)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-            raise ConnectionFailed(f"publishing to {subject} failed: {e}") from e
-        ack = msgspec.json.decode(msg.data)
-        if ack.get("error"):
-            raise ConnectionFailed(f"stream refused {subject}: {ack['error']['description']}")
+        await publish_checked(self.nc, subject, data, headers)
 
     # ------------------------------------------------------------------ commands
     async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:
@@ -170,11 +164,12 @@ class Client:
     ) -> None:
         """Resume a run: same as publishing JSON to ``<prefix>.event.<run_id>.<name>``.
 
-        ``event_id`` makes the send idempotent (it becomes the ``Nats-Msg-Id``).
+        ``event_id`` (default: a new ULID) becomes the ``Nats-Msg-Id``: sending the
+        same id twice delivers the event once, which also makes our retries safe.
         """
         check_run_id(run_id)
         check_event_name(name)
-        headers = {"Nats-Msg-Id": event_id} if event_id else {}
+        headers = {"Nats-Msg-Id": event_id or f"ev-{ULID()}"}
         await self._publish(
             self.subjects.event(run_id, name), msgspec.json.encode(payload), headers
         )
@@ -191,7 +186,9 @@ class Client:
         """Ask a worker to replay a run now (continue a parked run after deploying a fix)."""
         check_run_id(run_id)
         await self._publish(
-            self.subjects.inbox(run_id, "wake"), encode_inbox(WakeRun(run_id=run_id)), {}
+            self.subjects.inbox(run_id, "wake"),
+            encode_inbox(WakeRun(run_id=run_id)),
+            {"Nats-Msg-Id": f"wake-{ULID()}"},
         )
 
     # ------------------------------------------------------------------ queries

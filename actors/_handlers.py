@@ -42,6 +42,7 @@ from streams import (
     ensure_consumer,
     ensure_topology,
     num_delivered,
+    publish_checked,
     pull_loop,
 )
 
@@ -261,12 +262,9 @@ class HandlerService:
             attempts=attempts,
         )
         subject = req.inbox or self.subjects.inbox(req.run_id, "effect.result")
-        ack = await self.nc.request(
-            subject, encode_inbox(reply), timeout=5.0, headers={"Nats-Msg-Id": req.effect_id}
-        )
-        if b'"error"' in ack.data:
-            raise RuntimeError(f"inbox refused result: {ack.data!r}")
-        await msg.ack()
+        headers = {"Nats-Msg-Id": req.effect_id}
+        await publish_checked(self.nc, subject, encode_inbox(reply), headers)
+        await msg.ack()  # only after the result is safely in the run's inbox
 
 
 def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import msgspec
 from nats.aio.client import Client as NATS
 
 from actors._registry import Registry
-from schemas import ConnectionFailed, InboxUnion, encode_inbox
-from streams import Journal, Subjects
+from schemas import InboxUnion, encode_inbox
+from streams import Journal, Subjects, publish_checked
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,7 @@ class Runtime:
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> None:
         """Publish into a stream and wait for its ack (raise if it refused)."""
-        try:
-            msg = await self.nc.request(subject, data, timeout=5.0, headers=headers)
-        except Exception as e:
-            raise ConnectionFailed(f"publish to {subject} failed: {e}") from e
-        ack = msgspec.json.decode(msg.data)
-        if isinstance(ack, dict) and ack.get("error"):
-            raise ConnectionFailed(f"stream refused {subject}: {ack['error']}")
+        await publish_checked(self.nc, subject, data, headers)
 
     async def send_inbox(self, run_id: str, message: InboxUnion, kind: str, msg_id: str) -> None:
         await self.publish_js(

@@ -82,7 +82,7 @@ class NatsServer:
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        url = f"http://{self.host}:{self.monitor_port}/healthz"  # JetStream assets recovered
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ConnectionFailed(

@@ -21,6 +21,7 @@ from streams._journal import (
 )
 from streams._jsapi import ApiError, api_request
 from streams._leases import Lease, Leases
+from streams._publish import PubAck, publish, publish_checked
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
     MIN_API_LEVEL,
@@ -44,6 +45,7 @@ __all__ = [
     "Leases",
     "MIN_API_LEVEL",
     "MIN_SERVER",
+    "PubAck",
     "ServerFeatures",
     "StoredEvent",
     "Subjects",
@@ -56,6 +58,8 @@ __all__ = [
     "ensure_topology",
     "num_delivered",
     "partition_of",
+    "publish",
+    "publish_checked",
     "pull_loop",
     "stream_seq",
     "verify_chain",

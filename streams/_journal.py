@@ -18,7 +18,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-import anyio
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -34,6 +33,7 @@ from schemas import (
     encode_event,
     event_type,
 )
+from streams._publish import publish
 from streams._subjects import Subjects
 
 GENESIS = bytes(32)
@@ -43,7 +43,6 @@ HDR_PREV = "Ms-Prev"
 HDR_TYPE = "Ms-Type"
 _WRONG_LAST_SEQ = 10071
 _LAST_SEQ_RE = re.compile(r"wrong last sequence: (\d+)")
-_APPEND_ATTEMPTS = 5
 
 
 def chain(prev: bytes, data: bytes) -> bytes:
@@ -62,22 +61,6 @@ class StoredEvent:
     data: bytes
     event: JournalEvent
     subject: str = ""
-
-
-class _PubAckErr(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: _PubAckErr | None = None
-
-
-_ack_decoder = msgspec.json.Decoder(_PubAck)
 
 
 class Journal:
@@ -111,7 +94,7 @@ class Journal:
             HDR_HASH: link.hex(),
             HDR_TYPE: event_type(event),
         }
-        ack = await self._publish(subject, data, headers)
+        ack = await publish(self._nc, subject, data, headers, timeout=self._timeout)
         if ack.error is not None:
             if ack.error.err_code == _WRONG_LAST_SEQ:
                 # The server checks OCC before de-duplication, so a retry of an append
@@ -138,22 +121,6 @@ class Journal:
             return None
         stored = await self.get(int(found.group(1)))
         return stored if stored is not None and stored.data == data else None
-
-    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> _PubAck:
-        """Publish and wait for the stream's ack; retry timeouts (Msg-Id makes it idempotent)."""
-        last: Exception | None = None
-        for attempt in range(_APPEND_ATTEMPTS):
-            try:
-                msg = await self._nc.request(subject, data, timeout=self._timeout, headers=headers)
-                return _ack_decoder.decode(msg.data)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-                last = e
-                await anyio.sleep(min(0.1 * 2**attempt, 2.0))
-            except nats.errors.ConnectionClosedError as e:
-                raise ConnectionFailed("the NATS connection is closed") from e
-        raise ConnectionFailed(
-            f"the journal stream did not acknowledge {subject} after {_APPEND_ATTEMPTS} tries"
-        ) from last
 
     async def get(self, seq: int) -> StoredEvent | None:
         """The journal message at stream sequence ``seq`` (direct get)."""
