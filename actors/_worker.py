@@ -76,7 +76,7 @@ class Worker:
         ping = await nc.subscribe(self.subjects.worker_ping(self.worker_id), cb=pong)
         send, recv = anyio.create_memory_object_stream[Msg](max_buffer_size=4096)
         try:
-            async with anyio.create_task_group() as tg, send:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch, recv, tg)
                 await self._acquire(tg, send)
                 tg.start_soon(self._lease_loop, tg, send)
@@ -84,6 +84,7 @@ class Worker:
                 self.log.info("worker_started", partitions=len(self._held))
                 task_status.started()
         finally:
+            send.close()  # lives as long as the worker: partitions come and go
             with anyio.CancelScope(shield=True):
                 for lease, _scope in list(self._held.values()):
                     # best effort: if this fails the lease TTL frees the partition anyway
@@ -137,13 +138,21 @@ class Worker:
         period = self.options.lease_ttl_s / 3
         while True:
             await anyio.sleep(period)
-            for p, (lease, scope) in list(self._held.items()):
-                if not await self.leases.renew(lease):
-                    self.log.warning("partition_lost", partition=p)
-                    scope.cancel()
-                    del self._held[p]
-                    self._drop_partition(p)
-            await self._acquire(tg, send)
+            try:
+                await self._lease_round(tg, send)
+            except (nats.errors.Error, MainspringError) as exc:
+                # NATS briefly unreachable: keep consuming; if we stay cut off past the
+                # TTL another worker may take over, and journal OCC keeps runs correct.
+                self.log.warning("lease_round_failed", error=str(exc))
+
+    async def _lease_round(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+        for p, (lease, scope) in list(self._held.items()):
+            if not await self.leases.renew(lease):
+                self.log.warning("partition_lost", partition=p)
+                scope.cancel()
+                del self._held[p]
+                self._drop_partition(p)
+        await self._acquire(tg, send)
 
     def _drop_partition(self, partition: int) -> None:
         for run_id in [r for r in self.actors if self.subjects.partition(r) == partition]:
