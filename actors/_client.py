@@ -16,7 +16,6 @@ from ulid import ULID
 from schemas import (
     CancelRun,
     ConnectionFailed,
-    EventReceived,
     JournalEvent,
     RunCancelled,
     RunCancelledError,
@@ -24,16 +23,13 @@ from schemas import (
     RunFailed,
     RunFailedError,
     RunNotFound,
-    RunParked,
-    RunStarted,
     StartRun,
-    WaitStarted,
-    WaitTimedOut,
     WakeRun,
     check_event_name,
     check_run_id,
     check_workflow_name,
     encode_inbox,
+    fold,
 )
 from schemas import ErrorInfo as _ErrorInfo
 from streams import HDR_TYPE, Journal, StoredEvent, Subjects, ensure_topology, publish_checked
@@ -58,47 +54,19 @@ class RunStatus:
 
 
 def status_from_journal(events: list[JournalEvent]) -> RunStatus:
-    first = events[0]
-    assert isinstance(first, RunStarted)
-    last = events[-1]
-    open_waits: dict[int, str] = {}
-    received: dict[str, int] = {}
-    for ev in events:
-        if isinstance(ev, WaitStarted):
-            open_waits[ev.seq] = ev.name
-        elif isinstance(ev, EventReceived):
-            received[ev.name] = received.get(ev.name, 0) + 1
-        elif isinstance(ev, WaitTimedOut):
-            open_waits.pop(ev.seq, None)
-    waiting = []
-    for name in open_waits.values():
-        if received.get(name, 0) > 0:
-            received[name] -= 1
-        else:
-            waiting.append(name)
-    status = "running"
-    output: Any = None
-    error = None
-    if isinstance(last, RunCompleted):
-        status, output = "completed", msgspec.json.decode(last.output)
-    elif isinstance(last, RunFailed):
-        status, error = "failed", last.error
-    elif isinstance(last, RunCancelled):
-        status = "cancelled"
-    elif isinstance(last, RunParked):
-        status, error = "parked", last.error
-    elif waiting:
-        status = "waiting"
+    view = fold(events)
+    assert view.started_at is not None
+    output = None if view.output is None else msgspec.json.decode(view.output)
     return RunStatus(
-        first.run_id,
-        first.workflow,
-        first.version,
-        status,
-        len(events),
-        first.at,
-        waiting,
+        view.run_id,
+        view.workflow,
+        view.version,
+        view.status,
+        view.events,
+        view.started_at,
+        view.waiting_for,
         output,
-        error,
+        view.error,
     )
 
 

@@ -72,6 +72,7 @@ from schemas._names import (
     check_run_id,
     check_workflow_name,
 )
+from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold
 
 __all__ = [
     "CancelRun",
@@ -87,6 +88,7 @@ __all__ = [
     "EffectFailedError",
     "EffectRequested",
     "EffectResult",
+    "EffectView",
     "ErrorInfo",
     "Event",
     "EventReceived",
@@ -112,11 +114,13 @@ __all__ = [
     "RunNotFound",
     "RunParked",
     "RunStarted",
+    "RunView",
     "ServerUnsupported",
     "StartRun",
     "StepCompleted",
     "StepFailed",
     "TERMINAL_EVENTS",
+    "TERMINAL_STATUSES",
     "TerminalError",
     "TimerFire",
     "TimerFired",
@@ -124,6 +128,7 @@ __all__ = [
     "WaitStarted",
     "WaitTimedOut",
     "WaitTimeoutError",
+    "WaitView",
     "WakeRun",
     "WorkflowNotFound",
     "check_effect_kind",
@@ -135,5 +140,6 @@ __all__ = [
     "encode_event",
     "encode_inbox",
     "event_type",
+    "fold",
     "inbox_kind",
 ]

@@ -1,0 +1,185 @@
+"""``RunView``: what a run is doing, folded from its journal events.
+
+One pure fold, used by the client (``status``) and the Postgres projector, so
+both agree on what "waiting for approval" means. Wait matching mirrors the
+replay machine: events of a name are matched FIFO to waits of that name, an
+``event.rejected`` reopens the wait it was tried on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from schemas._common import ErrorInfo
+from schemas._journal import (
+    NULL,
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
+    EffectCompleted,
+    EffectFailed,
+    EffectRequested,
+    EventReceived,
+    EventRejected,
+    JournalEvent,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunParked,
+    RunStarted,
+    WaitStarted,
+    WaitTimedOut,
+)
+
+RunStatusName = str  # running | waiting | completed | failed | cancelled | parked
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass
+class WaitView:
+    seq: int
+    name: str
+    since: datetime
+    deadline: datetime | None
+    status: str = "open"  # open | satisfied | timed_out
+    event_id: str | None = None
+
+
+@dataclass
+class EffectView:
+    seq: int
+    effect_id: str
+    kind: str
+    requested_at: datetime
+    status: str = "requested"  # requested | completed | failed
+    attempts: int = 0
+    finished_at: datetime | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.requested_at).total_seconds() * 1000
+
+
+@dataclass
+class RunView:
+    run_id: str
+    workflow: str = ""
+    version: str = ""
+    status: RunStatusName = "running"
+    input: msgspec.Raw = field(default_factory=lambda: NULL)
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    parent_run_id: str | None = None
+    depth: int = 0
+    events: int = 0
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    ended_at: datetime | None = None
+    head_hash: bytes = b""
+    waits: dict[int, WaitView] = field(default_factory=dict)
+    effects: dict[int, EffectView] = field(default_factory=dict)
+    children: dict[int, str] = field(default_factory=dict)
+    _buffered: dict[str, deque[str]] = field(default_factory=dict)
+    _received: dict[str, str] = field(default_factory=dict)  # event_id -> name
+    changed_waits: set[int] = field(default_factory=set)
+    changed_effects: set[int] = field(default_factory=set)
+
+    @property
+    def waiting_for(self) -> list[str]:
+        return [w.name for w in self.waits.values() if w.status == "open"]
+
+    @property
+    def open_waits(self) -> list[WaitView]:
+        return [w for w in self.waits.values() if w.status == "open"]
+
+    def apply(self, ev: JournalEvent, link: bytes = b"") -> None:
+        """Fold one event (in journal order) into the view."""
+        self.events = ev.n
+        self.updated_at = ev.at
+        if link:
+            self.head_hash = link
+        if isinstance(ev, RunStarted):
+            self.workflow, self.version, self.input = ev.workflow, ev.version, ev.input
+            self.parent_run_id = ev.parent.run_id if ev.parent else None
+            self.depth, self.started_at = ev.depth, ev.at
+        elif isinstance(ev, RunCompleted):
+            self.status, self.output, self.ended_at = "completed", ev.output, ev.at
+        elif isinstance(ev, RunFailed):
+            self.status, self.error, self.ended_at = "failed", ev.error, ev.at
+        elif isinstance(ev, RunCancelled):
+            self.status, self.ended_at = "cancelled", ev.at
+        elif isinstance(ev, RunParked):
+            self.status, self.error = "parked", ev.error
+            return
+        elif isinstance(ev, EffectRequested):
+            self.effects[ev.seq] = EffectView(ev.seq, ev.effect_id, ev.kind, ev.at)
+            self.changed_effects.add(ev.seq)
+        elif isinstance(ev, EffectCompleted | EffectFailed):
+            fx = self.effects.get(ev.seq)
+            if fx is not None:
+                fx.status = "completed" if isinstance(ev, EffectCompleted) else "failed"
+                fx.attempts, fx.finished_at = ev.attempts, ev.at
+                fx.error = ev.error if isinstance(ev, EffectFailed) else None
+                self.changed_effects.add(ev.seq)
+        elif isinstance(ev, ChildStarted):
+            self.children[ev.seq] = ev.child_run_id
+        elif isinstance(ev, ChildCompleted | ChildFailed):
+            self.children.pop(ev.seq, None)
+        elif isinstance(ev, WaitStarted):
+            self.waits[ev.seq] = WaitView(ev.seq, ev.name, ev.at, ev.deadline)
+            self.changed_waits.add(ev.seq)
+            self._match(ev.name)
+        elif isinstance(ev, WaitTimedOut):
+            wait = self.waits.get(ev.seq)
+            if wait is not None and wait.status == "open":
+                wait.status = "timed_out"
+                self.changed_waits.add(ev.seq)
+        elif isinstance(ev, EventReceived):
+            self._received[ev.event_id] = ev.name
+            self._buffered.setdefault(ev.name, deque()).append(ev.event_id)
+            self._match(ev.name)
+        elif isinstance(ev, EventRejected):
+            self._reject(ev)
+        if self.status in ("running", "waiting", "parked") and self.ended_at is None:
+            self.status = "waiting" if self.waiting_for else "running"
+
+    def _match(self, name: str) -> None:
+        buffered = self._buffered.get(name)
+        for wait in self.waits.values():
+            if not buffered:
+                return
+            if wait.name == name and wait.status == "open":
+                wait.status, wait.event_id = "satisfied", buffered.popleft()
+                self.changed_waits.add(wait.seq)
+
+    def _reject(self, ev: EventRejected) -> None:
+        wait = self.waits.get(ev.seq)
+        if wait is not None and wait.event_id == ev.event_id:
+            wait.status, wait.event_id = "open", None
+            self.changed_waits.add(wait.seq)
+            self._match(wait.name)
+
+    def take_changes(self) -> tuple[list[WaitView], list[EffectView]]:
+        """Waits and effects changed since the last call (for incremental upserts)."""
+        waits = [self.waits[s] for s in sorted(self.changed_waits)]
+        effects = [self.effects[s] for s in sorted(self.changed_effects)]
+        self.changed_waits.clear()
+        self.changed_effects.clear()
+        return waits, effects
+
+
+def fold(events: list[JournalEvent]) -> RunView:
+    """The view of a whole journal."""
+    if not events:
+        raise ValueError("a run view needs at least its run.started event")
+    view = RunView(events[0].run_id)
+    for ev in events:
+        view.apply(ev)
+    return view
