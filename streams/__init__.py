@@ -15,8 +15,11 @@ from streams._journal import (
     HDR_PREV,
     HDR_TYPE,
     Journal,
+    Record,
     StoredEvent,
     chain,
+    decode_record,
+    read_records,
     verify_chain,
 )
 from streams._jsapi import ApiError, api_request
@@ -46,6 +49,7 @@ __all__ = [
     "MIN_API_LEVEL",
     "MIN_SERVER",
     "PubAck",
+    "Record",
     "ServerFeatures",
     "StoredEvent",
     "Subjects",
@@ -53,6 +57,7 @@ __all__ = [
     "api_request",
     "chain",
     "check_server",
+    "decode_record",
     "delete_consumer",
     "ensure_consumer",
     "ensure_topology",
@@ -61,6 +66,7 @@ __all__ = [
     "publish",
     "publish_checked",
     "pull_loop",
+    "read_records",
     "stream_seq",
     "verify_chain",
 ]

@@ -14,6 +14,7 @@ hashed bytes, so verification never re-encodes anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -143,59 +144,94 @@ class Journal:
     async def load(self, run_id: str, *, verify: bool = True) -> list[StoredEvent]:
         """All events of a run in order (batched direct get), chain-verified."""
         filt = self._s.journal_run_filter(run_id)
-        api = f"$JS.API.DIRECT.GET.{self._s.journal_stream}"
         events: list[StoredEvent] = []
         start = 1
         while True:
-            batch, more = await self._direct_batch(api, filt, start)
-            events.extend(batch)
-            if not more or not batch:
+            records, pending = await read_records(
+                self._nc, self._s.journal_stream, filt, start, timeout=self._timeout
+            )
+            events.extend(decode_record(r) for r in records)
+            if not pending or not records:
                 break
-            start = batch[-1].seq + 1
+            start = records[-1].seq + 1
         if verify:
             verify_chain(run_id, events)
         return events
 
-    async def _direct_batch(
-        self, api: str, filt: str, start: int, size: int = 1000
-    ) -> tuple[list[StoredEvent], bool]:
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        out: list[StoredEvent] = []
-        try:
-            req = {"seq": start, "next_by_subj": filt, "batch": size}
-            await self._nc.publish(api, msgspec.json.encode(req), reply=inbox)
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=self._timeout)
-                except nats.errors.TimeoutError as e:
-                    raise ConnectionFailed(f"reading journal {filt} timed out") from e
-                status = msg.headers.get("Status") if msg.headers else None
-                if status == "404":
-                    return out, False
-                if status == "204":  # end of batch
-                    pending = int(msg.headers.get("Nats-Num-Pending", "0")) if msg.headers else 0
-                    return out, pending > 0 and len(out) >= size
-                if status:
-                    raise ConnectionFailed(f"reading journal {filt}: status {status}")
-                out.append(_stored_from_msg(msg))
-        finally:
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored stream message, undecoded: what audits and the projector read."""
+
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+    @property
+    def run_id(self) -> str:
+        tokens = self.subject.split(".")
+        return tokens[2] if len(tokens) > 3 else "?"
+
+
+async def read_records(
+    nc: NATS, stream: str, filt: str, start: int, *, size: int = 1000, timeout: float = 5.0
+) -> tuple[list[Record], int]:
+    """Up to ``size`` messages matching ``filt`` from stream sequence ``start`` on, in
+    order, and how many more match after them (one batched direct-get request)."""
+    api = f"$JS.API.DIRECT.GET.{stream}"
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    out: list[Record] = []
+    try:
+        req = {"seq": start, "next_by_subj": filt, "batch": size}
+        await nc.publish(api, msgspec.json.encode(req), reply=inbox)
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError as e:
+                raise ConnectionFailed(f"reading {stream} ({filt}) timed out") from e
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "404":
+                return out, 0
+            if status == "204":  # end of batch
+                return out, int(headers.get("Nats-Num-Pending", "0"))
+            if status:
+                raise ConnectionFailed(f"reading {stream} ({filt}): status {status}")
+            out.append(
+                Record(
+                    int(headers.get("Nats-Sequence", "0")),
+                    headers.get("Nats-Subject", ""),
+                    headers,
+                    msg.data,
+                )
+            )
+    finally:
+        with contextlib.suppress(nats.errors.ConnectionClosedError):
             await sub.unsubscribe()
+
+
+def decode_record(rec: Record) -> StoredEvent:
+    """Decode a journal record; ``JournalCorrupt`` if its headers or bytes are unreadable."""
+    try:
+        n = int(rec.headers[HDR_N])
+        prev = bytes.fromhex(rec.headers[HDR_PREV])
+        link = bytes.fromhex(rec.headers[HDR_HASH])
+        event = decode_event(rec.data)
+    except (KeyError, ValueError, msgspec.DecodeError) as e:
+        raise JournalCorrupt(
+            rec.run_id, 0, f"stream sequence {rec.seq} ({rec.subject}): {e}"
+        ) from e
+    return StoredEvent(rec.seq, n, prev, link, rec.data, event, rec.subject)
 
 
 def _stored_from_msg(msg: Msg) -> StoredEvent:
     headers = msg.headers or {}
-    seq = int(headers.get("Nats-Sequence", "0"))
-    subject = headers.get("Nats-Subject", "")
-    run_id = subject.split(".")[2] if subject.count(".") >= 3 else "?"
-    try:
-        n = int(headers[HDR_N])
-        prev = bytes.fromhex(headers[HDR_PREV])
-        link = bytes.fromhex(headers[HDR_HASH])
-        event = decode_event(msg.data)
-    except (KeyError, ValueError, msgspec.DecodeError) as e:
-        raise JournalCorrupt(run_id, 0, f"stream sequence {seq} ({subject}): {e}") from e
-    return StoredEvent(seq, n, prev, link, msg.data, event, subject)
+    rec = Record(
+        int(headers.get("Nats-Sequence", "0")), headers.get("Nats-Subject", ""), headers, msg.data
+    )
+    return decode_record(rec)
 
 
 def verify_chain(run_id: str, events: list[StoredEvent]) -> bytes:
