@@ -1,6 +1,42 @@
-"""PostgreSQL projections of run journals (see issue: projections and audit).
+"""PostgreSQL projections of run journals, audit verification, export and checkpoints."""
 
-Nothing public yet: the package exists so the layering test can pin it.
-"""
+from projections._audit import (
+    AuditReport,
+    ChainChecker,
+    Checkpoint,
+    Problem,
+    audit,
+    check_postgres,
+    check_stream,
+)
+from projections._checkpoints import Signer, load_public_key, public_pem, verify_signature
+from projections._export import FORMAT, export_run, verify_export
+from projections._projector import Projector, ProjectorStats
+from projections._queries import EventRow, Lag, Queries, RunRow
+from projections._schema import MIGRATIONS, drop_projections, migrate
 
-__all__: list[str] = []
+__all__ = [
+    "FORMAT",
+    "MIGRATIONS",
+    "AuditReport",
+    "ChainChecker",
+    "Checkpoint",
+    "EventRow",
+    "Lag",
+    "Problem",
+    "Projector",
+    "ProjectorStats",
+    "Queries",
+    "RunRow",
+    "Signer",
+    "audit",
+    "check_postgres",
+    "check_stream",
+    "drop_projections",
+    "export_run",
+    "load_public_key",
+    "migrate",
+    "public_pem",
+    "verify_export",
+    "verify_signature",
+]

@@ -5,15 +5,18 @@ Isolation per test is by a unique subject prefix (own streams, consumers, KV).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
 from mainspring import NatsServer
+from mainspring._pgserver import PostgresServer
 from streams import Subjects
 
 
@@ -51,3 +54,35 @@ def forced_replay(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL: MAINSPRING_TEST_POSTGRES_DSN if set, else an embedded one."""
+    given = os.environ.get("MAINSPRING_TEST_POSTGRES_DSN")
+    if given:
+        yield given
+        return
+    server = PostgresServer(tmp_path_factory.mktemp("pg") / "data").start()
+    yield server.dsn
+    server.stop()
+
+
+@pytest.fixture
+async def pg_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh database per test."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    yield pg_admin_dsn.rsplit("/", 1)[0] + "/" + name
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin.close()
+
+
+@pytest.fixture
+async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    yield p
+    await p.close()

@@ -11,6 +11,7 @@ import anyio
 from nats.aio.client import Client as NATS
 
 from actors import Client, Handlers, HandlerService, Registry, RunStatus, Worker, WorkerOptions
+from projections import Projector
 from schemas import Event, StepCompleted
 from streams import StoredEvent, Subjects, verify_chain
 
@@ -33,6 +34,7 @@ async def running(
     *,
     forced_replay: bool = False,
     options: WorkerOptions | None = None,
+    projector: Projector | None = None,
 ) -> AsyncIterator[Harness]:
     opts = options or WorkerOptions(forced_replay=forced_replay, lease_ttl_s=3.0)
     client = Client(nc, subjects)
@@ -44,6 +46,8 @@ async def running(
             h.workers.append(worker)
         if handlers is not None:
             await tg.start(HandlerService(nc, handlers, subjects=subjects).run)
+        if projector is not None:
+            await tg.start(projector.run)
         try:
             yield h
         finally:
@@ -86,3 +90,15 @@ def step_seqs(events: list[StoredEvent]) -> list[int]:
 
 def events_of(events: list[StoredEvent], cls: type[E]) -> list[E]:
     return [e.event for e in events if isinstance(e.event, cls)]
+
+
+async def projected(projector: Projector, nc: NATS, subjects: Subjects, timeout: float = 20) -> int:
+    """Wait until the projector has committed everything the journal holds now."""
+    info = await nc.jetstream().stream_info(subjects.journal_stream)
+    target = info.state.last_seq
+
+    async def caught_up() -> bool:
+        return projector.stats.position >= target
+
+    await wait_until(caught_up, timeout)
+    return target

@@ -1,0 +1,308 @@
+"""Audit: prove a run's history was not altered.
+
+Three sources tell the same story when nothing was tampered with: the journal
+stream, the Postgres projection, and signed checkpoints of finished runs. Each
+source's hash chain is checked on its own (``ChainChecker``), then their heads
+are compared: with a hash chain, equal heads mean identical histories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.aio.client import Client as NATS
+
+from projections._checkpoints import verify_signature
+from streams import GENESIS, HDR_HASH, HDR_N, HDR_PREV, Record, Subjects, chain, read_records
+
+if TYPE_CHECKING:
+    from projections._schema import Conn
+
+
+class _OnlyN(msgspec.Struct):
+    n: int
+
+
+_n_decoder = msgspec.json.Decoder(_OnlyN)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, where, and at which event."""
+
+    run_id: str
+    source: str  # stream | postgres | file | cross-check | checkpoint
+    n: int
+    kind: str  # modified | inserted | deleted | reordered | truncated | link-broken | ...
+    detail: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}: {self.source}, event {self.n}: {self.kind}: {self.detail}"
+
+
+class ChainChecker:
+    """Checks one run's events, fed in storage order; remembers the first problem."""
+
+    __slots__ = ("hash", "n", "problem", "run_id", "source")
+
+    def __init__(self, run_id: str, source: str) -> None:
+        self.run_id = run_id
+        self.source = source
+        self.n = 0
+        self.hash = GENESIS
+        self.problem: Problem | None = None
+
+    def add(self, n: int, prev: bytes, link: bytes, data: bytes) -> None:
+        if self.problem is not None:
+            return
+        i = self.n + 1
+        try:
+            inner_n: int | None = _n_decoder.decode(data).n
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            inner_n = None
+        if n > i:
+            self._fail(i, "deleted", f"event {i} is missing: the next stored event is {n}")
+        elif n < i:
+            self._fail(i, "inserted", f"event {n} appears again after event {self.n}")
+        elif inner_n is not None and inner_n != n:
+            self._fail(n, "reordered", f"position {n} holds the bytes of event {inner_n}")
+        elif chain(prev, data) != link:
+            self._fail(n, "modified", "the stored bytes do not match their hash")
+        elif prev != self.hash:
+            self._fail(
+                n,
+                "link-broken",
+                f"its link does not match event {i - 1}: an event before it was altered "
+                "(with its hash recomputed), inserted or removed",
+            )
+        else:
+            self.n, self.hash = n, link
+
+    def _fail(self, n: int, kind: str, detail: str) -> None:
+        self.problem = Problem(self.run_id, self.source, n, kind, detail)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    run_id: str
+    n: int
+    hash: bytes
+    signature: bytes | None
+    key_id: str | None
+
+
+@dataclass
+class AuditReport:
+    runs: int = 0
+    events: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ------------------------------------------------------------------ sources
+def _record_link(rec: Record) -> tuple[int, bytes, bytes] | None:
+    try:
+        return (
+            int(rec.headers[HDR_N]),
+            bytes.fromhex(rec.headers[HDR_PREV]),
+            bytes.fromhex(rec.headers[HDR_HASH]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+async def check_stream(
+    nc: NATS, subjects: Subjects, run_id: str | None = None
+) -> dict[str, ChainChecker]:
+    """One ordered pass over the journal (one run, or all of them)."""
+    filt = subjects.journal_run_filter(run_id) if run_id else subjects.journal_all()
+    checkers: dict[str, ChainChecker] = {}
+    start = 1
+    while True:
+        records, pending = await read_records(nc, subjects.journal_stream, filt, start, size=5000)
+        for rec in records:
+            checker = checkers.get(rec.run_id)
+            if checker is None:
+                checker = checkers[rec.run_id] = ChainChecker(rec.run_id, "stream")
+            link = _record_link(rec)
+            if link is None:
+                if checker.problem is None:
+                    checker._fail(
+                        checker.n + 1,
+                        "undecodable",
+                        f"stream sequence {rec.seq} lacks its hash-chain headers",
+                    )
+                continue
+            checker.add(link[0], link[1], link[2], rec.data)
+        if not pending or not records:
+            return checkers
+        start = records[-1].seq + 1
+
+
+async def check_postgres(conn: Conn, run_id: str | None = None) -> dict[str, ChainChecker]:
+    """One ordered pass over ``run_events`` (by run, then position)."""
+    checkers: dict[str, ChainChecker] = {}
+    query = (
+        "SELECT run_id, n, prev_hash, hash, data FROM run_events "
+        "WHERE ($1::text IS NULL OR run_id = $1) ORDER BY run_id, n"
+    )
+    async with conn.transaction():
+        async for row in conn.cursor(query, run_id, prefetch=5000):
+            rid = row["run_id"]
+            checker = checkers.get(rid)
+            if checker is None:
+                checker = checkers[rid] = ChainChecker(rid, "postgres")
+            checker.add(row["n"], bytes(row["prev_hash"]), bytes(row["hash"]), bytes(row["data"]))
+    return checkers
+
+
+async def load_checkpoints(conn: Conn, run_id: str | None = None) -> list[Checkpoint]:
+    rows = await conn.fetch(
+        "SELECT run_id, n, hash, signature, key_id FROM checkpoints "
+        "WHERE ($1::text IS NULL OR run_id = $1) ORDER BY run_id, n",
+        run_id,
+    )
+    return [
+        Checkpoint(
+            r["run_id"],
+            r["n"],
+            bytes(r["hash"]),
+            None if r["signature"] is None else bytes(r["signature"]),
+            r["key_id"],
+        )
+        for r in rows
+    ]
+
+
+# ------------------------------------------------------------------ comparisons
+def compare(
+    primary: dict[str, ChainChecker], secondary: dict[str, ChainChecker], label: str
+) -> list[Problem]:
+    """Both sources verified on their own: equal heads mean equal histories."""
+    problems = []
+    for rid in sorted(set(primary) | set(secondary)):
+        a, b = primary.get(rid), secondary.get(rid)
+        if a is None or b is None:
+            missing = "the stream" if a is None else label
+            problems.append(
+                Problem(rid, "cross-check", 1, "missing", f"the run is absent from {missing}")
+            )
+            continue
+        if a.problem or b.problem:
+            continue  # already reported where it is
+        if (a.n, a.hash) != (b.n, b.hash):
+            n = min(a.n, b.n)
+            detail = (
+                f"{label} has {b.n} events, the stream has {a.n}"
+                if a.n != b.n
+                else f"{label} and the stream end in different hashes"
+            )
+            kind = "truncated" if b.n < a.n else ("inserted" if b.n > a.n else "mismatch")
+            problems.append(Problem(rid, "cross-check", n + (1 if a.n != b.n else 0), kind, detail))
+    return problems
+
+
+def check_checkpoints(
+    checkpoints: Iterable[Checkpoint],
+    sources: list[dict[str, ChainChecker]],
+    public_key: Ed25519PublicKey | None,
+) -> tuple[list[Problem], list[str]]:
+    """A signed checkpoint (run, n, h_n) must match every source's chain."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    unsigned = 0
+    for cp in checkpoints:
+        if cp.signature is None:
+            unsigned += 1
+        elif public_key is not None and not verify_signature(
+            public_key, cp.run_id, cp.n, cp.hash, cp.signature
+        ):
+            problems.append(
+                Problem(
+                    cp.run_id,
+                    "checkpoint",
+                    cp.n,
+                    "bad-signature",
+                    "the checkpoint's signature does not verify with this key",
+                )
+            )
+            continue
+        for checkers in sources:
+            checker = checkers.get(cp.run_id)
+            if checker is None or checker.problem is not None:
+                continue
+            if checker.n < cp.n:
+                problems.append(
+                    Problem(
+                        cp.run_id,
+                        checker.source,
+                        checker.n + 1,
+                        "truncated",
+                        f"a checkpoint signed event {cp.n} but only {checker.n} events are stored",
+                    )
+                )
+            elif checker.n == cp.n and checker.hash != cp.hash:
+                problems.append(
+                    Problem(
+                        cp.run_id,
+                        checker.source,
+                        cp.n,
+                        "mismatch",
+                        "the last event differs from the signed checkpoint",
+                    )
+                )
+            elif checker.n > cp.n:
+                problems.append(
+                    Problem(
+                        cp.run_id,
+                        checker.source,
+                        cp.n + 1,
+                        "inserted",
+                        f"events after the run's signed end (event {cp.n})",
+                    )
+                )
+    if unsigned:
+        notes.append(f"{unsigned} checkpoint(s) are unsigned (no signing key was configured)")
+    if public_key is None:
+        notes.append("no public key given: checkpoint signatures were not verified")
+    return problems, notes
+
+
+async def audit(
+    nc: NATS,
+    subjects: Subjects,
+    pool: asyncpg.Pool | None,
+    run_id: str | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> AuditReport:
+    """Verify the stream, Postgres (if given), checkpoints, and cross-check them."""
+    report = AuditReport()
+    stream = await check_stream(nc, subjects, run_id)
+    sources = [stream]
+    report.runs = len(stream)
+    report.events = sum(c.n for c in stream.values())
+    if pool is not None:
+        async with pool.acquire() as conn:
+            pg = await check_postgres(conn, run_id)
+            checkpoints = await load_checkpoints(conn, run_id)
+        sources.append(pg)
+        report.problems += [c.problem for c in pg.values() if c.problem]
+        report.problems += compare(stream, pg, "postgres")
+        found, notes = check_checkpoints(checkpoints, sources, public_key)
+        report.problems += found
+        report.notes += notes
+    else:
+        report.notes.append("no Postgres DSN: only the stream was verified")
+    report.problems = [c.problem for c in stream.values() if c.problem] + report.problems
+    if run_id is not None and not stream:
+        report.problems.append(Problem(run_id, "stream", 1, "missing", "no journal for this run"))
+    return report

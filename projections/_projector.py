@@ -1,0 +1,334 @@
+"""The projector: journal stream → Postgres, exactly once.
+
+It reads the journal in stream order from its last committed position (batched
+direct gets; no consumer state on the server), folds each run's events into a
+``RunView``, and writes event rows, run rows, effects, waits, checkpoints *and*
+its new position in one transaction. After a crash it resumes from the committed
+position, so nothing is lost or doubled. Postgres down: the batch is retried
+with backoff until it commits; runs are unaffected (they never wait for us).
+When caught up it sleeps until the journal's republish subject says there is more.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import asyncpg
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from projections._checkpoints import Signer
+from projections._schema import migrate
+from schemas import (
+    TERMINAL_EVENTS,
+    EffectView,
+    JournalCorrupt,
+    RunView,
+    decode_event,
+    event_type,
+)
+from streams import Record, StoredEvent, Subjects, decode_record, read_records
+
+if TYPE_CHECKING:
+    from projections._schema import Conn
+
+log = structlog.get_logger()
+
+_INSERT_RUN = """
+INSERT INTO runs (run_id, workflow, version, status, input, output, error, parent_run_id,
+    depth, events, effects_total, effects_completed, effects_failed, waiting_for,
+    started_at, updated_at, ended_at, head_seq, head_hash)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+ON CONFLICT (run_id) DO UPDATE SET
+    status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
+    events = EXCLUDED.events, effects_total = EXCLUDED.effects_total,
+    effects_completed = EXCLUDED.effects_completed, effects_failed = EXCLUDED.effects_failed,
+    waiting_for = EXCLUDED.waiting_for, updated_at = EXCLUDED.updated_at,
+    ended_at = EXCLUDED.ended_at, head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash
+"""
+_UPSERT_EFFECT = """
+INSERT INTO effects (effect_id, run_id, seq, kind, status, attempts, requested_at,
+    finished_at, latency_ms, error)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+ON CONFLICT (effect_id) DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+    finished_at = EXCLUDED.finished_at, latency_ms = EXCLUDED.latency_ms, error = EXCLUDED.error
+"""
+_UPSERT_WAIT = """
+INSERT INTO waits (run_id, seq, name, status, since, deadline, event_id)
+VALUES ($1,$2,$3,$4,$5,$6,$7)
+ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, event_id = EXCLUDED.event_id
+"""
+_EVENT_COLUMNS = ("run_id", "n", "stream_seq", "type", "data", "prev_hash", "hash", "at")
+
+
+def _json(raw: msgspec.Raw | None) -> str | None:
+    return None if raw is None else bytes(raw).decode()
+
+
+def _error_json(error: object) -> str | None:
+    return None if error is None else msgspec.json.encode(error).decode()
+
+
+@dataclass
+class ProjectorStats:
+    """What the projector has done (for `mainspring projector` status and benchmarks)."""
+
+    position: int = 0
+    events: int = 0
+    batches: int = 0
+    undecodable: int = 0
+    last_commit_lag_s: float = 0.0
+    lag_samples: list[float] = field(default_factory=list)
+    keep_samples: bool = False
+
+
+class Projector:
+    def __init__(
+        self,
+        nc: NATS,
+        pool: asyncpg.Pool,
+        subjects: Subjects | None = None,
+        *,
+        name: str = "main",
+        batch_size: int = 1000,
+        signer: Signer | None = None,
+        max_views: int = 10_000,
+    ) -> None:
+        self.nc = nc
+        self.pool = pool
+        self.subjects = subjects or Subjects()
+        self.name = name
+        self.batch_size = batch_size
+        self.signer = signer
+        self.max_views = max_views
+        self.stats = ProjectorStats()
+        self._views: OrderedDict[str, RunView] = OrderedDict()
+        self._more = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+            pos = await conn.fetchval(
+                "SELECT stream_seq FROM projector_positions WHERE name = $1", self.name
+            )
+        self.stats.position = int(pos or 0)
+        if self.signer is None:
+            log.warning("projector_unsigned", hint="set MAINSPRING_SIGNING_KEY to sign checkpoints")
+
+        async def wake(_msg: Msg) -> None:
+            self._more.set()
+
+        sub = await self.nc.subscribe(self.subjects.watch_all(), cb=wake)
+        try:
+            task_status.started()
+            while True:
+                records, pending = await read_records(
+                    self.nc,
+                    self.subjects.journal_stream,
+                    self.subjects.journal_all(),
+                    self.stats.position + 1,
+                    size=self.batch_size,
+                )
+                if records:
+                    await self._commit_with_retry(records)
+                if not pending:
+                    with anyio.move_on_after(1.0):  # fallback if a wake-up was missed
+                        await self._more.wait()
+                    self._more = anyio.Event()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+
+    async def catch_up(self) -> int:
+        """Project everything stored so far, then return the position (for rebuild/tests)."""
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+            pos = await conn.fetchval(
+                "SELECT stream_seq FROM projector_positions WHERE name = $1", self.name
+            )
+        self.stats.position = int(pos or 0)
+        while True:
+            records, pending = await read_records(
+                self.nc,
+                self.subjects.journal_stream,
+                self.subjects.journal_all(),
+                self.stats.position + 1,
+                size=self.batch_size,
+            )
+            if records:
+                await self._commit_with_retry(records)
+            if not pending:
+                return self.stats.position
+
+    async def _commit_with_retry(self, records: list[Record]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._commit(records)
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Postgres down or restarting: keep the batch, try again. Views touched
+                # by the failed transaction are ahead of the database: forget them.
+                for rec in records:
+                    self._views.pop(rec.run_id, None)
+                log.warning("projection_commit_failed", error=str(exc), retry_in_s=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _commit(self, records: list[Record]) -> None:
+        rows: list[tuple[object, ...]] = []
+        touched: dict[str, RunView] = {}
+        head_seq: dict[str, int] = {}
+        checkpoints: list[tuple[str, int, bytes, bytes | None, str | None]] = []
+        newest_at: datetime | None = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            for rec in records:
+                try:
+                    stored = decode_record(rec)
+                except JournalCorrupt as exc:
+                    self.stats.undecodable += 1
+                    log.error("journal_record_undecodable", seq=rec.seq, error=str(exc))
+                    continue
+                view = touched.get(stored.event.run_id)
+                if view is None:
+                    view = await self._view(conn, stored.event.run_id)
+                    touched[view.run_id] = view
+                rows.append(_event_row(stored))
+                view.apply(stored.event, stored.hash)
+                head_seq[view.run_id] = stored.seq
+                newest_at = stored.event.at
+                if isinstance(stored.event, TERMINAL_EVENTS):
+                    sig = (
+                        self.signer.sign(view.run_id, stored.n, stored.hash)
+                        if self.signer
+                        else None
+                    )
+                    kid = self.signer.key_id if self.signer else None
+                    checkpoints.append((view.run_id, stored.n, stored.hash, sig, kid))
+            if rows:
+                await conn.copy_records_to_table("run_events", records=rows, columns=_EVENT_COLUMNS)
+            run_rows, effect_rows, wait_rows = [], [], []
+            for view in touched.values():
+                run_rows.append(_run_row(view, head_seq[view.run_id]))
+                waits, effects = view.take_changes()
+                effect_rows += [_effect_row(view.run_id, fx) for fx in effects]
+                wait_rows += [
+                    (view.run_id, w.seq, w.name, w.status, w.since, w.deadline, w.event_id)
+                    for w in waits
+                ]
+            if run_rows:
+                await conn.executemany(_INSERT_RUN, run_rows)
+            if effect_rows:
+                await conn.executemany(_UPSERT_EFFECT, effect_rows)
+            if wait_rows:
+                await conn.executemany(_UPSERT_WAIT, wait_rows)
+            if checkpoints:
+                await conn.executemany(
+                    "INSERT INTO checkpoints (run_id, n, hash, signature, key_id) "
+                    "VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
+                    checkpoints,
+                )
+            await conn.execute(
+                "INSERT INTO projector_positions (name, stream_seq, event_at, updated_at) "
+                "VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO UPDATE SET "
+                "stream_seq = EXCLUDED.stream_seq, event_at = EXCLUDED.event_at, "
+                "updated_at = now()",
+                self.name,
+                records[-1].seq,
+                newest_at,
+            )
+        self._remember(touched)
+        self._record_progress(records, rows)
+
+    def _record_progress(self, records: list[Record], rows: list[tuple[object, ...]]) -> None:
+        st = self.stats
+        st.position = records[-1].seq
+        st.events += len(rows)
+        st.batches += 1
+        now = datetime.now(UTC)
+        if rows:
+            oldest = min(row[7] for row in rows)  # type: ignore[type-var]
+            st.last_commit_lag_s = (now - oldest).total_seconds()  # type: ignore[operator]
+            if st.keep_samples:
+                st.lag_samples.extend((now - row[7]).total_seconds() for row in rows)  # type: ignore[operator]
+
+    def _remember(self, touched: dict[str, RunView]) -> None:
+        for run_id, view in touched.items():
+            self._views[run_id] = view
+            self._views.move_to_end(run_id)
+        while len(self._views) > self.max_views:
+            self._views.popitem(last=False)
+
+    async def _view(self, conn: Conn, run_id: str) -> RunView:
+        """The run's projection state: cached, or folded again from its stored rows."""
+        view = self._views.get(run_id)
+        if view is not None:
+            return view
+        view = RunView(run_id)
+        for row in await conn.fetch(
+            "SELECT data, hash FROM run_events WHERE run_id = $1 ORDER BY n", run_id
+        ):
+            view.apply(decode_event(row["data"]), bytes(row["hash"]))
+        view.take_changes()  # already stored
+        return view
+
+
+def _event_row(stored: StoredEvent) -> tuple[object, ...]:
+    ev = stored.event
+    return (
+        ev.run_id,
+        stored.n,
+        stored.seq,
+        event_type(ev),
+        stored.data,
+        stored.prev,
+        stored.hash,
+        ev.at,
+    )
+
+
+def _run_row(view: RunView, seq: int) -> tuple[object, ...]:
+    fx = view.effects.values()
+    return (
+        view.run_id,
+        view.workflow,
+        view.version,
+        view.status,
+        _json(view.input),
+        _json(view.output),
+        _error_json(view.error),
+        view.parent_run_id,
+        view.depth,
+        view.events,
+        len(view.effects),
+        sum(1 for e in fx if e.status == "completed"),
+        sum(1 for e in fx if e.status == "failed"),
+        view.waiting_for,
+        view.started_at,
+        view.updated_at,
+        view.ended_at,
+        seq,
+        view.head_hash,
+    )
+
+
+def _effect_row(run_id: str, fx: EffectView) -> tuple[object, ...]:
+    return (
+        fx.effect_id,
+        run_id,
+        fx.seq,
+        fx.kind,
+        fx.status,
+        fx.attempts,
+        fx.requested_at,
+        fx.finished_at,
+        fx.latency_ms,
+        _error_json(fx.error),
+    )

@@ -1,0 +1,126 @@
+"""The Postgres schema, as versioned migrations the projector applies on start.
+
+Add a migration by appending to ``MIGRATIONS``; never edit one that shipped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+
+MIGRATIONS: list[str] = [
+    # 1: the first projections
+    """
+    CREATE TABLE runs (
+        run_id            text PRIMARY KEY,
+        workflow          text NOT NULL,
+        version           text NOT NULL,
+        status            text NOT NULL,
+        input             jsonb,
+        output            jsonb,
+        error             jsonb,
+        parent_run_id     text,
+        depth             integer NOT NULL DEFAULT 0,
+        events            integer NOT NULL,
+        effects_total     integer NOT NULL DEFAULT 0,
+        effects_completed integer NOT NULL DEFAULT 0,
+        effects_failed    integer NOT NULL DEFAULT 0,
+        waiting_for       text[] NOT NULL DEFAULT '{}',
+        started_at        timestamptz,
+        updated_at        timestamptz,
+        ended_at          timestamptz,
+        head_seq          bigint NOT NULL,
+        head_hash         bytea NOT NULL
+    );
+    CREATE INDEX runs_status ON runs (status, updated_at DESC);
+    CREATE INDEX runs_workflow ON runs (workflow, updated_at DESC);
+
+    CREATE TABLE run_events (
+        run_id     text NOT NULL,
+        n          integer NOT NULL,
+        stream_seq bigint NOT NULL UNIQUE,
+        type       text NOT NULL,
+        data       bytea NOT NULL,
+        prev_hash  bytea NOT NULL,
+        hash       bytea NOT NULL,
+        at         timestamptz NOT NULL,
+        PRIMARY KEY (run_id, n)
+    );
+
+    CREATE TABLE effects (
+        effect_id    text PRIMARY KEY,
+        run_id       text NOT NULL,
+        seq          integer NOT NULL,
+        kind         text NOT NULL,
+        status       text NOT NULL,
+        attempts     integer NOT NULL DEFAULT 0,
+        requested_at timestamptz NOT NULL,
+        finished_at  timestamptz,
+        latency_ms   double precision,
+        error        jsonb
+    );
+    CREATE INDEX effects_run ON effects (run_id, seq);
+    CREATE INDEX effects_kind ON effects (kind, status);
+
+    CREATE TABLE waits (
+        run_id   text NOT NULL,
+        seq      integer NOT NULL,
+        name     text NOT NULL,
+        status   text NOT NULL,
+        since    timestamptz NOT NULL,
+        deadline timestamptz,
+        event_id text,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX waits_open ON waits (name) WHERE status = 'open';
+
+    CREATE TABLE checkpoints (
+        run_id    text NOT NULL,
+        n         integer NOT NULL,
+        hash      bytea NOT NULL,
+        signature bytea,
+        key_id    text,
+        at        timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, n)
+    );
+
+    CREATE TABLE projector_positions (
+        name       text PRIMARY KEY,
+        stream_seq bigint NOT NULL,
+        event_at   timestamptz,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+]
+
+PROJECTION_TABLES = ("runs", "run_events", "effects", "waits", "checkpoints", "projector_positions")
+
+
+async def migrate(conn: Conn) -> int:
+    """Apply pending migrations in one transaction each; return the schema version."""
+    await conn.execute("CREATE TABLE IF NOT EXISTS mainspring_schema (version integer NOT NULL)")
+    async with conn.transaction():
+        # serialise concurrent projectors starting at once
+        await conn.execute("LOCK TABLE mainspring_schema IN EXCLUSIVE MODE")
+        current = await conn.fetchval("SELECT max(version) FROM mainspring_schema") or 0
+        for version, sql in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO mainspring_schema (version) VALUES ($1)", version)
+            current = version
+    return int(current)
+
+
+async def drop_projections(conn: Conn) -> None:
+    """Drop every projection table (the stream is the source of truth)."""
+    async with conn.transaction():
+        for table in PROJECTION_TABLES:
+            await conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+        await conn.execute("DROP TABLE IF EXISTS mainspring_schema")
