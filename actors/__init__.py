@@ -6,6 +6,7 @@ from actors._futures import DFuture, WorkflowMisuse
 from actors._handlers import EffectContext, Handlers, HandlerService
 from actors._machine import StepFailedError
 from actors._registry import Registry, WorkflowDef
+from actors._replay import ReplayResult, replay_history
 from actors._runtime import WorkerOptions
 from actors._worker import Worker
 
@@ -17,11 +18,13 @@ __all__ = [
     "HandlerService",
     "Handlers",
     "Registry",
+    "ReplayResult",
     "RunStatus",
     "StepFailedError",
     "Worker",
     "WorkerOptions",
     "WorkflowDef",
     "WorkflowMisuse",
+    "replay_history",
     "status_from_journal",
 ]

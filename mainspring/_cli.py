@@ -128,4 +128,7 @@ def _has_uvloop() -> bool:
 
 
 def main() -> None:
+    from mainspring._cli_ops import register
+
+    register(app)
     app()

@@ -34,6 +34,7 @@ from schemas import (
     encode_event,
     event_type,
 )
+from streams._jsapi import api_request
 from streams._publish import publish
 from streams._subjects import Subjects
 
@@ -122,6 +123,26 @@ class Journal:
             return None
         stored = await self.get(int(found.group(1)))
         return stored if stored is not None and stored.data == data else None
+
+    async def run_ids(self) -> list[str]:
+        """Every run with a journal (from the stream's subject index), sorted."""
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            info = await api_request(
+                self._nc,
+                f"$JS.API.STREAM.INFO.{self._s.journal_stream}",
+                {
+                    "subjects_filter": self._s.journal_run_filter("*").replace(".>", ".e"),
+                    "offset": offset,
+                },
+            )
+            subjects = info.get("state", {}).get("subjects") or {}
+            ids.update(subject.split(".")[2] for subject in subjects)
+            total = int(info.get("total", 0))
+            offset += len(subjects)
+            if not subjects or offset >= total:
+                return sorted(ids)
 
     async def get(self, seq: int) -> StoredEvent | None:
         """The journal message at stream sequence ``seq`` (direct get)."""

@@ -42,14 +42,14 @@ def spawn(
     env: dict[str, str] | None = None,
     extra: tuple[str, ...] = (),
 ) -> Proc:
-    """Start `mainspring <command> --app <app>` against the test server."""
+    """Start `mainspring <command> [--app <app>]` against the test server."""
+    app_args = ["--app", app] if app else []
     args = [
         sys.executable,
         "-m",
         "mainspring",
         command,
-        "--app",
-        app,
+        *app_args,
         "--nats-url",
         url,
         "--prefix",
@@ -62,3 +62,17 @@ def spawn(
     with log.open("ab") as out:
         popen = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     return Proc(popen, log)
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a `mainspring` command to completion; returns its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "mainspring", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,119 @@
+"""Shared plumbing of CLI commands: connections, error messages, exit codes.
+
+Exit codes (DESIGN.md §11): 0 ok/completed, 10 invalid input, 20 runtime or
+connection error, 30 run failed (or audit/replay found a problem), 40 waiting,
+50 cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import nats
+from nats.aio.client import Client as NATS
+
+from mainspring._config import nats_url
+from mainspring._logging import configure_logging
+from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, ServerUnsupported
+from streams import Subjects
+
+EXIT_OK, EXIT_INVALID, EXIT_RUNTIME, EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED = (
+    0,
+    10,
+    20,
+    30,
+    40,
+    50,
+)
+
+
+@dataclass
+class Env:
+    """What a command gets: connections made from flags and environment."""
+
+    nc: NATS
+    subjects: Subjects
+    pool: Any = None  # asyncpg.Pool when the command needs Postgres
+
+
+def postgres_dsn(flag: str | None) -> str | None:
+    return flag or os.environ.get("MAINSPRING_POSTGRES_DSN")
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, ConfigError | RunNotFound):
+        return EXIT_INVALID
+    if isinstance(error, ConnectionFailed | ServerUnsupported):
+        return EXIT_RUNTIME
+    return EXIT_RUNTIME
+
+
+def run_command(
+    body: Callable[[Env], Awaitable[int]],
+    *,
+    nats_flag: str | None,
+    prefix: str,
+    partitions: int,
+    postgres: str | None = None,
+    needs_postgres: bool = False,
+    log_level: str = "warning",
+) -> None:
+    """Connect, run ``body``, exit with its code; errors become one readable line."""
+    configure_logging(log_level)
+    url = nats_url(nats_flag)
+    dsn = postgres_dsn(postgres)
+
+    async def main() -> int:
+        if needs_postgres and not dsn:
+            raise ConfigError(
+                "this command reads the Postgres projections: pass --postgres-dsn or set "
+                "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`)"
+            )
+        try:
+            nc = await nats.connect(
+                url, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=True
+            )
+        except Exception as e:
+            raise ConnectionFailed(
+                f"cannot reach NATS at {url} ({e}); start it with `mainspring dev` or set "
+                "MAINSPRING_NATS_URL / --nats-url"
+            ) from None
+        pool = None
+        try:
+            if dsn:
+                import asyncpg
+
+                try:
+                    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=5)
+                except (OSError, asyncpg.PostgresError) as e:
+                    raise ConnectionFailed(
+                        f"cannot reach PostgreSQL at {_redact(dsn)} ({e}); check "
+                        "MAINSPRING_POSTGRES_DSN / --postgres-dsn"
+                    ) from None
+            return await body(Env(nc, Subjects(prefix, partitions), pool))
+        finally:
+            with anyio.CancelScope(shield=True):
+                if pool is not None:
+                    await pool.close()
+                await nc.close()
+
+    try:
+        code = anyio.run(main)
+    except KeyboardInterrupt:
+        code = 130
+    except MainspringError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = exit_code_for(e)
+    raise SystemExit(code)
+
+
+def _redact(dsn: str) -> str:
+    if "@" not in dsn or ":" not in dsn.split("@")[0]:
+        return dsn
+    scheme_user, rest = dsn.split("@", 1)
+    return scheme_user.rsplit(":", 1)[0] + ":***@" + rest
