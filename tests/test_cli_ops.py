@@ -1,0 +1,124 @@
+"""Operator commands end to end, in subprocesses, against real NATS and Postgres."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+from mainspring import NatsServer
+from projections import Projector, Signer
+from streams import Subjects
+from tests.apps import handlers, registry
+from tests.harness import projected, running, wait_status
+from tests.procs import cli
+
+pytestmark = pytest.mark.anyio
+
+
+def _common(server: NatsServer, subjects: Subjects, dsn: str) -> tuple[str, ...]:
+    return (
+        "--nats-url",
+        server.url,
+        "--prefix",
+        subjects.prefix,
+        "--partitions",
+        str(subjects.partitions),
+        "--postgres-dsn",
+        dsn,
+    )
+
+
+async def test_query_commands(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects, pool: asyncpg.Pool, pg_dsn: str
+) -> None:
+    """runs / status / inspect / logs answer from the projections, with exit codes."""
+    projector = Projector(nc, pool, subjects)
+    async with running(nc, subjects, registry, handlers, projector=projector) as h:
+        await h.client.result(await h.client.start("chain", 2, run_id="ok1"), timeout=10)
+        await h.client.start("agent", "cli", run_id="wait1")
+        await wait_status(h.client, "wait1", "waiting")
+        await projected(projector, nc, subjects)
+    common = _common(nats_server, subjects, pg_dsn)
+    listed = cli("runs", "--status", "waiting", *common)
+    assert listed.returncode == 0, listed.stderr
+    assert "wait1" in listed.stdout
+    assert "ok1" not in listed.stdout
+    waiting = cli("status", "wait1", *common)
+    assert waiting.returncode == 40
+    assert f"nats pub {subjects.prefix}.event.wait1.approval" in waiting.stdout
+    done = cli("status", "ok1", *common)
+    assert done.returncode == 0
+    assert "output    2" in done.stdout
+    inspected = cli("inspect", "wait1", *common)
+    assert "llm.mock" in inspected.stdout
+    assert "wait.started" in inspected.stdout
+    timeline = cli("logs", "ok1", *common)
+    assert timeline.stdout.count("step.completed") == 2
+    missing = cli("status", "nope", *common)
+    assert missing.returncode == 10
+    assert "no run 'nope'" in missing.stderr
+
+
+async def test_audit_commands(
+    nc: NATS,
+    nats_server: NatsServer,
+    subjects: Subjects,
+    pool: asyncpg.Pool,
+    pg_dsn: str,
+    tmp_path: Path,
+) -> None:
+    """audit verify (exit 0 / 30 naming run and position), export, offline verify."""
+    signer = Signer.generate()
+    signer.save(tmp_path / "key.pem", tmp_path / "key.pub.pem")
+    projector = Projector(nc, pool, subjects, signer=signer)
+    async with running(nc, subjects, registry, projector=projector) as h:
+        await h.client.result(await h.client.start("chain", 4, run_id="au"), timeout=10)
+        await projected(projector, nc, subjects)
+    common = _common(nats_server, subjects, pg_dsn)
+    key = ("--public-key", str(tmp_path / "key.pub.pem"))
+    intact = cli("audit", "verify", "--all", *key, *common)
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "intact" in intact.stdout
+    exported = tmp_path / "au.jsonl"
+    assert cli("audit", "export", "au", "-o", str(exported), *common).returncode == 0
+    offline = cli("audit", "verify", "--file", str(exported), *key)
+    assert offline.returncode == 0, offline.stdout
+    await pool.execute("DELETE FROM run_events WHERE run_id = 'au' AND n = 3")
+    broken = cli("audit", "verify", "au", *key, *common)
+    assert broken.returncode == 30
+    assert "run au: postgres, event 3: deleted" in broken.stdout
+    lines = exported.read_text().splitlines()
+    edited = [
+        json.dumps({**json.loads(x), "hash": "00" * 32}) if '"n":2,' in x else x for x in lines
+    ]
+    exported.write_text("\n".join(edited))
+    assert cli("audit", "verify", "--file", str(exported), *key).returncode == 30
+
+
+async def test_replay_reports_incompatible_code(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects
+) -> None:
+    """`mainspring replay` passes today's code, fails (exit 30) a deliberately changed one."""
+    async with running(nc, subjects, registry, handlers) as h:
+        await h.client.result(await h.client.start("chain", 3, run_id="rp1"), timeout=10)
+        await h.client.start("agent", "replay", run_id="rp2")
+        await wait_status(h.client, "rp2", "waiting")
+    base = (
+        "--nats-url",
+        nats_server.url,
+        "--prefix",
+        subjects.prefix,
+        "--partitions",
+        str(subjects.partitions),
+    )
+    same = cli("replay", "--all", "--app", "tests.apps:registry", *base)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "2 compatible, 0 incompatible" in same.stdout
+    changed = cli("replay", "rp2", "--app", "tests.changed_apps:registry", *base)
+    assert changed.returncode == 30
+    assert "nondeterminism in run rp2" in changed.stdout
+    assert "effect 'llm.mock'" in changed.stdout
