@@ -40,7 +40,7 @@ PUBLIC = {
     "schemas": 67,
     "streams": 33,
     "actors": 16,
-    "projections": 0,
+    "projections": 23,
     "mainspring": 29,
 }
 
