@@ -16,13 +16,13 @@ from projections._queries import EventRow, Lag, Queries, RunRow
 from projections._schema import MIGRATIONS, drop_projections, migrate
 
 __all__ = [
-    "FORMAT",
-    "MIGRATIONS",
     "AuditReport",
     "ChainChecker",
     "Checkpoint",
     "EventRow",
+    "FORMAT",
     "Lag",
+    "MIGRATIONS",
     "Problem",
     "Projector",
     "ProjectorStats",
