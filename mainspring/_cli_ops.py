@@ -503,6 +503,46 @@ def audit_keygen(
 
 
 # ---------------------------------------------------------------------- projections
+@projections_app.command("status")
+def projections_status(
+    name: Annotated[str, typer.Option(help="projector name")] = "main",
+    nats_url: NatsOpt = None,
+    postgres_dsn: PgOpt = None,
+    prefix: PrefixOpt = "ms",
+    partitions: PartitionsOpt = 16,
+) -> None:
+    """How far the projections are behind the journal (events and seconds)."""
+
+    async def body(env: Env) -> int:
+        from datetime import UTC
+        from datetime import datetime as dt
+
+        from projections import Queries
+
+        lag = await Queries(env.pool).lag(name)
+        info = await env.nc.jetstream().stream_info(env.subjects.journal_stream)
+        last = info.state.last_seq
+        if lag is None:
+            print(f"projector '{name}' has not projected anything; the journal ends at {last}")
+            return EXIT_OK
+        behind = max(last - lag.position, 0)
+        age = (dt.now(UTC) - lag.updated_at).total_seconds() if lag.updated_at else 0.0
+        print(
+            f"projector '{name}': position {lag.position} of {last} ({behind} behind); "
+            f"last commit {age:.1f}s ago, newest projected event at {_ts(lag.event_at)}"
+        )
+        return EXIT_OK
+
+    run_command(
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        postgres=postgres_dsn,
+        needs_postgres=True,
+    )
+
+
 @projections_app.command("rebuild")
 def projections_rebuild(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,

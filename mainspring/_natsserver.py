@@ -47,6 +47,7 @@ class NatsServer:
         host: str = "127.0.0.1",
     ) -> None:
         self.store_dir = Path(store_dir)
+        self._auto_ports = port is None
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.host = host
@@ -69,16 +70,28 @@ class NatsServer:
         return conf
 
     def start(self, timeout: float = 15.0) -> NatsServer:
-        conf = self._config()
-        with open(self.store_dir / "nats-server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [server_binary(), "-c", str(conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wait_ready(timeout)
+        for attempt in range(3):
+            conf = self._config()
+            with open(self.store_dir / "nats-server.log", "ab") as log:
+                self.proc = subprocess.Popen(
+                    [server_binary(), "-c", str(conf)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                self.wait_ready(timeout)
+                return self
+            except ConnectionFailed:
+                # a port picked for us was taken meanwhile: pick others and try again
+                if not self._auto_ports or attempt == 2 or not self._port_in_use():
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
         return self
+
+    def _port_in_use(self) -> bool:
+        log = (self.store_dir / "nats-server.log").read_text(errors="replace")
+        return "address already in use" in log.splitlines()[-1] if log else False
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -59,6 +59,7 @@ class PostgresServer:
 
     def __init__(self, data_dir: str | Path, *, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self._auto_port = port is None
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._user = _system_user()
@@ -91,6 +92,21 @@ class PostgresServer:
 
     def start(self, timeout: float = 30.0) -> PostgresServer:
         self.init()
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except ConnectionFailed:
+                # a port picked for us was taken meanwhile: pick another and try again
+                if not self._auto_port or attempt == 2 or not self._port_in_use():
+                    raise
+                self.port = free_port()
+        return self
+
+    def _port_in_use(self) -> bool:
+        text = (self.data_dir / "server.log").read_text(errors="replace")
+        return "Address already in use" in text[-2000:]
+
+    def _start_once(self, timeout: float) -> PostgresServer:
         log = self.data_dir / "server.log"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(

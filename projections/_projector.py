@@ -126,6 +126,7 @@ class Projector:
             self._more.set()
 
         sub = await self.nc.subscribe(self.subjects.watch_all(), cb=wake)
+        next_report = anyio.current_time()
         try:
             task_status.started()
             while True:
@@ -138,6 +139,7 @@ class Projector:
                 )
                 if records:
                     await self._commit_with_retry(records)
+                    next_report = self._report(pending, next_report)
                 if not pending:
                     with anyio.move_on_after(1.0):  # fallback if a wake-up was missed
                         await self._more.wait()
@@ -145,6 +147,21 @@ class Projector:
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
+
+    def _report(self, pending: int, due: float) -> float:
+        """Log progress and lag every few seconds while there is work."""
+        now = anyio.current_time()
+        if now < due:
+            return due
+        st = self.stats
+        log.info(
+            "projector_progress",
+            position=st.position,
+            events=st.events,
+            behind=pending,
+            lag_s=round(st.last_commit_lag_s, 3),
+        )
+        return now + 5.0
 
     async def catch_up(self) -> int:
         """Project everything stored so far, then return the position (for rebuild/tests)."""

@@ -61,6 +61,16 @@ async def test_query_commands(
     missing = cli("status", "nope", *common)
     assert missing.returncode == 10
     assert "no run 'nope'" in missing.stderr
+    lag = cli("projections", "status", *common)
+    assert lag.returncode == 0, lag.stderr
+    assert "(0 behind)" in lag.stdout
+    rebuilt = cli("projections", "rebuild", "--yes", *common)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt:" in rebuilt.stdout
+    assert "wait1" in cli("runs", *common).stdout
+    no_pg = cli("runs", "--nats-url", nats_server.url, env={"MAINSPRING_POSTGRES_DSN": ""})
+    assert no_pg.returncode == 10
+    assert "MAINSPRING_POSTGRES_DSN" in no_pg.stderr
 
 
 async def test_audit_commands(
