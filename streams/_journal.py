@@ -19,6 +19,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+import anyio
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -201,25 +202,14 @@ async def read_records(
     """Up to ``size`` messages matching ``filt`` from stream sequence ``start`` on, in
     order, and how many more match after them (one batched direct-get request)."""
     api = f"$JS.API.DIRECT.GET.{stream}"
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     out: list[Record] = []
-    try:
-        req = {"seq": start, "next_by_subj": filt, "batch": size}
-        await nc.publish(api, msgspec.json.encode(req), reply=inbox)
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError as e:
-                raise ConnectionFailed(f"reading {stream} ({filt}) timed out") from e
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status == "404":
-                return out, 0
-            if status == "204":  # end of batch
-                return out, int(headers.get("Nats-Num-Pending", "0"))
-            if status:
-                raise ConnectionFailed(f"reading {stream} ({filt}): status {status}")
+    done = anyio.Event()
+    outcome: list[int | str] = []
+
+    async def collect(msg: Msg) -> None:  # a callback: no task per message
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is None:
             out.append(
                 Record(
                     int(headers.get("Nats-Sequence", "0")),
@@ -228,9 +218,30 @@ async def read_records(
                     msg.data,
                 )
             )
+            return
+        if status == "404":
+            outcome.append(0)
+        elif status == "204":  # end of batch
+            outcome.append(int(headers.get("Nats-Num-Pending", "0")))
+        else:
+            outcome.append(f"status {status}")
+        done.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect, pending_msgs_limit=size + 16)
+    try:
+        req = {"seq": start, "next_by_subj": filt, "batch": size}
+        await nc.publish(api, msgspec.json.encode(req), reply=inbox)
+        with anyio.move_on_after(timeout):
+            await done.wait()
     finally:
         with contextlib.suppress(nats.errors.ConnectionClosedError):
             await sub.unsubscribe()
+    if not outcome:
+        raise ConnectionFailed(f"reading {stream} ({filt}) timed out after {timeout}s")
+    if isinstance(outcome[0], str):
+        raise ConnectionFailed(f"reading {stream} ({filt}): {outcome[0]}")
+    return out, outcome[0]
 
 
 def decode_record(rec: Record) -> StoredEvent:
