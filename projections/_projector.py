@@ -34,7 +34,14 @@ from schemas import (
     decode_event,
     event_type,
 )
-from streams import Record, StoredEvent, Subjects, decode_record, read_records
+from streams import (
+    Record,
+    StoredEvent,
+    Subjects,
+    decode_record,
+    ensure_topology,
+    read_records,
+)
 
 if TYPE_CHECKING:
     from projections._schema import Conn
@@ -113,6 +120,7 @@ class Projector:
         self._more = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await ensure_topology(self.nc, self.subjects)
         async with self.pool.acquire() as conn:
             await migrate(conn)
             pos = await conn.fetchval(
@@ -165,6 +173,7 @@ class Projector:
 
     async def catch_up(self) -> int:
         """Project everything stored so far, then return the position (for rebuild/tests)."""
+        await ensure_topology(self.nc, self.subjects)
         async with self.pool.acquire() as conn:
             await migrate(conn)
             pos = await conn.fetchval(

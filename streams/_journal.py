@@ -223,6 +223,8 @@ async def read_records(
             outcome.append(0)
         elif status == "204":  # end of batch
             outcome.append(int(headers.get("Nats-Num-Pending", "0")))
+        elif status == "503":
+            outcome.append(f"stream {stream} does not exist here (start a worker first)")
         else:
             outcome.append(f"status {status}")
         done.set()
