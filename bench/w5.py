@@ -31,8 +31,14 @@ async def _write_run(journal: Journal, run_id: str, events: int) -> None:
         prev=GENESIS,
     )
     for n in range(2, events + 1):
-        ev = StepCompleted(run_id=run_id, n=n, at=at, seq=n - 1, name="_inc",
-                           result=msgspec.Raw(str(n - 1).encode()))
+        ev = StepCompleted(
+            run_id=run_id,
+            n=n,
+            at=at,
+            seq=n - 1,
+            name="_inc",
+            result=msgspec.Raw(str(n - 1).encode()),
+        )
         stored = await journal.append(ev, expected_seq=stored.seq, prev=stored.hash)
 
 
@@ -64,8 +70,10 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
             if verified != total or bad:
                 raise RuntimeError(f"verified {verified} of {total}; problems: {bad[:3]}")
             rates.append(total / seconds)
-            log(f"round {r + 1}: verified {total} events of {len(checkers)} runs in "
-                f"{seconds:.2f}s = {rates[-1]:.0f} events/s")
+            log(
+                f"round {r + 1}: verified {total} events of {len(checkers)} runs in "
+                f"{seconds:.2f}s = {rates[-1]:.0f} events/s"
+            )
     finally:
         await nc.close()
     return {

@@ -41,12 +41,9 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
                     seconds = await burst(client, f"w6r{r}", args.runs, args.steps, args.timeout)
                     rates.append(args.runs * args.steps / seconds)
                     log(f"round {r + 1}: W1 at {rates[-1]:.0f} steps/s under projection")
-                last = (await nc.jetstream().stream_info(env.subjects.journal_stream)).state.last_seq
-                with anyio.fail_after(args.timeout):
-                    while projector.stats.position < last:
-                        await anyio.sleep(0.05)
-                samples = list(projector.stats.lag_samples)
                 tg.cancel_scope.cancel()
+            await projector.catch_up()  # whatever the stopped loop had not committed yet
+            samples = list(projector.stats.lag_samples)
             async with pool.acquire() as conn:
                 await drop_projections(conn)
             rebuild = Projector(nc, pool, env.subjects)

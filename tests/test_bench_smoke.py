@@ -1,0 +1,83 @@
+"""Smoke tests of the benchmarks: each workload at a tiny size; output shape only, no timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMON = {"workload", "fsync_always", "cpu_count", "runs", "concurrency"}
+
+
+def run_bench(*args: str) -> dict[str, object]:
+    """Run ``python -m bench ...``; return the JSON object on its last stdout line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"bench {args} failed:\n{proc.stderr[-3000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert isinstance(result, dict)
+    assert result["workload"] == args[0]
+    return result
+
+
+def test_w1_throughput() -> None:
+    """W1 runs and reports durable steps/s."""
+    result = run_bench("w1", "--runs", "10")
+    assert COMMON | {"steps_per_s", "elapsed_s", "steps"} <= result.keys()
+    assert result["runs"] == 10
+
+
+def test_w2_step_latency() -> None:
+    """W2 runs and reports per-step and per-run latency percentiles."""
+    result = run_bench("w2", "--runs", "3", "--warmup", "1")
+    assert COMMON | {"step_p50_ms", "step_p99_ms", "run_p50_ms"} <= result.keys()
+    assert result["runs"] == 3
+
+
+def test_w3_resume_latency() -> None:
+    """W3 runs and reports resume latency percentiles."""
+    result = run_bench("w3", "--runs", "5")
+    assert COMMON | {"resume_p50_ms", "resume_p99_ms"} <= result.keys()
+    assert result["runs"] == 5
+
+
+def test_w4_crash_recovery() -> None:
+    """W4 kills a worker mid-flight; every run completes with no duplicate journal step."""
+    result = run_bench("w4", "--runs", "10", "--kill-after", "0.3")
+    keys = {
+        "runs_completed",
+        "duplicate_lines",
+        "duplicate_journal_steps",
+        "recovery_s",
+        "completed_before_kill",
+        "lines_at_kill",
+    }
+    assert COMMON | keys <= result.keys()
+    assert result["runs_completed"] == 10
+    assert result["duplicate_journal_steps"] == 0
+
+
+def test_w5_audit_speed() -> None:
+    """W5 writes genuine journals and reports events/s verified from the stream."""
+    result = run_bench("w5", "--runs", "20", "--events", "20", "--rounds", "1")
+    assert {"workload", "fsync_always", "cpu_count", "events", "events_per_s"} <= result.keys()
+    assert result["events"] == 400
+
+
+def test_w6_projection_lag() -> None:
+    """W6 projects while W1 runs; reports lag percentiles and projector throughput."""
+    result = run_bench("w6", "--runs", "10", "--rounds", "1")
+    keys = {"lag_p50_s", "lag_p99_s", "projector_events_per_s", "rebuild_events"}
+    assert keys <= result.keys()
+    assert result["rebuild_events"] == 11 * 12  # warm-up + 10 runs of 12 events, all projected
