@@ -8,14 +8,11 @@ from typing import Any
 
 import anyio
 import msgspec
-import nats
-import nats.errors
 from nats.aio.client import Client as NATS
 from ulid import ULID
 
 from schemas import (
     CancelRun,
-    ConnectionFailed,
     JournalEvent,
     RunCancelled,
     RunCancelledError,
@@ -32,7 +29,15 @@ from schemas import (
     fold,
 )
 from schemas import ErrorInfo as _ErrorInfo
-from streams import HDR_TYPE, Journal, StoredEvent, Subjects, ensure_topology, publish_checked
+from streams import (
+    HDR_TYPE,
+    Journal,
+    StoredEvent,
+    Subjects,
+    connect,
+    ensure_topology,
+    publish_checked,
+)
 
 _TERMINAL_TYPES = {"run.completed", "run.failed", "run.cancelled"}
 
@@ -84,15 +89,7 @@ class Client:
     async def connect(
         cls, url: str = "nats://127.0.0.1:4222", *, prefix: str = "ms", partitions: int = 16
     ) -> Client:
-        try:
-            nc = await nats.connect(
-                url, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True
-            )
-        except Exception as e:
-            raise ConnectionFailed(
-                f"cannot reach NATS at {url}: {e}. Start one with `mainspring dev` "
-                "or set MAINSPRING_NATS_URL"
-            ) from e
+        nc = await connect(url)
         return cls(nc, Subjects(prefix, partitions), owns_nc=True)
 
     async def __aenter__(self) -> Client:

@@ -86,24 +86,15 @@ def handlers(
 
 
 def _serve(nats_url: str | None, main: object) -> None:
-    import nats
-
     from mainspring._config import nats_url as resolve_url
     from mainspring._logging import configure_logging
+    from streams import connect
 
     configure_logging()
     url = resolve_url(nats_url)
 
     async def run() -> None:
-        try:
-            nc = await nats.connect(
-                url, connect_timeout=3, max_reconnect_attempts=-1, reconnect_time_wait=0.2
-            )
-        except Exception as e:
-            raise SystemExit(
-                f"error: cannot reach NATS at {url} ({e}). Start one with `mainspring dev` "
-                "or point MAINSPRING_NATS_URL at your server."
-            ) from None
+        nc = await connect(url, reconnect_forever=True)
         try:
             await main(nc)  # type: ignore[operator]
         finally:

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import nats
 from nats.aio.client import Client as NATS
 
 from mainspring._config import nats_url
 from mainspring._logging import configure_logging
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, ServerUnsupported
-from streams import Subjects
+from streams import Subjects, connect
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME, EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED = (
     0,
@@ -74,15 +73,7 @@ def run_command(
                 "this command reads the Postgres projections: pass --postgres-dsn or set "
                 "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`)"
             )
-        try:
-            nc = await nats.connect(
-                url, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=True
-            )
-        except Exception as e:
-            raise ConnectionFailed(
-                f"cannot reach NATS at {url} ({e}); start it with `mainspring dev` or set "
-                "MAINSPRING_NATS_URL / --nats-url"
-            ) from None
+        nc = await connect(url)
         pool = None
         try:
             if dsn:

@@ -120,13 +120,8 @@ class Projector:
         self._more = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await ensure_topology(self.nc, self.subjects)
-        async with self.pool.acquire() as conn:
-            await migrate(conn)
-            pos = await conn.fetchval(
-                "SELECT stream_seq FROM projector_positions WHERE name = $1", self.name
-            )
-        self.stats.position = int(pos or 0)
+        """Project until cancelled; sleeps on the journal's republish subject when idle."""
+        await self._prepare()
         if self.signer is None:
             log.warning("projector_unsigned", hint="set MAINSPRING_SIGNING_KEY to sign checkpoints")
 
@@ -138,16 +133,8 @@ class Projector:
         try:
             task_status.started()
             while True:
-                records, pending = await read_records(
-                    self.nc,
-                    self.subjects.journal_stream,
-                    self.subjects.journal_all(),
-                    self.stats.position + 1,
-                    size=self.batch_size,
-                )
-                if records:
-                    await self._commit_with_retry(records)
-                    next_report = self._report(pending, next_report)
+                pending = await self._step()
+                next_report = self._report(pending, next_report)
                 if not pending:
                     with anyio.move_on_after(1.0):  # fallback if a wake-up was missed
                         await self._more.wait()
@@ -156,10 +143,40 @@ class Projector:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
 
+    async def catch_up(self) -> int:
+        """Project everything stored so far, then return the position (for rebuild/tests)."""
+        await self._prepare()
+        while await self._step():
+            pass
+        return self.stats.position
+
+    async def _prepare(self) -> None:
+        """Streams and schema exist; resume from the committed position."""
+        await ensure_topology(self.nc, self.subjects)
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+            pos = await conn.fetchval(
+                "SELECT stream_seq FROM projector_positions WHERE name = $1", self.name
+            )
+        self.stats.position = int(pos or 0)
+
+    async def _step(self) -> int:
+        """Project the next batch; return how many journal events are still behind it."""
+        records, pending = await read_records(
+            self.nc,
+            self.subjects.journal_stream,
+            self.subjects.journal_all(),
+            self.stats.position + 1,
+            size=self.batch_size,
+        )
+        if records:
+            await self._commit_with_retry(records)
+        return pending
+
     def _report(self, pending: int, due: float) -> float:
         """Log progress and lag every few seconds while there is work."""
         now = anyio.current_time()
-        if now < due:
+        if now < due or (not pending and not self.stats.batches):
             return due
         st = self.stats
         log.info(
@@ -170,28 +187,6 @@ class Projector:
             lag_s=round(st.last_commit_lag_s, 3),
         )
         return now + 5.0
-
-    async def catch_up(self) -> int:
-        """Project everything stored so far, then return the position (for rebuild/tests)."""
-        await ensure_topology(self.nc, self.subjects)
-        async with self.pool.acquire() as conn:
-            await migrate(conn)
-            pos = await conn.fetchval(
-                "SELECT stream_seq FROM projector_positions WHERE name = $1", self.name
-            )
-        self.stats.position = int(pos or 0)
-        while True:
-            records, pending = await read_records(
-                self.nc,
-                self.subjects.journal_stream,
-                self.subjects.journal_all(),
-                self.stats.position + 1,
-                size=self.batch_size,
-            )
-            if records:
-                await self._commit_with_retry(records)
-            if not pending:
-                return self.stats.position
 
     async def _commit_with_retry(self, records: list[Record]) -> None:
         delay = 0.2

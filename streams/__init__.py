@@ -22,7 +22,7 @@ from streams._journal import (
     read_records,
     verify_chain,
 )
-from streams._jsapi import ApiError, api_request
+from streams._jsapi import ApiError, api_request, connect
 from streams._leases import Lease, Leases
 from streams._publish import PubAck, publish, publish_checked
 from streams._subjects import Subjects, partition_of
@@ -57,6 +57,7 @@ __all__ = [
     "api_request",
     "chain",
     "check_server",
+    "connect",
     "decode_record",
     "delete_consumer",
     "ensure_consumer",

@@ -57,3 +57,18 @@ async def api_request(nc: NATS, subject: str, body: Any = None, timeout: float =
     if head.error is not None:
         raise ApiError(subject, head.error.code, head.error.err_code, head.error.description)
     return msgspec.json.decode(msg.data)
+
+
+async def connect(url: str, *, reconnect_forever: bool = False, **options: Any) -> NATS:
+    """Connect to NATS; an unreachable server is a ``ConnectionFailed`` saying what to do."""
+    import nats
+
+    settings: dict[str, Any] = {"connect_timeout": 3, "reconnect_time_wait": 0.2}
+    settings["max_reconnect_attempts"] = -1 if reconnect_forever else 3
+    try:
+        return await nats.connect(url, **{**settings, **options})
+    except Exception as e:  # nats-py raises several unrelated types here
+        raise ConnectionFailed(
+            f"cannot reach NATS at {url} ({e}); start one with `mainspring dev`, or point "
+            "MAINSPRING_NATS_URL / --nats-url at your server"
+        ) from None

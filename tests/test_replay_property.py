@@ -129,7 +129,8 @@ def run_live(program: list[Op], rng: random.Random) -> tuple[list[JournalEvent],
             )
         )
     assert m.nondeterminism is None
-    assert m.main is not None and m.main.done()
+    assert m.main is not None
+    assert m.main.done()
     return journal, m.main.result()
 
 
@@ -141,7 +142,8 @@ def replay(program: list[Op], journal: list[JournalEvent]) -> Any:
     m.check_replay_complete()
     assert m.nondeterminism is None, m.nondeterminism
     assert not m.pending, "replay wanted to do new work"
-    assert m.main is not None and m.main.done()
+    assert m.main is not None
+    assert m.main.done()
     return m.main.result()
 
 
