@@ -301,3 +301,29 @@ async def test_idle_runs_are_evicted_and_replayed(nc: NATS, subjects: Subjects) 
             await h.client.send_event(rid, "go", {"approved": True, "by": rid})
         results = [await h.client.result(rid, timeout=10) for rid in ids]
     assert results == [{"approved": True, "by": rid} for rid in ids]
+
+
+async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) -> None:
+    """Two instances serving one effect kind split the requests between them."""
+    served: dict[str, int] = {"a": 0, "b": 0}
+
+    def instance(tag: str) -> ms.Handlers:
+        hs = ms.Handlers()
+
+        @hs.handler("math.double", concurrency=4)
+        async def double(x: int) -> int:
+            served[tag] += 1
+            await anyio.sleep(0.01)  # the work itself, so both instances get a share
+            return x * 2
+
+        return hs
+
+    async with running(nc, subjects, registry) as h, anyio.create_task_group() as tg:
+        await tg.start(ms.HandlerService(nc, instance("a"), subjects=subjects).run)
+        await tg.start(ms.HandlerService(nc, instance("b"), subjects=subjects).run)
+        rid = await h.client.start("fanout", 60)
+        assert await h.client.result(rid, timeout=30) == sum(2 * i for i in range(60))
+        tg.cancel_scope.cancel()
+    assert served["a"] + served["b"] == 60
+    assert served["a"] > 0
+    assert served["b"] > 0
