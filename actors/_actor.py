@@ -478,7 +478,13 @@ class RunActor:
             if cmd.deadline is not None:
                 await self._schedule(cmd.seq, cmd.deadline)
             return WaitStarted(
-                run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, deadline=cmd.deadline
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                seq=cmd.seq,
+                name=cmd.name,
+                deadline=cmd.deadline,
+                schema=NULL if cmd.schema is None else msgspec.Raw(cmd.schema),
             )
         if isinstance(cmd, ChildCmd):
             assert self.started is not None

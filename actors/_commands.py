@@ -40,6 +40,7 @@ class WaitCmd:
     seq: int
     name: str
     deadline: datetime | None
+    schema: bytes | None = None
 
 
 @dataclass

@@ -35,6 +35,37 @@ def _encode(value: Any, what: str) -> bytes:
         raise ConfigError(f"{what} is not JSON-serialisable: {e}") from e
 
 
+def _schema_of(type_: Any) -> bytes | None:
+    """The JSON Schema a wait accepts, journaled so clients can show and check it."""
+    if type_ is Any:
+        return None
+    declared = getattr(type_, "json_schema", None)
+    try:
+        schema = declared if declared is not None else msgspec.json.schema(type_)
+    except (TypeError, ValueError):
+        return None
+    return msgspec.json.encode(schema)
+
+
+class JsonSchema:
+    """A wait type given as JSON Schema (Draft 2020-12), e.g. from a declarative spec."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        from jsonschema import Draft202012Validator
+
+        Draft202012Validator.check_schema(schema)
+        self.json_schema = schema
+        self._validator = Draft202012Validator(schema)
+
+    def validate_json(self, data: bytes) -> Any:
+        value = msgspec.json.decode(data)
+        errors = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
+        if errors:
+            first = errors[0]
+            raise ValueError(f"{first.message} - at `{first.json_path}`")
+        return value
+
+
 class Context:
     """Passed to every workflow as its first argument.
 
@@ -180,7 +211,7 @@ class Context:
         check_event_name(name)
         seq = self._m.next_seq()
         deadline = None if timeout is None else self._m.now + timedelta(seconds=_seconds(timeout))
-        return self._m.issue(WaitCmd(seq, name, deadline), type, name)
+        return self._m.issue(WaitCmd(seq, name, deadline, _schema_of(type)), type, name)
 
     def child(
         self,

@@ -134,6 +134,15 @@ def _describe_event(ev: JournalEvent) -> str:
     return f"{call} '{name}'" if name else call
 
 
+def decode_payload(payload: msgspec.Raw, type_: Any) -> Any:
+    """Decode an event payload for a wait: a msgspec type, or a validator object
+    with ``validate_json(bytes)`` (JSON Schema waits); raises with the reason."""
+    validate = getattr(type_, "validate_json", None)
+    if validate is not None:
+        return validate(bytes(payload))
+    return msgspec.json.decode(payload, type=type_)
+
+
 def child_run_id(parent: str, seq: int) -> str:
     candidate = f"{parent}-{seq}"
     if len(candidate) <= 128:
@@ -275,8 +284,8 @@ class Machine:
             wait = waits[0]
             ev = events.popleft()
             try:
-                value = msgspec.json.decode(ev.payload, type=wait.type)
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                value = decode_payload(ev.payload, wait.type)
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
                 self.rejected.add(ev.event_id)
                 if ev.event_id not in self.recorded_rejections:
                     self.pending.append(RejectFact(ev.event_id, name, wait.seq, str(e)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -60,6 +61,67 @@ def worker(
         await Worker(nc, registry, subjects=Subjects(prefix, partitions), options=options).run()  # type: ignore[arg-type]
 
     _serve(nats_url, main)
+
+
+@app.command()
+def dev(
+    app_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            help="your workflows: 'module:registry' (declarative specs always run)",
+            show_default=False,
+        ),
+    ] = None,
+    handlers_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--handlers",
+            help="your effect handlers: 'module:handlers' (built-in cli, llm.chat always run)",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option(help="where NATS and PostgreSQL keep their data")
+    ] = Path(".mainspring"),
+    nats_port: Annotated[int, typer.Option(help="NATS port (a free one if taken)")] = 4222,
+) -> None:
+    """Run everything locally: embedded NATS and PostgreSQL, a worker, handlers, the projector.
+
+    Data persists in --data-dir between runs. Other mainspring commands started in
+    this folder find it without any configuration. Ctrl-C stops everything.
+    """
+    from actors import Handlers, Registry
+    from mainspring._config import load_object
+    from mainspring._dev import run_dev
+    from mainspring._logging import configure_logging
+
+    registry = load_object(app_spec) if app_spec else _default_registry()
+    if not isinstance(registry, Registry):
+        raise typer.BadParameter(f"{app_spec} is not a Registry")
+    from actors import flow_registry
+
+    registry = flow_registry(registry)
+    extra = load_object(handlers_spec) if handlers_spec else None
+    if extra is not None and not isinstance(extra, Handlers):
+        raise typer.BadParameter(f"{handlers_spec} is not Handlers")
+    configure_logging("warning")
+    try:
+        anyio.run(
+            lambda: run_dev(data_dir, registry, extra, nats_port=nats_port),
+            backend_options={"use_uvloop": _has_uvloop()},
+        )
+    except KeyboardInterrupt:
+        pass
+    except MainspringError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(20) from None
+
+
+def _default_registry() -> object:
+    from actors import flow_registry
+
+    return flow_registry()
 
 
 @app.command()

@@ -7,7 +7,6 @@ connection error, 30 run failed (or audit/replay found a problem), 40 waiting,
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 import anyio
 from nats.aio.client import Client as NATS
 
-from mainspring._config import nats_url
+from mainspring._config import nats_url, postgres_dsn
 from mainspring._logging import configure_logging
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, ServerUnsupported
 from streams import Subjects, connect
@@ -38,10 +37,6 @@ class Env:
     nc: NATS
     subjects: Subjects
     pool: Any = None  # asyncpg.Pool when the command needs Postgres
-
-
-def postgres_dsn(flag: str | None) -> str | None:
-    return flag or os.environ.get("MAINSPRING_POSTGRES_DSN")
 
 
 def exit_code_for(error: BaseException) -> int:

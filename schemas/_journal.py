@@ -127,6 +127,8 @@ class WaitStarted(Event, frozen=True, kw_only=True, tag="wait.started"):
     seq: int
     name: str
     deadline: datetime | None = None
+    schema: msgspec.Raw = NULL
+    """JSON Schema of the payload the wait accepts (null when the code declared none)"""
 
 
 class WaitTimedOut(Event, frozen=True, kw_only=True, tag="wait.timed_out"):

@@ -1,0 +1,118 @@
+"""Built-in effect handlers: ``cli`` (run a command) and ``llm.chat`` (deterministic mock).
+
+Serve them with ``mainspring handlers --app actors:builtin_handlers`` or as part of
+``mainspring dev``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import anyio
+import msgspec
+
+from actors._handlers import EffectContext, Handlers
+from schemas import TerminalError
+
+SHELLS = ("bash", "sh", "powershell", "pwsh", "cmd")
+
+
+class CliRequest(msgspec.Struct, frozen=True, kw_only=True):
+    command: str | list[str]
+    cwd: str | None = None
+    shell: str = "bash"
+    exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
+    parse_json: bool = False
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class CliResult(msgspec.Struct, frozen=True, kw_only=True):
+    exit_code: int
+    stdout: str
+    stderr: str
+    json: object = None
+
+
+class CommandFailed(Exception):
+    """A command exited with a code its step does not accept (retryable by policy)."""
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
+    messages: list[ChatMessage]
+    model: str = "mock"
+    models: list[str] = msgspec.field(default_factory=list)
+
+
+class ChatResponse(msgspec.Struct, frozen=True, kw_only=True):
+    content: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float = 0.0
+
+
+def command_line(req: CliRequest) -> list[str]:
+    command = " && ".join(req.command) if isinstance(req.command, list) else req.command
+    if req.shell not in SHELLS:
+        raise TerminalError(
+            f"unknown shell {req.shell!r}; use one of {', '.join(SHELLS)}", type="cli.shell"
+        )
+    path = shutil.which(req.shell)
+    if path is None:
+        raise TerminalError(
+            f"shell {req.shell!r} is not installed on this handler's host", type="cli.shell"
+        )
+    flag = "/c" if req.shell == "cmd" else ("-Command" if "sh" not in req.shell else "-c")
+    return [path, flag, command]
+
+
+def builtin_handlers() -> Handlers:
+    hs = Handlers()
+
+    @hs.handler("cli", concurrency=8)
+    async def cli(req: CliRequest, fx: EffectContext) -> CliResult:
+        """Run a shell command; stdout parsed as JSON when asked."""
+        import os
+
+        done = await anyio.run_process(
+            command_line(req),
+            cwd=req.cwd,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "MAINSPRING_EFFECT_ID": fx.effect_id, **req.env},
+        )
+        stdout = done.stdout.decode(errors="replace")
+        stderr = done.stderr.decode(errors="replace")
+        if done.returncode not in req.exit_codes:
+            raise CommandFailed(
+                f"exit code {done.returncode} (accepted: {req.exit_codes}); "
+                f"stderr: {stderr.strip()[-500:]}"
+            )
+        parsed: object = None
+        if req.parse_json:
+            try:
+                parsed = msgspec.json.decode(stdout.strip() or "null")
+            except msgspec.DecodeError as e:
+                raise TerminalError(
+                    f"stdout is not JSON ({e}): {stdout[:200]!r}", type="cli.output"
+                ) from e
+        return CliResult(exit_code=done.returncode, stdout=stdout, stderr=stderr, json=parsed)
+
+    @hs.handler("llm.chat", concurrency=32)
+    async def chat(req: ChatRequest) -> ChatResponse:
+        """Deterministic mock provider: same messages, same answer (tests and demos)."""
+        last = req.messages[-1].content if req.messages else ""
+        model = (req.models or [req.model])[0]
+        content = f"[{model}] {last[:200]}"
+        words = sum(len(m.content.split()) for m in req.messages)
+        return ChatResponse(
+            content=content, model=model, input_tokens=words, output_tokens=len(content.split())
+        )
+
+    return hs

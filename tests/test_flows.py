@@ -1,0 +1,133 @@
+"""Declarative workflows: checkpointflow/v1 documents validate with positions and run durably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+import mainspring as ms
+from actors import SpecInvalid, builtin_handlers, flow_registry, load_spec, validate_spec
+from actors._expressions import ExpressionError, condition, parse, render
+from streams import Subjects
+from tests.harness import running, types, wait_status
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+TAG_RELEASE = ROOT / "examples" / "flows" / "tag_release.yaml"
+
+
+def _spec_errors(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "flow.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecInvalid) as err:
+        validate_spec(load_spec(path))
+    return [str(e) for e in err.value.errors]
+
+
+def test_the_original_example_validates() -> None:
+    """The checkpointflow/v1 example from the format's own docs is valid unchanged."""
+    spec = validate_spec(load_spec(TAG_RELEASE))
+    assert [s["id"] for s in spec.steps] == ["changelog", "review", "publish", "done", "held"]
+
+
+def test_validation_errors_name_file_line_and_column(tmp_path: Path) -> None:
+    """Unknown references, unreachable steps, bad expressions and schemas point at the line."""
+    errors = _spec_errors(
+        tmp_path,
+        """\
+schema_version: checkpointflow/v1
+workflow:
+  id: broken
+  inputs: {type: object, properties: {n: {type: nonsense}}}
+  steps:
+    - id: ask
+      kind: await_event
+      event_name: go
+      input_schema: {type: object}
+      transitions:
+        - when: ${event.ok == }
+          next: finish
+        - when: ${event.ok}
+          next: nowhere
+    - id: finish
+      kind: end
+      result: ${steps.ghost.outputs.x}
+    - id: orphan
+      kind: end
+""",
+    )
+    text = "\n".join(errors)
+    assert "flow.yaml:4:3: workflow.inputs: invalid JSON Schema" in text
+    assert "flow.yaml:11:11: workflow.steps[0].transitions[0].when: bad expression" in text
+    assert "flow.yaml:14:11: workflow.steps[0].transitions[1].next: unknown step 'nowhere'" in text
+    assert (
+        "flow.yaml:17:7: workflow.steps[1].result: expression refers to unknown step 'ghost'"
+        in text
+    )
+    assert "flow.yaml:18:7: workflow.steps[2]: step 'orphan' can never be reached" in text
+
+
+def test_unknown_kind_and_version(tmp_path: Path) -> None:
+    """A wrong schema_version or step kind is refused, saying what is allowed."""
+    errors = _spec_errors(
+        tmp_path,
+        """\
+schema_version: checkpointflow/v2
+workflow:
+  id: x
+  inputs: {type: object}
+  steps:
+    - {id: a, kind: sleep, seconds: 1}
+""",
+    )
+    assert any(
+        "schema_version: must be one of checkpointflow/v1, mainspring/v1" in e for e in errors
+    )
+    assert any("unknown step kind 'sleep' (mainspring/v1 only)" in e for e in errors)
+
+
+def test_expressions_are_safe_and_small() -> None:
+    """Paths, comparisons and boolean logic work; anything else is a syntax error."""
+    scope = {"inputs": {"n": 3, "tag": "v1"}, "event": {"d": "publish"}}
+    assert condition('${event.d == "publish" and inputs.n >= 3}', scope)
+    assert render("tag ${inputs.tag}", scope) == "tag v1"
+    assert render("${inputs.n}", scope) == 3
+    for bad in ["__import__('os')", "inputs.n + 1", "a ==", "f(x)"]:
+        with pytest.raises(ExpressionError):
+            parse(bad)
+
+
+async def test_spec_runs_with_cli_approval_and_branches(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
+    """The example runs: cli step output parsed, waits for review, branches on the decision."""
+    spec = validate_spec(load_spec(TAG_RELEASE)).document
+    async with running(
+        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+    ) as h:
+        publish = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r", "tag": "v9"}})
+        hold = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r", "tag": "v8"}})
+        waiting = await wait_status(h.client, publish, "waiting")
+        assert waiting.waiting_for == ["release_review"]
+        await wait_status(h.client, hold, "waiting")
+        await h.client.send_event(publish, "release_review", {"decision": "maybe"})  # invalid
+        await h.client.send_event(publish, "release_review", {"decision": "publish"})
+        await h.client.send_event(hold, "release_review", {"decision": "hold"})
+        assert await h.client.result(publish, timeout=30) == {"status": "published", "lines": 3}
+        assert await h.client.result(hold, timeout=30) == {"status": "held"}
+        kinds = types(await h.client.history(publish))
+    assert kinds.count("effect.requested") == 2  # changelog, publish
+    assert "event.rejected" in kinds
+
+
+async def test_invalid_inputs_fail_the_run(nc: NATS, subjects: Subjects) -> None:
+    """Inputs not matching the spec's JSON Schema fail the run, naming the field."""
+    spec = validate_spec(load_spec(TAG_RELEASE)).document
+    async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+        rid = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r"}})
+        with pytest.raises(ms.RunFailedError) as err:
+            await h.client.result(rid, timeout=20)
+    assert err.value.error.type == "input.invalid"
+    assert "'tag' is a required property" in err.value.error.message
