@@ -170,12 +170,13 @@ class Client:
         return status_from_journal([e.event for e in events])
 
     async def wait_for(
-        self, run_id: str, *statuses: str, timeout: float | None = None
+        self, run_id: str, *statuses: str, timeout: float | None = None, after: int = 0
     ) -> RunStatus:
         """Wait until the run's status is one of ``statuses`` (e.g. ``"waiting"``).
 
         Event-driven: woken by each journal append of the run, no polling.
-        Terminal statuses always end the wait (check the returned status).
+        Terminal statuses always end the wait (check the returned status). With
+        ``after=n``, only states reached once the journal holds more than n events count.
         """
         check_run_id(run_id)
         await self._ensure()
@@ -185,7 +186,7 @@ class Client:
             with anyio.fail_after(timeout):
                 while True:
                     events = await self.journal.load(run_id)
-                    if events:
+                    if len(events) > after:
                         status = status_from_journal([e.event for e in events])
                         if status.status in wanted:
                             return status

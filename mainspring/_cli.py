@@ -181,7 +181,23 @@ def _has_uvloop() -> bool:
 
 
 def main() -> None:
-    from mainspring._cli_ops import register
+    from mainspring import _cli_ops, _cli_runs
 
-    register(app)
-    app()
+    _cli_runs.register(app)
+    _cli_ops.register(app)
+    try:
+        app(standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.TyperException as e:  # usage errors: invalid input
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(10) from None
+    except MainspringError as e:
+        from mainspring._cli_runner import exit_code_for
+
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(exit_code_for(e)) from None

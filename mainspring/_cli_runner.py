@@ -56,6 +56,7 @@ def run_command(
     postgres: str | None = None,
     needs_postgres: bool = False,
     log_level: str = "warning",
+    on_error: Callable[[MainspringError, int], None] | None = None,
 ) -> None:
     """Connect, run ``body``, exit with its code; errors become one readable line."""
     configure_logging(log_level)
@@ -93,8 +94,11 @@ def run_command(
     except KeyboardInterrupt:
         code = 130
     except MainspringError as e:
-        print(f"error: {e}", file=sys.stderr)
         code = exit_code_for(e)
+        if on_error is not None:
+            on_error(e, code)
+        else:
+            print(f"error: {e}", file=sys.stderr)
     raise SystemExit(code)
 
 

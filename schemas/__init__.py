@@ -5,6 +5,7 @@ language can read a journal with ``nats sub`` or be an effect handler.
 """
 
 from schemas._common import ErrorInfo, ParentRef, RetryPolicy
+from schemas._envelope import ENVELOPE_VERSION, Envelope, WaitInfo, envelope_schema
 from schemas._errors import (
     ChildFailedError,
     ConfigError,
@@ -83,12 +84,14 @@ __all__ = [
     "ChildStarted",
     "ConfigError",
     "ConnectionFailed",
+    "ENVELOPE_VERSION",
     "EffectCompleted",
     "EffectFailed",
     "EffectFailedError",
     "EffectRequested",
     "EffectResult",
     "EffectView",
+    "Envelope",
     "ErrorInfo",
     "Event",
     "EventReceived",
@@ -125,6 +128,7 @@ __all__ = [
     "TimerFire",
     "TimerFired",
     "TimerStarted",
+    "WaitInfo",
     "WaitStarted",
     "WaitTimedOut",
     "WaitTimeoutError",
@@ -139,6 +143,7 @@ __all__ = [
     "decode_inbox",
     "encode_event",
     "encode_inbox",
+    "envelope_schema",
     "event_type",
     "fold",
     "inbox_kind",

@@ -76,3 +76,12 @@ def cli(
         text=True,
         timeout=timeout,
     )
+
+
+async def acli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`cli` from async tests: in a thread, so in-process workers keep running meanwhile."""
+    import anyio
+
+    return await anyio.to_thread.run_sync(lambda: cli(*args, env=env, timeout=timeout))

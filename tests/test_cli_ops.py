@@ -14,7 +14,7 @@ from projections import Projector, Signer
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import projected, running, wait_status
-from tests.procs import cli
+from tests.procs import acli
 
 pytestmark = pytest.mark.anyio
 
@@ -43,32 +43,32 @@ async def test_query_commands(
         await wait_status(h.client, "wait1", "waiting")
         await projected(projector, nc, subjects)
     common = _common(nats_server, subjects, pg_dsn)
-    listed = cli("runs", "--status", "waiting", *common)
+    listed = await acli("runs", "--status", "waiting", *common)
     assert listed.returncode == 0, listed.stderr
     assert "wait1" in listed.stdout
     assert "ok1" not in listed.stdout
-    waiting = cli("status", "wait1", *common)
+    waiting = await acli("status", "wait1", *common)
     assert waiting.returncode == 40
     assert f"nats pub {subjects.prefix}.event.wait1.approval" in waiting.stdout
-    done = cli("status", "ok1", *common)
+    done = await acli("status", "ok1", *common)
     assert done.returncode == 0
     assert "output    2" in done.stdout
-    inspected = cli("inspect", "wait1", *common)
+    inspected = await acli("inspect", "wait1", *common)
     assert "llm.mock" in inspected.stdout
     assert "wait.started" in inspected.stdout
-    timeline = cli("logs", "ok1", *common)
+    timeline = await acli("logs", "ok1", *common)
     assert timeline.stdout.count("step.completed") == 2
-    missing = cli("status", "nope", *common)
+    missing = await acli("status", "nope", *common)
     assert missing.returncode == 10
     assert "no run 'nope'" in missing.stderr
-    lag = cli("projections", "status", *common)
+    lag = await acli("projections", "status", *common)
     assert lag.returncode == 0, lag.stderr
     assert "(0 behind)" in lag.stdout
-    rebuilt = cli("projections", "rebuild", "--yes", *common)
+    rebuilt = await acli("projections", "rebuild", "--yes", *common)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "rebuilt:" in rebuilt.stdout
-    assert "wait1" in cli("runs", *common).stdout
-    no_pg = cli("runs", "--nats-url", nats_server.url, env={"MAINSPRING_POSTGRES_DSN": ""})
+    assert "wait1" in await acli("runs", *common).stdout
+    no_pg = await acli("runs", "--nats-url", nats_server.url, env={"MAINSPRING_POSTGRES_DSN": ""})
     assert no_pg.returncode == 10
     assert "MAINSPRING_POSTGRES_DSN" in no_pg.stderr
 
@@ -90,15 +90,15 @@ async def test_audit_commands(
         await projected(projector, nc, subjects)
     common = _common(nats_server, subjects, pg_dsn)
     key = ("--public-key", str(tmp_path / "key.pub.pem"))
-    intact = cli("audit", "verify", "--all", *key, *common)
+    intact = await acli("audit", "verify", "--all", *key, *common)
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "intact" in intact.stdout
     exported = tmp_path / "au.jsonl"
-    assert cli("audit", "export", "au", "-o", str(exported), *common).returncode == 0
-    offline = cli("audit", "verify", "--file", str(exported), *key)
+    assert await acli("audit", "export", "au", "-o", str(exported), *common).returncode == 0
+    offline = await acli("audit", "verify", "--file", str(exported), *key)
     assert offline.returncode == 0, offline.stdout
     await pool.execute("DELETE FROM run_events WHERE run_id = 'au' AND n = 3")
-    broken = cli("audit", "verify", "au", *key, *common)
+    broken = await acli("audit", "verify", "au", *key, *common)
     assert broken.returncode == 30
     assert "run au: postgres, event 3: deleted" in broken.stdout
     lines = exported.read_text().splitlines()
@@ -106,7 +106,7 @@ async def test_audit_commands(
         json.dumps({**json.loads(x), "hash": "00" * 32}) if '"n":2,' in x else x for x in lines
     ]
     exported.write_text("\n".join(edited))
-    assert cli("audit", "verify", "--file", str(exported), *key).returncode == 30
+    assert await acli("audit", "verify", "--file", str(exported), *key).returncode == 30
 
 
 async def test_replay_reports_incompatible_code(
@@ -125,10 +125,10 @@ async def test_replay_reports_incompatible_code(
         "--partitions",
         str(subjects.partitions),
     )
-    same = cli("replay", "--all", "--app", "tests.apps:registry", *base)
+    same = await acli("replay", "--all", "--app", "tests.apps:registry", *base)
     assert same.returncode == 0, same.stdout + same.stderr
     assert "2 compatible, 0 incompatible" in same.stdout
-    changed = cli("replay", "rp2", "--app", "tests.changed_apps:registry", *base)
+    changed = await acli("replay", "rp2", "--app", "tests.changed_apps:registry", *base)
     assert changed.returncode == 30
     assert "nondeterminism in run rp2" in changed.stdout
     assert "effect 'llm.mock'" in changed.stdout

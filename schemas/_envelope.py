@@ -1,0 +1,49 @@
+"""The CLI's ``--json`` envelope: one stable object per command (JSON Schema exported).
+
+``schema_version`` changes only when a field changes meaning; fields are only added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from schemas._common import ErrorInfo
+
+ENVELOPE_VERSION = "mainspring.cli/v1"
+
+
+class WaitInfo(msgspec.Struct, kw_only=True):
+    """What a waiting run waits for, and exactly how to resume it."""
+
+    event: str
+    subject: str
+    schema: Any = None
+    deadline: str | None = None
+    prompt: str | None = None
+    audience: str | None = None
+    resume_command: str
+    nats_command: str
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    schema_version: str = ENVELOPE_VERSION
+    ok: bool
+    command: str
+    status: str
+    """completed, waiting, running, failed, cancelled, parked, started, valid, invalid, error"""
+    exit_code: int
+    run_id: str | None = None
+    workflow: str | None = None
+    current_step_id: str | None = None
+    wait: WaitInfo | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    problems: list[str] = msgspec.field(default_factory=list)
+
+
+def envelope_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of the envelope, for docs and client generators."""
+    schema: dict[str, Any] = msgspec.json.schema(Envelope)
+    return schema
