@@ -65,13 +65,13 @@ def spawn(
 
 
 def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     """Run a `mainspring` command to completion; returns its exit code and output."""
     return subprocess.run(
         [sys.executable, "-m", "mainspring", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
