@@ -8,7 +8,14 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
-from actors import SpecInvalid, builtin_handlers, flow_registry, load_spec, validate_spec
+from actors import (
+    SpecInvalid,
+    builtin_handlers,
+    flow_registry,
+    load_spec,
+    resolve_refs,
+    validate_spec,
+)
 from actors._expressions import ExpressionError, condition, parse, render
 from streams import Subjects
 from tests.harness import running, types, wait_status
@@ -131,3 +138,38 @@ async def test_invalid_inputs_fail_the_run(nc: NATS, subjects: Subjects) -> None
             await h.client.result(rid, timeout=20)
     assert err.value.error.type == "input.invalid"
     assert "'tag' is a required property" in err.value.error.message
+
+
+async def test_mainspring_v1_kinds(nc: NATS, subjects: Subjects, tmp_path: Path) -> None:
+    """llm, sleep, effect, switch, if, a sub-workflow file and an enforced cli retry."""
+    spec = resolve_refs(validate_spec(load_spec(ROOT / "examples" / "flows" / "triage.yaml")))
+    async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+        high = await h.client.start(
+            "flow",
+            {
+                "spec": spec.document,
+                "inputs": {"ticket": "db down", "severity": 4, "workdir": str(tmp_path)},
+            },
+        )
+        out = await h.client.result(high, timeout=30)
+        kinds = types(await h.client.history(high))
+        (tmp_path / "marker").unlink()
+        low = await h.client.start(
+            "flow",
+            {
+                "spec": spec.document,
+                "inputs": {"ticket": "typo", "severity": 1, "workdir": str(tmp_path)},
+            },
+        )
+        low_out = await h.client.result(low, timeout=30)
+    assert out == {
+        "label": "[mock-small] Classify: db down",
+        "notified": {"paged": "oncall", "text": "[mock] page oncall: db down"},
+        "low": None,
+    }
+    assert "timer.started" in kinds
+    assert "child.completed" in kinds
+    assert low_out["notified"] is None
+    assert low_out["low"] == "low\n"
+    fx = [e for e in kinds if e == "effect.completed"]
+    assert len(fx) == 2  # classify, flaky (retried inside its handler); only_if_low skipped
