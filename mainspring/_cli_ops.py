@@ -124,6 +124,7 @@ def runs(
     ] = None,
     workflow: Annotated[str | None, typer.Option(help="only runs of this workflow")] = None,
     limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON envelope")] = False,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
@@ -199,14 +200,29 @@ def _describe(row: Any, env: Env) -> list[str]:
 
 def status(
     run_id: Annotated[str, typer.Argument(help="the run's id")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the run's JSON envelope (read from the journal)")
+    ] = False,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
 ) -> None:
-    """Show a run's status. Exit code: 0 completed, 30 failed, 40 waiting, 50 cancelled."""
+    """Show a run's status. Exit code: 0 completed, 30 failed, 40 waiting, 50 cancelled.
+
+    Human output comes from the projections; --json from the journal itself (the
+    envelope names what a waiting run accepts and how to resume it).
+    """
 
     async def body(env: Env) -> int:
+        if as_json:
+            from mainspring._cli_runs import emit, envelope_for
+            from streams import Journal
+
+            events = await Journal(env.nc, env.subjects).load(check_run_id(run_id))
+            if not events:
+                raise RunNotFound(f"no run {run_id!r}")
+            return emit(envelope_for("status", [e.event for e in events], env), True)
         row = await _run_row(env, run_id)
         print("\n".join(_describe(row, env)))
         return STATUS_EXIT.get(row.status, EXIT_OK)
@@ -217,7 +233,7 @@ def status(
         prefix=prefix,
         partitions=partitions,
         postgres=postgres_dsn,
-        needs_postgres=True,
+        needs_postgres=not as_json,
     )
 
 

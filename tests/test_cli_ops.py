@@ -67,7 +67,7 @@ async def test_query_commands(
     rebuilt = await acli("projections", "rebuild", "--yes", *common)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "rebuilt:" in rebuilt.stdout
-    assert "wait1" in await acli("runs", *common).stdout
+    assert "wait1" in (await acli("runs", *common)).stdout
     no_pg = await acli("runs", "--nats-url", nats_server.url, env={"MAINSPRING_POSTGRES_DSN": ""})
     assert no_pg.returncode == 10
     assert "MAINSPRING_POSTGRES_DSN" in no_pg.stderr
@@ -94,7 +94,7 @@ async def test_audit_commands(
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "intact" in intact.stdout
     exported = tmp_path / "au.jsonl"
-    assert await acli("audit", "export", "au", "-o", str(exported), *common).returncode == 0
+    assert (await acli("audit", "export", "au", "-o", str(exported), *common)).returncode == 0
     offline = await acli("audit", "verify", "--file", str(exported), *key)
     assert offline.returncode == 0, offline.stdout
     await pool.execute("DELETE FROM run_events WHERE run_id = 'au' AND n = 3")
@@ -106,7 +106,7 @@ async def test_audit_commands(
         json.dumps({**json.loads(x), "hash": "00" * 32}) if '"n":2,' in x else x for x in lines
     ]
     exported.write_text("\n".join(edited))
-    assert await acli("audit", "verify", "--file", str(exported), *key).returncode == 30
+    assert (await acli("audit", "verify", "--file", str(exported), *key)).returncode == 30
 
 
 async def test_replay_reports_incompatible_code(

@@ -49,6 +49,9 @@ async def test_start_wait_resume_complete(
         assert wait["subject"] == f"{subjects.prefix}.event.{env['run_id']}.approval"
         assert wait["resume_command"].startswith(f"mainspring resume {env['run_id']} approval")
         assert wait["schema"]["$defs"]["Approval"]["required"] == ["approved"]
+        st = await acli("status", env["run_id"], "--json", *conn)
+        assert st.returncode == 40
+        assert json.loads(st.stdout)["wait"] == wait
         bad = await acli(
             "resume", env["run_id"], "approval", "--payload", '{"approved": "yes"}', "--json", *conn
         )
