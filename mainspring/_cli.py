@@ -9,6 +9,7 @@ from typing import Annotated
 import anyio
 import typer
 
+from mainspring._cli_runner import NatsOpt, PartitionsOpt, PrefixOpt
 from schemas import MainspringError
 
 app = typer.Typer(
@@ -17,17 +18,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-NatsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False
-    ),
-]
-PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix of the deployment")]
-PartitionsOpt = Annotated[
-    int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")
-]
 
 
 @app.command()

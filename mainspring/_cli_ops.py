@@ -12,36 +12,17 @@ import msgspec
 import typer
 
 from mainspring._cli_runner import (
-    EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_WAITING,
+    STATUS_EXIT,
     Env,
+    NatsOpt,
+    PartitionsOpt,
+    PgOpt,
+    PrefixOpt,
     run_command,
 )
 from schemas import ConfigError, RunNotFound, check_run_id
-
-NatsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False
-    ),
-]
-PgOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--postgres-dsn", help="PostgreSQL DSN [env: MAINSPRING_POSTGRES_DSN]", show_default=False
-    ),
-]
-PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix of the deployment")]
-PartitionsOpt = Annotated[int, typer.Option("--partitions", help="inbox partitions")]
-
-STATUS_EXIT = {
-    "completed": EXIT_OK,
-    "failed": EXIT_FAILED,
-    "waiting": EXIT_WAITING,
-    "cancelled": EXIT_CANCELLED,
-}
 
 audit_app = typer.Typer(
     help="Verify and export tamper-evident run histories.", no_args_is_help=True

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
+import typer
 from nats.aio.client import Client as NATS
 
 from mainspring._config import nats_url, postgres_dsn
@@ -20,14 +21,34 @@ from mainspring._logging import configure_logging
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, ServerUnsupported
 from streams import Subjects, connect
 
-EXIT_OK, EXIT_INVALID, EXIT_RUNTIME, EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED = (
-    0,
-    10,
-    20,
-    30,
-    40,
-    50,
-)
+EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20
+EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED = 30, 40, 50
+STATUS_EXIT = {
+    "completed": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "waiting": EXIT_WAITING,
+    "cancelled": EXIT_CANCELLED,
+    "parked": EXIT_FAILED,
+}
+
+# Options every command that talks to a deployment shares.
+NatsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False
+    ),
+]
+PgOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres-dsn", help="PostgreSQL DSN [env: MAINSPRING_POSTGRES_DSN]", show_default=False
+    ),
+]
+PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix of the deployment")]
+PartitionsOpt = Annotated[
+    int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON envelope")]
 
 
 @dataclass

@@ -15,12 +15,15 @@ import msgspec
 import typer
 
 from mainspring._cli_runner import (
-    EXIT_CANCELLED,
-    EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_WAITING,
+    STATUS_EXIT,
     Env,
+    JsonOpt,
+    NatsOpt,
+    PartitionsOpt,
+    PrefixOpt,
     run_command,
 )
 from schemas import (
@@ -36,25 +39,10 @@ from schemas import (
     fold,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON envelope")]
-NatsOpt = Annotated[
-    str | None,
-    typer.Option("--nats-url", help="NATS URL [env: MAINSPRING_NATS_URL]", show_default=False),
-]
-PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix")]
-PartitionsOpt = Annotated[int, typer.Option("--partitions", help="inbox partitions")]
 WaitOpt = Annotated[
     bool, typer.Option("--wait", help="wait until the run completes, fails or waits for an event")
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")]
-
-STATUS_EXIT = {
-    "completed": EXIT_OK,
-    "failed": EXIT_FAILED,
-    "waiting": EXIT_WAITING,
-    "cancelled": EXIT_CANCELLED,
-    "parked": EXIT_FAILED,
-}
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mainspring import NatsServer
 from streams import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,16 @@ async def acli(
     import anyio
 
     return await anyio.to_thread.run_sync(lambda: cli(*args, env=env, timeout=timeout))
+
+
+def conn_args(server: NatsServer, subjects: Subjects, dsn: str | None = None) -> tuple[str, ...]:
+    """The flags that point a `mainspring` command at a test deployment."""
+    args = (
+        "--nats-url",
+        server.url,
+        "--prefix",
+        subjects.prefix,
+        "--partitions",
+        str(subjects.partitions),
+    )
+    return (*args, "--postgres-dsn", dsn) if dsn else args

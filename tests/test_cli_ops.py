@@ -14,22 +14,9 @@ from projections import Projector, Signer
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import projected, running, wait_status
-from tests.procs import acli
+from tests.procs import acli, conn_args
 
 pytestmark = pytest.mark.anyio
-
-
-def _common(server: NatsServer, subjects: Subjects, dsn: str) -> tuple[str, ...]:
-    return (
-        "--nats-url",
-        server.url,
-        "--prefix",
-        subjects.prefix,
-        "--partitions",
-        str(subjects.partitions),
-        "--postgres-dsn",
-        dsn,
-    )
 
 
 async def test_query_commands(
@@ -42,7 +29,7 @@ async def test_query_commands(
         await h.client.start("agent", "cli", run_id="wait1")
         await wait_status(h.client, "wait1", "waiting")
         await projected(projector, nc, subjects)
-    common = _common(nats_server, subjects, pg_dsn)
+    common = conn_args(nats_server, subjects, pg_dsn)
     listed = await acli("runs", "--status", "waiting", *common)
     assert listed.returncode == 0, listed.stderr
     assert "wait1" in listed.stdout
@@ -88,7 +75,7 @@ async def test_audit_commands(
     async with running(nc, subjects, registry, projector=projector) as h:
         await h.client.result(await h.client.start("chain", 4, run_id="au"), timeout=10)
         await projected(projector, nc, subjects)
-    common = _common(nats_server, subjects, pg_dsn)
+    common = conn_args(nats_server, subjects, pg_dsn)
     key = ("--public-key", str(tmp_path / "key.pub.pem"))
     intact = await acli("audit", "verify", "--all", *key, *common)
     assert intact.returncode == 0, intact.stdout + intact.stderr

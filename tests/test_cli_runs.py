@@ -14,21 +14,10 @@ from mainspring._natsserver import free_port
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import running
-from tests.procs import acli, cli
+from tests.procs import acli, cli, conn_args
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _conn(server: NatsServer, subjects: Subjects) -> tuple[str, ...]:
-    return (
-        "--nats-url",
-        server.url,
-        "--prefix",
-        subjects.prefix,
-        "--partitions",
-        str(subjects.partitions),
-    )
 
 
 async def test_start_wait_resume_complete(
@@ -37,7 +26,7 @@ async def test_start_wait_resume_complete(
     """start --wait exits 40 with a resume command; resume --wait exits 0 with the result."""
     reg = flow_registry(registry)
     async with running(nc, subjects, reg, handlers):
-        conn = _conn(nats_server, subjects)
+        conn = conn_args(nats_server, subjects)
         started = await acli("start", "agent", "--input", '"otters"', "--wait", "--json", *conn)
         assert started.returncode == 40, started.stderr
         env = json.loads(started.stdout)
@@ -76,7 +65,7 @@ async def test_start_wait_resume_complete(
 async def test_run_spec_and_cancel(nc: NATS, nats_server: NatsServer, subjects: Subjects) -> None:
     """run flow.yaml waits at the review step (exit 40, step id, prompt); cancel exits 50."""
     async with running(nc, subjects, flow_registry(), builtin_handlers()):
-        conn = _conn(nats_server, subjects)
+        conn = conn_args(nats_server, subjects)
         out = await acli(
             "run",
             "examples/flows/tag_release.yaml",
