@@ -61,3 +61,14 @@ def test_effect_kinds() -> None:
     for bad in ["LLM", "a..b", "a.*", "", "a.b.c.d.e"]:
         with pytest.raises(InvalidNameError):
             check_effect_kind(bad)
+
+
+def test_envelope_schema_document_is_current() -> None:
+    """docs/envelope.schema.json is the envelope the CLI prints (regenerate when it changes)."""
+    import json
+
+    doc = Path(__file__).parent.parent / "docs" / "envelope.schema.json"
+    assert json.loads(doc.read_text()) == schemas.envelope_schema(), (
+        "regenerate: python -c \"import json, schemas; print(json.dumps("
+        "schemas.envelope_schema(), indent=2, sort_keys=True))\" > docs/envelope.schema.json"
+    )
