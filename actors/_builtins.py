@@ -1,4 +1,5 @@
-"""Built-in effect handlers: ``cli`` (run a command) and ``llm.chat`` (deterministic mock).
+"""Built-in effect handlers: ``cli`` (run a command), ``http`` (one request) and
+``llm.chat`` (deterministic mock provider).
 
 Serve them with ``mainspring handlers --app actors:builtin_handlers`` or as part of
 ``mainspring dev``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import Any
 
 import anyio
 import msgspec
@@ -57,6 +59,25 @@ class ChatResponse(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: float = 0.0
 
 
+class HttpRequest(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    method: str = "GET"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    body: Any = None
+    status_codes: list[int] = msgspec.field(default_factory=list)
+    """accepted statuses; empty means any 2xx"""
+
+
+class HttpResponse(msgspec.Struct, frozen=True, kw_only=True):
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class HttpStatusError(Exception):
+    """An HTTP status the step does not accept; 5xx and 429 are retried by policy."""
+
+
 def command_line(req: CliRequest) -> list[str]:
     command = " && ".join(req.command) if isinstance(req.command, list) else req.command
     if req.shell not in SHELLS:
@@ -103,6 +124,33 @@ def builtin_handlers() -> Handlers:
                     f"stdout is not JSON ({e}): {stdout[:200]!r}", type="cli.output"
                 ) from e
         return CliResult(exit_code=done.returncode, stdout=stdout, stderr=stderr, json=parsed)
+
+    @hs.handler("http", concurrency=32)
+    async def http(req: HttpRequest, fx: EffectContext) -> HttpResponse:
+        """One HTTP request; JSON bodies in and out; the effect id as Idempotency-Key."""
+        import httpx
+
+        headers = {"Idempotency-Key": fx.effect_id, **req.headers}
+        kwargs: dict[str, Any] = {}
+        if isinstance(req.body, str | bytes):
+            kwargs["content"] = req.body
+        elif req.body is not None:
+            kwargs["json"] = req.body
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            resp = await client.request(req.method.upper(), req.url, headers=headers, **kwargs)
+        ok = resp.status_code in req.status_codes if req.status_codes else resp.is_success
+        if not ok:
+            message = (
+                f"{req.method.upper()} {req.url} answered {resp.status_code}: {resp.text[:300]}"
+            )
+            if resp.status_code >= 500 or resp.status_code == 429:
+                raise HttpStatusError(message)
+            raise TerminalError(message, type="http.status")
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text
+        return HttpResponse(status=resp.status_code, headers=dict(resp.headers), body=body)
 
     @hs.handler("llm.chat", concurrency=32)
     async def chat(req: ChatRequest) -> ChatResponse:

@@ -25,7 +25,7 @@ from actors._registry import Registry
 from schemas import ConfigError, RetryPolicy, TerminalError, WaitTimeoutError
 
 VERSIONS = ("checkpointflow/v1", "mainspring/v1")
-COMMON_KINDS = {"cli", "await_event", "end", "switch", "workflow"}
+COMMON_KINDS = {"cli", "await_event", "end", "switch", "workflow", "api", "foreach", "parallel"}
 MAINSPRING_KINDS = {"effect", "llm", "sleep"}
 FLOW_WORKFLOW = "flow"
 
@@ -312,6 +312,29 @@ def _check_kind(c: _Checker, path: str, step: dict[str, Any], ids: set[str]) -> 
                 path, "a workflow step needs `workflow_ref` (a spec file) or an inline `workflow`"
             )
         c.templates(f"{path}.inputs", step.get("inputs"), ids)
+    elif kind == "api":
+        if not isinstance(step.get("url"), str):
+            c.error(f"{path}.url", "a url is required")
+        for key in ("url", "headers", "body"):
+            c.templates(f"{path}.{key}", step.get(key), ids)
+    elif kind == "foreach":
+        c.expression(f"{path}.items", step.get("items"), ids, event=False)
+        if "body" in step:
+            _check_nested(c, f"{path}.body", step["body"])
+        elif not step.get("workflow_ref") and not isinstance(step.get("workflow"), dict):
+            c.error(path, "a foreach step needs an inline `body` of steps or a `workflow_ref`")
+    elif kind == "parallel":
+        branches = step.get("branches")
+        if not isinstance(branches, list) or not branches:
+            c.error(f"{path}.branches", "a list of branches is required")
+        for b, branch in enumerate(branches or []):
+            bpath = f"{path}.branches[{b}]"
+            if isinstance(branch, dict) and "steps" in branch:
+                _check_nested(c, f"{bpath}.steps", branch["steps"])
+            elif not isinstance(branch, dict) or not (
+                branch.get("workflow_ref") or isinstance(branch.get("workflow"), dict)
+            ):
+                c.error(bpath, "a branch is {steps: [...]} or {workflow_ref: file}")
     elif kind == "effect":
         if not isinstance(step.get("effect"), str):
             c.error(f"{path}.effect", "the effect kind (e.g. `http`) is required")
@@ -322,6 +345,38 @@ def _check_kind(c: _Checker, path: str, step: dict[str, Any], ids: set[str]) -> 
         c.templates(f"{path}.prompt", step.get("prompt"), ids)
     elif kind == "sleep" and not isinstance(step.get("seconds"), int | float):
         c.error(f"{path}.seconds", "a number of seconds is required")
+
+
+def sub_document(version: str, name: str, steps: Any) -> dict[str, Any]:
+    """An inline body (foreach) or branch (parallel) as a workflow document of its own.
+
+    Inside it, ``inputs.item`` / ``inputs.index`` (foreach) and ``inputs.parent`` (the
+    enclosing run's inputs) are available; ``steps.*`` are the body's own steps.
+    """
+    return {
+        "schema_version": version,
+        "workflow": {"id": name, "inputs": {"type": "object"}, "steps": steps},
+    }
+
+
+def _check_nested(c: _Checker, path: str, steps: Any) -> None:
+    """Validate inline steps as a workflow of their own, errors at their real lines."""
+    spec = c.spec
+    version = str(spec.document.get("schema_version"))
+    prefix = path
+    positions = {
+        "workflow.steps" + p[len(prefix) :]: v
+        for p, v in spec.positions.items()
+        if p.startswith(prefix)
+    }
+    nested = Spec(sub_document(version, "body", steps), spec.source, positions)
+    try:
+        validate_spec(nested)
+    except SpecInvalid as e:
+        for err in e.errors:
+            c.errors.append(
+                SpecError(err.where, prefix + err.path[len("workflow.steps") :], err.message)
+            )
 
 
 def _check_reachable(c: _Checker, steps: list[Any]) -> None:
@@ -348,10 +403,11 @@ def resolve_refs(spec: Spec) -> Spec:
     """Inline ``workflow_ref`` sub-workflows (paths relative to the spec file)."""
     base = Path(spec.source).parent
     for step in spec.steps:
-        ref = step.get("workflow_ref")
-        if step.get("kind") == "workflow" and isinstance(ref, str):
-            sub = resolve_refs(validate_spec(load_spec(base / ref)))
-            step["workflow"] = sub.document
+        holders = [step] + [b for b in step.get("branches") or [] if isinstance(b, dict)]
+        for holder in holders:
+            ref = holder.get("workflow_ref")
+            if isinstance(ref, str) and "workflow" not in holder:
+                holder["workflow"] = resolve_refs(validate_spec(load_spec(base / ref))).document
     return spec
 
 
@@ -447,6 +503,49 @@ async def run_flow(ctx: Context, inp: FlowInput) -> Any:
                 if ex.condition(case["when"], scope):
                     nxt = index[case["next"]]
                     break
+        elif kind == "api":
+            res = await ctx.effect(
+                "http",
+                {
+                    "url": ex.render(step["url"], scope),
+                    "method": step.get("method", "GET"),
+                    "headers": ex.render(step.get("headers") or {}, scope),
+                    "body": ex.render(step.get("body"), scope),
+                    "status_codes": (step.get("success") or {}).get("status_codes", []),
+                },
+                retry=_policy(step),
+                timeout=timeout,
+            )
+            outputs = res["body"] if step.get("outputs") else res
+        elif kind == "foreach":
+            items = ex.render("${" + ex.unwrap(step["items"]) + "}", scope)
+            if not isinstance(items, list):
+                raise TerminalError(
+                    f"step {step['id']}: items is not a list: {items!r}", type="foreach.items"
+                )
+            body = step.get("workflow") or sub_document(
+                inp.spec["schema_version"], f"{wf.get('id')}.{step['id']}", step["body"]
+            )
+            outputs = []
+            for n, item in enumerate(items):  # one at a time, each a durable child run
+                outputs.append(
+                    await ctx.child(
+                        FLOW_WORKFLOW,
+                        {"spec": body, "inputs": {"item": item, "index": n, "parent": inp.inputs}},
+                    )
+                )
+        elif kind == "parallel":
+            children = []
+            for b, branch in enumerate(step["branches"]):
+                doc = branch.get("workflow") or sub_document(
+                    inp.spec["schema_version"], f"{wf.get('id')}.{step['id']}.{b}", branch["steps"]
+                )
+                children.append(
+                    ctx.child(
+                        FLOW_WORKFLOW, {"spec": doc, "inputs": {"index": b, "parent": inp.inputs}}
+                    )
+                )
+            outputs = await ctx.gather(*children)
         elif kind == "workflow":
             outputs = await ctx.child(
                 FLOW_WORKFLOW,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,107 @@ async def test_mainspring_v1_kinds(nc: NATS, subjects: Subjects, tmp_path: Path)
     assert low_out["low"] == "low\n"
     fx = [e for e in kinds if e == "effect.completed"]
     assert len(fx) == 2  # classify, flaky (retried inside its handler); only_if_low skipped
+
+
+LATER_KINDS = """\
+schema_version: checkpointflow/v1
+workflow:
+  id: later_kinds
+  inputs:
+    type: object
+    required: [base_url, names]
+    properties: {base_url: {type: string}, names: {type: array}}
+  steps:
+    - id: lookup
+      kind: api
+      method: POST
+      url: ${inputs.base_url}/lookup
+      body: {names: "${inputs.names}"}
+      success: {status_codes: [201]}
+      outputs: {type: object, required: [count]}
+    - id: greet_each
+      kind: foreach
+      items: ${inputs.names}
+      body:
+        - id: say
+          kind: cli
+          command: >-
+            echo '{"hello": "${inputs.item}"}'
+          outputs: {type: object}
+        - id: out
+          kind: end
+          result: {n: "${inputs.index}", said: "${steps.say.outputs.hello}"}
+    - id: both
+      kind: parallel
+      branches:
+        - steps: [{id: a, kind: end, result: left}]
+        - steps: [{id: b, kind: end, result: right}]
+    - id: done
+      kind: end
+      result:
+        count: ${steps.lookup.outputs.count}
+        greetings: ${steps.greet_each.outputs}
+        branches: ${steps.both.outputs}
+"""
+
+
+class _Api(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        names = json.loads(self.rfile.read(length))["names"]
+        body = json.dumps({"count": len(names), "key": self.headers["Idempotency-Key"]})
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_api_foreach_parallel(nc: NATS, subjects: Subjects, tmp_path: Path) -> None:
+    """The original's later kinds: an HTTP call, a loop of child runs, parallel branches."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = tmp_path / "later.yaml"
+        path.write_text(LATER_KINDS)
+        spec = validate_spec(load_spec(path)).document
+        inputs = {"base_url": f"http://127.0.0.1:{server.server_port}", "names": ["ada", "bo"]}
+        async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+            rid = await h.client.start("flow", {"spec": spec, "inputs": inputs})
+            out = await h.client.result(rid, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert out == {
+        "count": 2,
+        "greetings": [{"n": 0, "said": "ada"}, {"n": 1, "said": "bo"}],
+        "branches": ["left", "right"],
+    }
+
+
+def test_nested_body_errors_have_positions(tmp_path: Path) -> None:
+    """A mistake inside a foreach body is reported at its own line."""
+    errors = _spec_errors(
+        tmp_path,
+        """\
+schema_version: checkpointflow/v1
+workflow:
+  id: nested
+  inputs: {type: object}
+  steps:
+    - id: loop
+      kind: foreach
+      items: ${inputs.xs}
+      body:
+        - id: inner
+          kind: teleport
+""",
+    )
+    assert errors == [
+        f"{tmp_path / 'flow.yaml'}:11:11: workflow.steps[0].body[0].kind: unknown step kind "
+        "'teleport'; known: api, await_event, cli, end, foreach, parallel, switch, workflow"
+    ]

@@ -69,6 +69,6 @@ def test_envelope_schema_document_is_current() -> None:
 
     doc = Path(__file__).parent.parent / "docs" / "envelope.schema.json"
     assert json.loads(doc.read_text()) == schemas.envelope_schema(), (
-        "regenerate: python -c \"import json, schemas; print(json.dumps("
-        "schemas.envelope_schema(), indent=2, sort_keys=True))\" > docs/envelope.schema.json"
+        'regenerate: python -c "import json, schemas; print(json.dumps('
+        'schemas.envelope_schema(), indent=2, sort_keys=True))" > docs/envelope.schema.json'
     )
