@@ -191,3 +191,25 @@ async def flaky(payload: dict[str, object], ctx: ms.EffectContext) -> dict[str, 
 async def once_amo(ctx: ms.Context, path: str) -> object:
     """Like `once`, but the effect must never run twice."""
     return await ctx.effect("file.append", {"path": path, "line": ctx.run_id}, at_most_once=True)
+
+
+class Mixed(msgspec.Struct):
+    file: str
+    rounds: int = 3
+
+
+@registry.workflow
+async def mixed(ctx: ms.Context, inp: Mixed) -> int:
+    """Steps, effects and timers interleaved (the soak test's workload)."""
+    total = 0
+    for i in range(inp.rounds):
+
+        def record(i: int = i) -> int:
+            with Path(inp.file).open("a") as f:
+                f.write(f"{ctx.run_id},{i}\n")
+            return i
+
+        total += await ctx.step(record, name="record")
+        total += await ctx.effect("math.double", i)
+        await ctx.sleep(0.05)
+    return total
