@@ -49,6 +49,7 @@ from schemas import (
     EventReceived,
     EventRejected,
     JournalConflict,
+    JournalCorrupt,
     JournalEvent,
     MainspringError,
     MarkerRecorded,
@@ -145,6 +146,15 @@ class RunActor:
             except JournalConflict as conflict:
                 self.log.info("journal_conflict", detail=str(conflict))
                 self.evict()
+            except JournalCorrupt as corrupt:
+                # Never extend a chain that does not verify: hold the run's inputs.
+                self.log.error(
+                    "journal_corrupt",
+                    error=str(corrupt),
+                    hint=f"run `mainspring audit verify {self.run_id}`; inputs are held",
+                )
+                self.evict()
+                return Outcome.RETRY
         return Outcome.RETRY
 
     # ------------------------------------------------------------------ load / replay

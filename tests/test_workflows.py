@@ -11,7 +11,14 @@ import mainspring as ms
 from schemas import EffectCompleted, EffectResult, EventRejected, encode_inbox
 from streams import Subjects
 from tests.apps import handlers, registry
-from tests.harness import assert_journal_sound, events_of, running, types, wait_status
+from tests.harness import (
+    assert_journal_sound,
+    events_of,
+    running,
+    types,
+    wait_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -327,3 +334,43 @@ async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) ->
     assert served["a"] + served["b"] == 60
     assert served["a"] > 0
     assert served["b"] > 0
+
+
+async def test_corrupt_journal_holds_that_run_only(nc: NATS, subjects: Subjects) -> None:
+    """A run whose journal fails verification is held (never appended to); others go on."""
+    from datetime import UTC, datetime
+
+    from schemas import RunStarted, WaitStarted
+    from streams import GENESIS, Journal, ensure_topology
+
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    at = datetime.now(UTC)
+    first = await j.append(
+        RunStarted(
+            run_id="bent", n=1, at=at, workflow="waiter", version="1", input=msgspec.Raw(b"60")
+        ),
+        expected_seq=0,
+        prev=GENESIS,
+    )
+    await j.append(
+        WaitStarted(run_id="bent", n=2, at=at, seq=1, name="go"),
+        expected_seq=first.seq,
+        prev=b"\x09" * 32,
+    )
+    async with running(nc, subjects, registry) as h:
+        await h.client.send_event("bent", "go", {"approved": True})
+        js = nc.jetstream()
+        held = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.bent.ev.go")
+        consumer = subjects.inbox_consumer(subjects.partition("bent"))
+
+        async def delivered() -> bool:
+            info = await js.consumer_info(subjects.inbox_stream, consumer)
+            return bool(info.delivered.stream_seq >= held.seq)
+
+        await wait_until(delivered)
+        fine = await h.client.start("chain", 2)
+        assert await h.client.result(fine, timeout=10) == 2
+        still = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.bent.ev.go")
+        assert still.seq == held.seq  # not acked: held for an operator
+        assert len(await h.client.journal.load("bent", verify=False)) == 2
