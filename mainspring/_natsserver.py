@@ -45,6 +45,10 @@ class NatsServer:
         port: int | None = None,
         sync_always: bool = False,
         host: str = "127.0.0.1",
+        server_name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[int] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self._auto_ports = port is None
@@ -52,6 +56,10 @@ class NatsServer:
         self.monitor_port = free_port()
         self.host = host
         self.sync_always = sync_always
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port
+        self.routes = routes or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,23 +70,30 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         sync = "\n  sync_interval: always" if self.sync_always else ""
-        conf.write_text(
+        text = (
             f'listen: "{self.host}:{self.port}"\n'
             f"http_port: {self.monitor_port}\n"
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"{sync}\n}}\n'
         )
+        if self.server_name:
+            text += f'server_name: "{self.server_name}"\n'
+        if self.cluster_name and self.cluster_port:
+            routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
+            text += (
+                f'cluster {{\n  name: "{self.cluster_name}"\n'
+                f'  listen: "{self.host}:{self.cluster_port}"\n  routes: [{routes}]\n}}\n'
+            )
+        conf.write_text(text)
         return conf
 
-    def start(self, timeout: float = 15.0) -> NatsServer:
+    def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
+        """Start; with ``wait=False`` return at once (cluster nodes need each other
+        before any is ready: start all, then ``wait_ready`` each)."""
+        if not wait:
+            self._launch()
+            return self
         for attempt in range(3):
-            conf = self._config()
-            with open(self.store_dir / "nats-server.log", "ab") as log:
-                self.proc = subprocess.Popen(
-                    [server_binary(), "-c", str(conf)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._launch()
             try:
                 self.wait_ready(timeout)
                 return self
@@ -88,6 +103,16 @@ class NatsServer:
                     raise
                 self.port, self.monitor_port = free_port(), free_port()
         return self
+
+    def _launch(self) -> None:
+        conf = self._config()
+        with open(self.store_dir / "nats-server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [server_binary(), "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _port_in_use(self) -> bool:
         log = (self.store_dir / "nats-server.log").read_text(errors="replace")

@@ -36,7 +36,7 @@ from schemas import (
     event_type,
 )
 from streams._jsapi import api_request
-from streams._publish import publish
+from streams._publish import Unavailable, publish, retrying
 from streams._subjects import Subjects
 
 GENESIS = bytes(32)
@@ -155,10 +155,11 @@ class Journal:
 
     async def _direct_one(self, req: dict[str, object]) -> StoredEvent | None:
         subject = f"$JS.API.DIRECT.GET.{self._s.journal_stream}"
-        try:
-            msg = await self._nc.request(subject, msgspec.json.encode(req), timeout=self._timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-            raise ConnectionFailed(f"direct get on {self._s.journal_stream} failed: {e}") from e
+
+        async def once() -> Msg:
+            return await self._nc.request(subject, msgspec.json.encode(req), timeout=self._timeout)
+
+        msg = await retrying(once, f"reading {self._s.journal_stream}")
         if msg.headers and msg.headers.get("Status"):
             return None
         return _stored_from_msg(msg)
@@ -201,6 +202,16 @@ async def read_records(
 ) -> tuple[list[Record], int]:
     """Up to ``size`` messages matching ``filt`` from stream sequence ``start`` on, in
     order, and how many more match after them (one batched direct-get request)."""
+
+    async def once() -> tuple[list[Record], int]:
+        return await _read_once(nc, stream, filt, start, size, timeout)
+
+    return await retrying(once, f"reading {stream} ({filt})")
+
+
+async def _read_once(
+    nc: NATS, stream: str, filt: str, start: int, size: int, timeout: float
+) -> tuple[list[Record], int]:
     api = f"$JS.API.DIRECT.GET.{stream}"
     out: list[Record] = []
     done = anyio.Event()
@@ -224,7 +235,7 @@ async def read_records(
         elif status == "204":  # end of batch
             outcome.append(int(headers.get("Nats-Num-Pending", "0")))
         elif status == "503":
-            outcome.append(f"stream {stream} does not exist here (start a worker first)")
+            outcome.append("unavailable")
         else:
             outcome.append(f"status {status}")
         done.set()
@@ -239,8 +250,8 @@ async def read_records(
     finally:
         with contextlib.suppress(nats.errors.ConnectionClosedError):
             await sub.unsubscribe()
-    if not outcome:
-        raise ConnectionFailed(f"reading {stream} ({filt}) timed out after {timeout}s")
+    if not outcome or outcome[0] == "unavailable":
+        raise Unavailable(f"stream {stream} did not answer (does it exist yet? start a worker)")
     if isinstance(outcome[0], str):
         raise ConnectionFailed(f"reading {stream} ({filt}): {outcome[0]}")
     return out, outcome[0]

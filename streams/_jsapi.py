@@ -60,13 +60,15 @@ async def api_request(nc: NATS, subject: str, body: Any = None, timeout: float =
 
 
 async def connect(url: str, *, reconnect_forever: bool = False, **options: Any) -> NATS:
-    """Connect to NATS; an unreachable server is a ``ConnectionFailed`` saying what to do."""
+    """Connect to NATS (``url`` may list a cluster's servers, comma-separated); an
+    unreachable server is a ``ConnectionFailed`` saying what to do."""
     import nats
 
     settings: dict[str, Any] = {"connect_timeout": 3, "reconnect_time_wait": 0.2}
     settings["max_reconnect_attempts"] = -1 if reconnect_forever else 3
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
     try:
-        return await nats.connect(url, **{**settings, **options})
+        return await nats.connect(servers, **{**settings, **options})
     except Exception as e:  # nats-py raises several unrelated types here
         raise ConnectionFailed(
             f"cannot reach NATS at {url} ({e}); start one with `mainspring dev`, or point "

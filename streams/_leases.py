@@ -43,8 +43,14 @@ class Leases:
         except nats.js.errors.BucketNotFoundError:
             from nats.js.api import KeyValueConfig
 
+            journal = await js.stream_info(self._s.journal_stream)
             self._kv = await js.create_key_value(
-                KeyValueConfig(bucket=self._s.lease_bucket, ttl=self.ttl_s, history=1)
+                KeyValueConfig(
+                    bucket=self._s.lease_bucket,
+                    ttl=self.ttl_s,
+                    history=1,
+                    replicas=journal.config.num_replicas or 1,  # as durable as the journal
+                )
             )
 
     @property

@@ -34,9 +34,14 @@ class ServerFeatures:
 
 @dataclass(frozen=True)
 class TopologyConfig:
-    """Stream settings. ``replicas=3`` on a 3-node cluster for broker fault tolerance."""
+    """Stream settings.
 
-    replicas: int = 1
+    ``replicas``: 3 on a 3-node cluster for broker fault tolerance. ``None`` (the
+    default) creates R1 streams and never changes an existing stream's replicas, so
+    a worker started without this setting cannot scale an R3 deployment down.
+    """
+
+    replicas: int | None = None
     duplicate_window_s: float = 120.0
     storage: str = "file"
 
@@ -113,6 +118,11 @@ def inbox_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, An
 
 async def _create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
     name = config["name"]
+    if config.get("num_replicas") is None:
+        config = {**config, "num_replicas": 1}
+        keep_replicas = True
+    else:
+        keep_replicas = False
     try:
         info = await api_request(nc, f"$JS.API.STREAM.INFO.{name}")
     except ApiError as e:
@@ -123,6 +133,8 @@ async def _create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
         echoed: dict[str, Any] = resp["config"]
         return echoed
     current: dict[str, Any] = info["config"]
+    if keep_replicas:
+        config = {**config, "num_replicas": current.get("num_replicas", 1)}
     if all(current.get(k) == v for k, v in config.items()):
         return current
     merged = {**current, **config}

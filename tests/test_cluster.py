@@ -1,0 +1,67 @@
+"""Broker faults: a 3-node NATS cluster with R3 streams loses no acknowledged event when a
+node dies, and runs carry on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mainspring import NatsServer
+from mainspring._natsserver import free_port
+from streams import Subjects, TopologyConfig, connect, ensure_topology
+from tests.apps import handlers, registry
+from tests.harness import assert_journal_sound, running, wait_status
+
+pytestmark = pytest.mark.anyio
+
+
+def _cluster(tmp_path: Path) -> list[NatsServer]:
+    cports = [free_port() for _ in range(3)]
+    nodes = [
+        NatsServer(
+            tmp_path / f"n{i}",
+            port=free_port(),
+            server_name=f"n{i}",
+            cluster_name="ms",
+            cluster_port=cports[i],
+            routes=[p for j, p in enumerate(cports) if j != i],
+        )
+        for i in range(3)
+    ]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready(timeout=60)
+    return nodes
+
+
+async def test_losing_the_stream_leader_loses_nothing(tmp_path: Path) -> None:
+    """Kill the journal's leader node: journals stay whole, waiting runs resume, new runs run."""
+    nodes = _cluster(tmp_path)
+    try:
+        nc = await connect(",".join(n.url for n in nodes), reconnect_forever=True)
+        subjects = Subjects("cluster", 4)
+        await ensure_topology(nc, subjects, TopologyConfig(replicas=3))
+        async with running(nc, subjects, registry, handlers) as h:
+            done = await h.client.start("chain", 5, run_id="before")
+            assert await h.client.result(done, timeout=30) == 5
+            waiting = await h.client.start("agent", "quorum", run_id="waiting")
+            await wait_status(h.client, waiting, "waiting", timeout=30)
+            before = await h.client.history("before")
+            info = await nc.jetstream().stream_info(subjects.journal_stream)
+            assert info.config.num_replicas == 3  # and no default-configured client changed it
+            assert info.cluster is not None
+            leader = next(n for n in nodes if n.server_name == info.cluster.leader)
+            leader.kill()
+            await h.client.send_event(waiting, "approval", {"approved": True, "by": "quorum"})
+            assert (await h.client.result(waiting, timeout=60))["by"] == "quorum"
+            after = await h.client.start("chain", 3, run_id="after")
+            assert await h.client.result(after, timeout=60) == 3
+            assert [e.hash for e in await h.client.history("before")] == [e.hash for e in before]
+            for rid in ("before", "waiting", "after"):
+                assert_journal_sound(rid, await h.client.history(rid))
+        await nc.close()
+    finally:
+        for node in nodes:
+            node.stop()
