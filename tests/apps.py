@@ -82,7 +82,7 @@ async def llm_mock(payload: dict[str, str]) -> str:
     return "DRAFT: " + payload["prompt"]
 
 
-@handlers.handler("math.double")
+@handlers.handler("math.double", ack_wait_s=float(os.environ.get("MS_ACK_WAIT", "30")))
 async def double(x: int) -> int:
     return x * 2
 

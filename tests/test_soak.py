@@ -28,7 +28,7 @@ async def test_kill_workers_and_handlers_repeatedly(
 ) -> None:
     """Every run completes with the right output; journals stay sound; each journaled
     step exactly once, whatever is killed when."""
-    runs, kills = 20 * SCALE, 2 * SCALE  # short form: one worker and one handler killed
+    runs, kills = 30 * SCALE, 4 * SCALE  # short form: two workers and two handlers killed
     side = tmp_path / "side.txt"
     env = {"MS_ACK_WAIT": "2"}
     logs = iter(range(10_000))
