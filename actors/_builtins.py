@@ -153,14 +153,84 @@ def builtin_handlers() -> Handlers:
         return HttpResponse(status=resp.status_code, headers=dict(resp.headers), body=body)
 
     @hs.handler("llm.chat", concurrency=32)
-    async def chat(req: ChatRequest) -> ChatResponse:
-        """Deterministic mock provider: same messages, same answer (tests and demos)."""
-        last = req.messages[-1].content if req.messages else ""
-        model = (req.models or [req.model])[0]
-        content = f"[{model}] {last[:200]}"
-        words = sum(len(m.content.split()) for m in req.messages)
-        return ChatResponse(
-            content=content, model=model, input_tokens=words, output_tokens=len(content.split())
-        )
+    async def chat(req: ChatRequest, fx: EffectContext) -> ChatResponse:
+        """An OpenAI-compatible chat completion with a model fallback chain; tokens and
+        cost in the result (so they are journaled). MAINSPRING_LLM_BASE_URL unset: the
+        deterministic mock provider (tests and demos)."""
+        import os
+
+        base_url = os.environ.get("MAINSPRING_LLM_BASE_URL")
+        models = req.models or [req.model]
+        if not base_url:
+            return _mock_chat(req, models[0])
+        return await _openai_chat(req, models, base_url, fx)
 
     return hs
+
+
+def _mock_chat(req: ChatRequest, model: str) -> ChatResponse:
+    last = req.messages[-1].content if req.messages else ""
+    content = f"[{model}] {last[:200]}"
+    words = sum(len(m.content.split()) for m in req.messages)
+    return ChatResponse(
+        content=content, model=model, input_tokens=words, output_tokens=len(content.split())
+    )
+
+
+def _prices() -> dict[str, tuple[float, float]]:
+    """USD per 1k input / output tokens by model, from MAINSPRING_LLM_PRICES (JSON)."""
+    import os
+
+    raw = os.environ.get("MAINSPRING_LLM_PRICES")
+    if not raw:
+        return {}
+    return msgspec.json.decode(raw, type=dict[str, tuple[float, float]])
+
+
+async def _openai_chat(
+    req: ChatRequest, models: list[str], base_url: str, fx: EffectContext
+) -> ChatResponse:
+    import os
+
+    import httpx
+
+    headers = {"Idempotency-Key": fx.effect_id}
+    if key := os.environ.get("MAINSPRING_LLM_API_KEY"):
+        headers["Authorization"] = f"Bearer {key}"
+    messages = [{"role": m.role, "content": m.content} for m in req.messages]
+    failures: list[str] = []
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=120.0) as client:
+        for model in models:  # the fallback chain: next model on a transient failure
+            try:
+                resp = await client.post(
+                    "/chat/completions",
+                    headers=headers,
+                    json={"model": model, "messages": messages},
+                )
+            except httpx.HTTPError as e:
+                failures.append(f"{model}: {e!r}")
+                continue
+            if resp.status_code >= 500 or resp.status_code == 429:
+                failures.append(f"{model}: HTTP {resp.status_code}")
+                continue
+            if resp.is_error:
+                raise TerminalError(
+                    f"{model}: HTTP {resp.status_code}: {resp.text[:300]}", type="llm.request"
+                )
+            data = resp.json()
+            usage = data.get("usage") or {}
+            tokens_in = int(usage.get("prompt_tokens", 0))
+            tokens_out = int(usage.get("completion_tokens", 0))
+            price_in, price_out = _prices().get(model, (0.0, 0.0))
+            return ChatResponse(
+                content=data["choices"][0]["message"]["content"],
+                model=data.get("model", model),
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                cost_usd=round(tokens_in / 1000 * price_in + tokens_out / 1000 * price_out, 6),
+            )
+    raise LlmUnavailable("every model failed: " + "; ".join(failures))
+
+
+class LlmUnavailable(Exception):
+    """All models of the chain failed transiently (retried by the effect's policy)."""

@@ -164,6 +164,7 @@ def _describe(row: Any, env: Env) -> list[str]:
         f"status    {row.status}",
         f"events    {row.events} (effects: {row.effects_completed} done, "
         f"{row.effects_failed} failed, {row.effects_total} total)",
+        f"cost      {row.tokens} tokens, ${row.cost_usd:.4f}",
         f"started   {_ts(row.started_at)}   updated {_ts(row.updated_at)}   "
         f"ended {_ts(row.ended_at)}",
     ]

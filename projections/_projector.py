@@ -51,21 +51,24 @@ log = structlog.get_logger()
 _INSERT_RUN = """
 INSERT INTO runs (run_id, workflow, version, status, input, output, error, parent_run_id,
     depth, events, effects_total, effects_completed, effects_failed, waiting_for,
-    started_at, updated_at, ended_at, head_seq, head_hash)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+    started_at, updated_at, ended_at, head_seq, head_hash, tokens, cost_usd)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
 ON CONFLICT (run_id) DO UPDATE SET
     status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
     events = EXCLUDED.events, effects_total = EXCLUDED.effects_total,
     effects_completed = EXCLUDED.effects_completed, effects_failed = EXCLUDED.effects_failed,
     waiting_for = EXCLUDED.waiting_for, updated_at = EXCLUDED.updated_at,
-    ended_at = EXCLUDED.ended_at, head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash
+    ended_at = EXCLUDED.ended_at, head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash,
+    tokens = EXCLUDED.tokens, cost_usd = EXCLUDED.cost_usd
 """
 _UPSERT_EFFECT = """
 INSERT INTO effects (effect_id, run_id, seq, kind, status, attempts, requested_at,
-    finished_at, latency_ms, error)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+    finished_at, latency_ms, error, input_tokens, output_tokens, cost_usd)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
 ON CONFLICT (effect_id) DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-    finished_at = EXCLUDED.finished_at, latency_ms = EXCLUDED.latency_ms, error = EXCLUDED.error
+    finished_at = EXCLUDED.finished_at, latency_ms = EXCLUDED.latency_ms, error = EXCLUDED.error,
+    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+    cost_usd = EXCLUDED.cost_usd
 """
 _UPSERT_WAIT = """
 INSERT INTO waits (run_id, seq, name, status, since, deadline, event_id)
@@ -337,6 +340,8 @@ def _run_row(view: RunView, seq: int) -> tuple[object, ...]:
         view.ended_at,
         seq,
         view.head_hash,
+        view.tokens,
+        view.cost_usd,
     )
 
 
@@ -352,4 +357,7 @@ def _effect_row(run_id: str, fx: EffectView) -> tuple[object, ...]:
         fx.finished_at,
         fx.latency_ms,
         _error_json(fx.error),
+        fx.input_tokens,
+        fx.output_tokens,
+        fx.cost_usd,
     )

@@ -28,6 +28,8 @@ class RunRow:
     updated_at: datetime | None
     ended_at: datetime | None
     head_hash: bytes
+    tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def _run(row: asyncpg.Record) -> RunRow:
         row["updated_at"],
         row["ended_at"],
         bytes(row["head_hash"]),
+        row["tokens"],
+        row["cost_usd"],
     )
 
 

@@ -97,6 +97,14 @@ MIGRATIONS: list[str] = [
         updated_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # 2: cost accounting (tokens and USD reported by effect results, e.g. llm.chat)
+    """
+    ALTER TABLE effects ADD COLUMN input_tokens integer NOT NULL DEFAULT 0;
+    ALTER TABLE effects ADD COLUMN output_tokens integer NOT NULL DEFAULT 0;
+    ALTER TABLE effects ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN tokens bigint NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0;
+    """,
 ]
 
 PROJECTION_TABLES = ("runs", "run_events", "effects", "waits", "checkpoints", "projector_positions")

@@ -49,6 +49,24 @@ class WaitView:
     event_id: str | None = None
 
 
+class _Usage(msgspec.Struct):
+    """What a result reports about its cost (any handler may; llm.chat does)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+_usage_decoder = msgspec.json.Decoder(_Usage)
+
+
+def usage_of(result: msgspec.Raw) -> _Usage:
+    try:
+        return _usage_decoder.decode(result)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _Usage()
+
+
 @dataclass
 class EffectView:
     seq: int
@@ -59,6 +77,9 @@ class EffectView:
     attempts: int = 0
     finished_at: datetime | None = None
     error: ErrorInfo | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
 
     @property
     def latency_ms(self) -> float | None:
@@ -90,6 +111,14 @@ class RunView:
     _received: dict[str, str] = field(default_factory=dict)  # event_id -> name
     changed_waits: set[int] = field(default_factory=set)
     changed_effects: set[int] = field(default_factory=set)
+
+    @property
+    def cost_usd(self) -> float:
+        return round(sum(fx.cost_usd for fx in self.effects.values()), 6)
+
+    @property
+    def tokens(self) -> int:
+        return sum(fx.input_tokens + fx.output_tokens for fx in self.effects.values())
 
     @property
     def waiting_for(self) -> list[str]:
@@ -127,6 +156,10 @@ class RunView:
                 fx.status = "completed" if isinstance(ev, EffectCompleted) else "failed"
                 fx.attempts, fx.finished_at = ev.attempts, ev.at
                 fx.error = ev.error if isinstance(ev, EffectFailed) else None
+                if isinstance(ev, EffectCompleted):
+                    usage = usage_of(ev.result)
+                    fx.input_tokens, fx.output_tokens = usage.input_tokens, usage.output_tokens
+                    fx.cost_usd = usage.cost_usd
                 self.changed_effects.add(ev.seq)
         elif isinstance(ev, ChildStarted):
             self.children[ev.seq] = ev.child_run_id

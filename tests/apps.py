@@ -213,3 +213,16 @@ async def mixed(ctx: ms.Context, inp: Mixed) -> int:
         total += await ctx.effect("math.double", i)
         await ctx.sleep(0.05)
     return total
+
+
+@registry.workflow
+async def ask(ctx: ms.Context, question: str) -> str:
+    """One LLM call through the built-in llm.chat handler, with a fallback chain."""
+    answer = await ctx.effect(
+        "llm.chat",
+        {
+            "messages": [{"role": "user", "content": question}],
+            "models": ["big-model", "small-model"],
+        },
+    )
+    return str(answer["content"])
