@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -72,10 +72,12 @@ from schemas import (
     WorkflowNotFound,
     decode_inbox,
     encode_inbox,
+    usage_of,
 )
 from streams import GENESIS, StoredEvent, num_delivered, stream_seq
 
 log = structlog.get_logger()
+DEADLINE_SEQ = 0  # the timer of a run's wall-time limit (commands start at 1)
 _EPOCH = utcnow()
 _MAX_CONFLICT_RETRIES = 5
 
@@ -127,6 +129,7 @@ class RunActor:
         self.n = 0
         self.last_seq = 0
         self.head = GENESIS
+        self.cost_usd = 0.0
 
     def evict(self) -> None:
         """Forget everything in memory; the next input replays from the journal."""
@@ -163,6 +166,11 @@ class RunActor:
         self.loaded = True
         if not events:
             return
+        self.cost_usd = sum(
+            usage_of(e.event.result).cost_usd
+            for e in events
+            if isinstance(e.event, EffectCompleted)
+        )
         last = events[-1]
         self.n, self.last_seq, self.head = last.n, last.seq, last.hash
         self.last_type = type(last.event).__struct_config__.tag  # type: ignore[assignment]
@@ -274,6 +282,12 @@ class RunActor:
                 attempts=message.attempts,
             )
         if isinstance(message, TimerFire):
+            if message.seq == DEADLINE_SEQ:
+                assert self.started is not None
+                return self._limit(
+                    "limit.wall_time",
+                    f"run exceeded its wall-time limit of {self.started.max_duration_s:g}s",
+                )
             if m.is_open_timer(message.seq):
                 return TimerFired(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq)
             wait = m.waits_by_seq.get(message.seq)
@@ -377,7 +391,13 @@ class RunActor:
             depth=start.depth,
             max_events=opts.max_events,
             max_depth=opts.max_depth,
+            max_cost_usd=opts.max_cost_usd if start.max_cost_usd is None else start.max_cost_usd,
+            max_duration_s=(
+                opts.max_duration_s if start.max_duration_s is None else start.max_duration_s
+            ),
         )
+        if started.max_duration_s > 0:  # scheduled before the fact, so a crash cannot lose it
+            await self._schedule(DEADLINE_SEQ, utcnow() + timedelta(seconds=started.max_duration_s))
         stored = await self._append(started)
         assert isinstance(stored.event, RunStarted)
         self.started = stored.event
@@ -418,6 +438,15 @@ class RunActor:
         """Journal the code's pending decisions until it waits for the outside world."""
         while self.machine is not None and self.terminal is None:
             m = self.machine
+            budget = self.started.max_cost_usd if self.started else 0.0
+            if budget and self.cost_usd > budget:
+                await self._append(
+                    self._limit(
+                        "limit.cost",
+                        f"run spent ${self.cost_usd:.4f}, over its budget of ${budget:.4f}",
+                    )
+                )
+                return
             if m.nondeterminism is not None:
                 await self._park(m.nondeterminism)
                 return
@@ -575,6 +604,8 @@ class RunActor:
         stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
         self.n, self.last_seq, self.head = n, stored.seq, stored.hash
         self.last_type = type(event).__struct_config__.tag  # type: ignore[assignment]
+        if isinstance(event, EffectCompleted):
+            self.cost_usd += usage_of(event.result).cost_usd
         if isinstance(event, TERMINAL_EVENTS):
             self.terminal = event
             children = self.machine.open_children() if self.machine else []
@@ -586,6 +617,15 @@ class RunActor:
         elif self.machine is not None:
             self.machine.feed(event)
         return stored
+
+    def _limit(self, kind: str, message: str) -> RunFailed:
+        return RunFailed(
+            run_id=self.run_id,
+            n=0,
+            at=_EPOCH,
+            cause="actor",
+            error=ErrorInfo(type=kind, message=message),
+        )
 
     async def _after_terminal(self, open_children: list[str] | None = None) -> None:
         """Tell the parent; cancel children of a cancelled run. Idempotent (msg ids)."""

@@ -112,12 +112,28 @@ class Client:
         await publish_checked(self.nc, subject, data, headers)
 
     # ------------------------------------------------------------------ commands
-    async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:
-        """Start a run (idempotent on ``run_id``); returns the run id."""
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        max_cost_usd: float | None = None,
+        max_duration_s: float | None = None,
+    ) -> str:
+        """Start a run (idempotent on ``run_id``); returns the run id.
+
+        ``max_cost_usd`` / ``max_duration_s`` override the worker's default budget and
+        wall-time limit for this run (it fails with ``limit.cost`` / ``limit.wall_time``).
+        """
         check_workflow_name(workflow)
         rid = check_run_id(run_id) if run_id else str(ULID())
         body = StartRun(
-            run_id=rid, workflow=workflow, input=msgspec.Raw(msgspec.json.encode(input))
+            run_id=rid,
+            workflow=workflow,
+            input=msgspec.Raw(msgspec.json.encode(input)),
+            max_cost_usd=max_cost_usd,
+            max_duration_s=max_duration_s,
         )
         await self._publish(
             self.subjects.inbox(rid, "start"), encode_inbox(body), {"Nats-Msg-Id": f"start:{rid}"}

@@ -24,6 +24,11 @@ class WorkerOptions:
     """journal events per run before it fails with limit.events"""
     max_depth: int = 8
     """child-run nesting before the parent fails with limit.child_depth"""
+    max_cost_usd: float = 0.0
+    """default cost budget per run (USD reported by effect results; 0: none) -> limit.cost"""
+    max_duration_s: float = 0.0
+    """default wall-time limit per run in seconds (0: none) -> limit.wall_time"""
+    """child-run nesting before the parent fails with limit.child_depth"""
     lease_ttl_s: float = 10.0
     ack_wait_s: float = 30.0
     forced_replay: bool = False

@@ -73,7 +73,7 @@ from schemas._names import (
     check_run_id,
     check_workflow_name,
 )
-from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold
+from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
 
 __all__ = [
     "CancelRun",
@@ -147,4 +147,5 @@ __all__ = [
     "event_type",
     "fold",
     "inbox_kind",
+    "usage_of",
 ]

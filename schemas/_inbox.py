@@ -24,6 +24,9 @@ class StartRun(InboxMessage, frozen=True, kw_only=True, tag="start"):
     input: msgspec.Raw = NULL
     parent: ParentRef | None = None
     depth: int = 0
+    max_cost_usd: float | None = None
+    """overrides the worker's default budget for this run"""
+    max_duration_s: float | None = None
 
 
 class EffectResult(InboxMessage, frozen=True, kw_only=True, tag="effect.result"):

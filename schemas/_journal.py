@@ -46,6 +46,10 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     depth: int = 0
     max_events: int = 10_000
     max_depth: int = 8
+    max_cost_usd: float = 0.0
+    """cost budget over effect results' ``cost_usd`` (0: none)"""
+    max_duration_s: float = 0.0
+    """wall-time limit from the start (0: none)"""
 
 
 class RunCompleted(Event, frozen=True, kw_only=True, tag="run.completed"):

@@ -374,3 +374,39 @@ async def test_corrupt_journal_holds_that_run_only(nc: NATS, subjects: Subjects)
         still = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.bent.ev.go")
         assert still.seq == held.seq  # not acked: held for an operator
         assert len(await h.client.journal.load("bent", verify=False)) == 2
+
+
+async def test_cost_budget_ends_the_run(nc: NATS, subjects: Subjects) -> None:
+    """Effects reporting cost_usd count against the run's budget; crossing it fails the
+    run with limit.cost before the next decision."""
+    reg, hs = ms.Registry(), ms.Handlers()
+
+    @hs.handler("paid.call")
+    async def paid(_: None) -> dict[str, float]:
+        return {"cost_usd": 0.4}
+
+    @reg.workflow
+    async def spender(ctx: ms.Context, _: None) -> int:
+        for _i in range(5):
+            await ctx.effect("paid.call")
+        return 5
+
+    async with running(nc, subjects, reg, hs) as h:
+        rid = await h.client.start("spender", None, max_cost_usd=1.0)
+        with pytest.raises(ms.RunFailedError) as err:
+            await h.client.result(rid, timeout=10)
+        kinds = types(await h.client.history(rid))
+    assert err.value.error.type == "limit.cost"
+    assert kinds.count("effect.completed") == 3  # 1.2 > 1.0: no fourth call
+
+
+async def test_wall_time_limit_ends_a_waiting_run(nc: NATS, subjects: Subjects) -> None:
+    """A run still going at its wall-time limit fails with limit.wall_time (durable timer)."""
+    opts = ms.WorkerOptions(max_duration_s=0.5, lease_ttl_s=3)
+    async with running(nc, subjects, registry, options=opts) as h:
+        rid = await h.client.start("waiter", 600)
+        with pytest.raises(ms.RunFailedError) as err:
+            await h.client.result(rid, timeout=15)
+        quick = await h.client.start("chain", 2)
+        assert await h.client.result(quick, timeout=10) == 2  # finished well inside it
+    assert err.value.error.type == "limit.wall_time"
