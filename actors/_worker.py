@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import OrderedDict
 
@@ -27,6 +28,7 @@ from streams import (
     ensure_consumer,
     ensure_topology,
     num_delivered,
+    partition_of,
     pull_loop,
 )
 
@@ -69,6 +71,7 @@ class Worker:
         nc = self.rt.nc
         await ensure_topology(nc, self.subjects)
         await self.leases.open()
+        await self.leases.announce()
 
         async def pong(msg: Msg) -> None:
             await msg.respond(b"ok")
@@ -98,8 +101,14 @@ class Worker:
 
     # ------------------------------------------------------------------ partitions
     async def _acquire(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+        """Take free (or dead workers') partitions up to this worker's fair share."""
         acquired: list[int] = []
-        for p in range(self.subjects.partitions):
+        total = self.subjects.partitions
+        share = math.ceil(total / await self.leases.live_members())
+        start = partition_of(self.worker_id, total)  # workers start looking at different places
+        for p in [(start + i) % total for i in range(total)]:
+            if len(self._held) >= share:
+                break
             if p in self._held:
                 continue
             lease = await self.leases.try_acquire(p)
@@ -146,13 +155,31 @@ class Worker:
                 self.log.warning("lease_round_failed", error=str(exc))
 
     async def _lease_round(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+        await self.leases.announce()
         for p, (lease, scope) in list(self._held.items()):
             if not await self.leases.renew(lease):
                 self.log.warning("partition_lost", partition=p)
                 scope.cancel()
                 del self._held[p]
                 self._drop_partition(p)
+        await self._rebalance()
         await self._acquire(tg, send)
+
+    async def _rebalance(self) -> None:
+        """Hand partitions beyond this worker's fair share back, for newcomers to take.
+
+        Activations already running finish; their messages go to the next owner too,
+        where the journal makes them no-ops (and OCC settles any overlap).
+        """
+        share = math.ceil(self.subjects.partitions / await self.leases.live_members())
+        excess = sorted(self._held)[share:]
+        for p in excess:
+            lease, scope = self._held.pop(p)
+            scope.cancel()
+            await self.leases.release(lease)
+            self._drop_partition(p)
+        if excess:
+            self.log.info("partitions_released", partitions=excess, share=share)
 
     def _drop_partition(self, partition: int) -> None:
         for run_id in [r for r in self.actors if self.subjects.partition(r) == partition]:

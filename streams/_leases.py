@@ -58,6 +58,22 @@ class Leases:
         assert self._kv is not None, "Leases.open() first"
         return self._kv
 
+    async def announce(self) -> None:
+        """Say this worker is a member (the key expires with the bucket's TTL)."""
+        await self.kv.put(f"m.{self.worker_id}", b"")
+
+    async def live_members(self) -> int:
+        """Workers that announced themselves and answer their ping (this one included)."""
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            keys = []
+        others = {k[2:] for k in keys if k.startswith("m.")} - {self.worker_id}
+        alive = 1
+        for other in others:
+            alive += await self._holder_alive(other)
+        return alive
+
     async def _holder_alive(self, holder: str) -> bool:
         if holder == self.worker_id:
             return False
