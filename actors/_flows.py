@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from actors import _expressions as ex
 from actors._context import Context, JsonSchema
@@ -141,9 +139,11 @@ class _Checker:
         if not isinstance(value, dict):
             self.error(path, "must be a JSON Schema object")
             return
-        clean = dict(value.items())
+        from jsonschema import Draft202012Validator  # imported when used: keeps workers quick
+        from jsonschema.exceptions import SchemaError
+
         try:
-            Draft202012Validator.check_schema(_strip_from(clean))
+            Draft202012Validator.check_schema(_strip_from(dict(value.items())))
         except SchemaError as e:
             self.error(path, f"invalid JSON Schema: {e.message}")
 
@@ -431,6 +431,8 @@ def _policy(step: dict[str, Any]) -> RetryPolicy:
 def _check_against(schema: dict[str, Any] | None, value: Any, what: str) -> None:
     if not schema:
         return
+    from jsonschema import Draft202012Validator
+
     errors = list(Draft202012Validator(_strip_from(schema)).iter_errors(value))
     if errors:
         first = errors[0]
