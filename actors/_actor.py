@@ -10,7 +10,6 @@ fact that records them, with deterministic ids, so a crash never loses them.
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -20,54 +19,31 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from actors._commands import (
-    ChildCmd,
-    Command,
-    EffectCmd,
-    MarkerCmd,
-    RejectFact,
-    StepCmd,
-    TimerCmd,
-    WaitCmd,
-)
 from actors._context import Context
+from actors._decisions import decision_event, error_info
+from actors._facts import DEADLINE_SEQ, fact_for, limit_failure
 from actors._machine import Machine
-from actors._runtime import Runtime, utcnow
+from actors._runtime import EPOCH, Runtime, utcnow
 from schemas import (
     NULL,
     TERMINAL_EVENTS,
     CancelRun,
-    ChildCompleted,
     ChildDone,
-    ChildFailed,
-    ChildStarted,
     EffectCompleted,
-    EffectFailed,
-    EffectRequested,
-    EffectResult,
     ErrorInfo,
     EventReceived,
     EventRejected,
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
-    MainspringError,
-    MarkerRecorded,
     NondeterminismError,
-    ParentRef,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunParked,
     RunStarted,
     StartRun,
-    StepCompleted,
-    StepFailed,
     TimerFire,
-    TimerFired,
-    TimerStarted,
-    WaitStarted,
-    WaitTimedOut,
     WakeRun,
     WorkflowNotFound,
     decode_inbox,
@@ -77,8 +53,7 @@ from schemas import (
 from streams import GENESIS, StoredEvent, num_delivered, stream_seq
 
 log = structlog.get_logger()
-DEADLINE_SEQ = 0  # the timer of a run's wall-time limit (commands start at 1)
-_EPOCH = utcnow()
+_EPOCH = EPOCH
 _MAX_CONFLICT_RETRIES = 5
 
 
@@ -98,11 +73,6 @@ def _orphan(msg: Msg, log: Any, what: str) -> Outcome:
         return Outcome.RETRY
     log.error("input_dropped_no_such_run", input=what, subject=msg.subject)
     return Outcome.DROP
-
-
-def _error(exc: BaseException, default_type: str | None = None) -> ErrorInfo:
-    etype = getattr(exc, "type", None) if isinstance(exc, MainspringError) else None
-    return ErrorInfo(type=str(etype or default_type or type(exc).__name__), message=str(exc))
 
 
 def _at_spec(when: datetime) -> str:
@@ -247,78 +217,11 @@ class RunActor:
             return Outcome.ACK
         if self.parked or self.machine is None:
             return Outcome.RETRY
-        fact = self._fact_for(message, f"inbox:{stream_seq(msg)}")
+        fact = fact_for(message, self.machine, self.started, f"inbox:{stream_seq(msg)}")
         if fact is not None:
             await self._append(fact)
         await self._advance()
         return Outcome.ACK
-
-    def _fact_for(self, message: Any, cause: str) -> JournalEvent | None:
-        m = self.machine
-        assert m is not None
-        rid = self.run_id
-        if isinstance(message, EffectResult):
-            if m.is_resolved(message.seq) or message.seq not in m.futures:
-                return None
-            if message.ok:
-                return EffectCompleted(
-                    run_id=rid,
-                    n=0,
-                    at=_EPOCH,
-                    cause=cause,
-                    seq=message.seq,
-                    effect_id=message.effect_id,
-                    result=message.result,
-                    attempts=message.attempts,
-                )
-            return EffectFailed(
-                run_id=rid,
-                n=0,
-                at=_EPOCH,
-                cause=cause,
-                seq=message.seq,
-                effect_id=message.effect_id,
-                error=message.error or ErrorInfo(type="effect.failed", message=""),
-                attempts=message.attempts,
-            )
-        if isinstance(message, TimerFire):
-            if message.seq == DEADLINE_SEQ:
-                assert self.started is not None
-                return self._limit(
-                    "limit.wall_time",
-                    f"run exceeded its wall-time limit of {self.started.max_duration_s:g}s",
-                )
-            if m.is_open_timer(message.seq):
-                return TimerFired(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq)
-            wait = m.waits_by_seq.get(message.seq)
-            if wait is not None:
-                return WaitTimedOut(
-                    run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq, name=wait.name
-                )
-            return None
-        if isinstance(message, ChildDone):
-            if message.seq not in m.children or m.is_resolved(message.seq):
-                return None
-            if message.ok:
-                return ChildCompleted(
-                    run_id=rid,
-                    n=0,
-                    at=_EPOCH,
-                    cause=cause,
-                    seq=message.seq,
-                    child_run_id=message.child_run_id,
-                    output=message.output,
-                )
-            return ChildFailed(
-                run_id=rid,
-                n=0,
-                at=_EPOCH,
-                cause=cause,
-                seq=message.seq,
-                child_run_id=message.child_run_id,
-                error=message.error or ErrorInfo(type="child.failed", message=""),
-            )
-        return None
 
     async def _on_event(self, msg: Msg, name: str) -> Outcome:
         headers = msg.headers or {}
@@ -397,7 +300,7 @@ class RunActor:
             ),
         )
         if started.max_duration_s > 0:  # scheduled before the fact, so a crash cannot lose it
-            await self._schedule(DEADLINE_SEQ, utcnow() + timedelta(seconds=started.max_duration_s))
+            await self.schedule(DEADLINE_SEQ, utcnow() + timedelta(seconds=started.max_duration_s))
         stored = await self._append(started)
         assert isinstance(stored.event, RunStarted)
         self.started = stored.event
@@ -441,7 +344,8 @@ class RunActor:
             budget = self.started.max_cost_usd if self.started else 0.0
             if budget and self.cost_usd > budget:
                 await self._append(
-                    self._limit(
+                    limit_failure(
+                        self.run_id,
                         "limit.cost",
                         f"run spent ${self.cost_usd:.4f}, over its budget of ${budget:.4f}",
                     )
@@ -451,7 +355,7 @@ class RunActor:
                 await self._park(m.nondeterminism)
                 return
             if m.pending:
-                await self._append(await self._execute(m.pending[0]))
+                await self._append(await decision_event(m.pending[0], self))
                 if self.rt.options.forced_replay and self.terminal is None:
                     self.evict()
                     await self._load()
@@ -477,100 +381,10 @@ class RunActor:
                 )
             return RunCompleted(run_id=self.run_id, n=0, at=_EPOCH, output=msgspec.Raw(out))
         error = getattr(exc, "error", None)
-        info = error if isinstance(error, ErrorInfo) else _error(exc)
+        info = error if isinstance(error, ErrorInfo) else error_info(exc)
         return RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=info)
 
-    async def _execute(self, cmd: Command) -> JournalEvent:
-        rid = self.run_id
-        subjects = self.rt.subjects
-        if isinstance(cmd, StepCmd):
-            try:
-                value = cmd.fn(*cmd.args, **cmd.kwargs)
-                if inspect.isawaitable(value):
-                    value = await value
-                result = msgspec.json.encode(value)
-            except Exception as exc:  # the step's own failure is a journaled fact
-                return StepFailed(
-                    run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, error=_error(exc)
-                )
-            return StepCompleted(
-                run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, result=msgspec.Raw(result)
-            )
-        if isinstance(cmd, EffectCmd):
-            return EffectRequested(
-                run_id=rid,
-                n=0,
-                at=_EPOCH,
-                seq=cmd.seq,
-                effect_id=f"{rid}.fx.{cmd.seq}",
-                kind=cmd.kind,
-                payload=msgspec.Raw(cmd.payload),
-                retry=cmd.retry,
-                timeout_s=cmd.timeout_s,
-                at_most_once=cmd.at_most_once,
-                inbox=subjects.inbox(rid, "effect.result"),
-            )
-        if isinstance(cmd, TimerCmd):
-            await self._schedule(cmd.seq, cmd.fire_at)
-            return TimerStarted(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, fire_at=cmd.fire_at)
-        if isinstance(cmd, WaitCmd):
-            if cmd.deadline is not None:
-                await self._schedule(cmd.seq, cmd.deadline)
-            return WaitStarted(
-                run_id=rid,
-                n=0,
-                at=_EPOCH,
-                seq=cmd.seq,
-                name=cmd.name,
-                deadline=cmd.deadline,
-                schema=NULL if cmd.schema is None else msgspec.Raw(cmd.schema),
-            )
-        if isinstance(cmd, ChildCmd):
-            assert self.started is not None
-            depth = self.started.depth + 1
-            if depth > self.started.max_depth:
-                return RunFailed(
-                    run_id=rid,
-                    n=0,
-                    at=_EPOCH,
-                    error=ErrorInfo(
-                        type="limit.child_depth",
-                        message=f"child run {cmd.child_run_id} would be at depth {depth}; "
-                        f"the limit is {self.started.max_depth}",
-                    ),
-                )
-            start = StartRun(
-                run_id=cmd.child_run_id,
-                workflow=cmd.workflow,
-                input=msgspec.Raw(cmd.input),
-                parent=ParentRef(run_id=rid, seq=cmd.seq),
-                depth=depth,
-            )
-            await self.rt.send_inbox(cmd.child_run_id, start, "start", f"start:{cmd.child_run_id}")
-            return ChildStarted(
-                run_id=rid,
-                n=0,
-                at=_EPOCH,
-                seq=cmd.seq,
-                child_run_id=cmd.child_run_id,
-                workflow=cmd.workflow,
-                input=msgspec.Raw(cmd.input),
-            )
-        if isinstance(cmd, MarkerCmd):
-            return MarkerRecorded(run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, patch=cmd.patch)
-        assert isinstance(cmd, RejectFact)
-        return EventRejected(
-            run_id=rid,
-            n=0,
-            at=_EPOCH,
-            cause="actor",
-            event_id=cmd.event_id,
-            name=cmd.name,
-            seq=cmd.seq,
-            reason=cmd.reason,
-        )
-
-    async def _schedule(self, seq: int, when: datetime) -> None:
+    async def schedule(self, seq: int, when: datetime) -> None:
         subjects = self.rt.subjects
         body = encode_inbox(TimerFire(run_id=self.run_id, seq=seq))
         await self.rt.publish_js(
@@ -617,15 +431,6 @@ class RunActor:
         elif self.machine is not None:
             self.machine.feed(event)
         return stored
-
-    def _limit(self, kind: str, message: str) -> RunFailed:
-        return RunFailed(
-            run_id=self.run_id,
-            n=0,
-            at=_EPOCH,
-            cause="actor",
-            error=ErrorInfo(type=kind, message=message),
-        )
 
     async def _after_terminal(self, open_children: list[str] | None = None) -> None:
         """Tell the parent; cancel children of a cancelled run. Idempotent (msg ids)."""

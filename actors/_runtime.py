@@ -39,6 +39,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""Placeholder time of events under construction; the actor stamps the real one at append."""
+
+
 class Runtime:
     def __init__(
         self, nc: NATS, subjects: Subjects, registry: Registry, options: WorkerOptions

@@ -1,0 +1,102 @@
+"""Inbox messages become journal facts: effect results, timer firings, child outcomes."""
+
+from __future__ import annotations
+
+from actors._machine import Machine
+from actors._runtime import EPOCH as _EPOCH
+from schemas import (
+    ChildCompleted,
+    ChildDone,
+    ChildFailed,
+    EffectCompleted,
+    EffectFailed,
+    EffectResult,
+    ErrorInfo,
+    InboxUnion,
+    JournalEvent,
+    RunFailed,
+    RunStarted,
+    TimerFire,
+    TimerFired,
+    WaitTimedOut,
+)
+
+DEADLINE_SEQ = 0  # the timer of a run's wall-time limit (commands start at 1)
+
+
+def limit_failure(run_id: str, kind: str, message: str) -> RunFailed:
+    """The terminal event of a run that crossed one of its limits."""
+    return RunFailed(
+        run_id=run_id, n=0, at=_EPOCH, cause="actor", error=ErrorInfo(type=kind, message=message)
+    )
+
+
+def fact_for(
+    message: InboxUnion, machine: Machine, started: RunStarted, cause: str
+) -> JournalEvent | None:
+    """The journal fact an inbox message becomes, or None when it changes nothing
+    (a duplicate, or a timer of a wait already satisfied)."""
+    m = machine
+    rid = started.run_id
+    if isinstance(message, EffectResult):
+        if m.is_resolved(message.seq) or message.seq not in m.futures:
+            return None
+        if message.ok:
+            return EffectCompleted(
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                cause=cause,
+                seq=message.seq,
+                effect_id=message.effect_id,
+                result=message.result,
+                attempts=message.attempts,
+            )
+        return EffectFailed(
+            run_id=rid,
+            n=0,
+            at=_EPOCH,
+            cause=cause,
+            seq=message.seq,
+            effect_id=message.effect_id,
+            error=message.error or ErrorInfo(type="effect.failed", message=""),
+            attempts=message.attempts,
+        )
+    if isinstance(message, TimerFire):
+        if message.seq == DEADLINE_SEQ:
+            return limit_failure(
+                rid,
+                "limit.wall_time",
+                f"run exceeded its wall-time limit of {started.max_duration_s:g}s",
+            )
+        if m.is_open_timer(message.seq):
+            return TimerFired(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq)
+        wait = m.waits_by_seq.get(message.seq)
+        if wait is not None:
+            return WaitTimedOut(
+                run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq, name=wait.name
+            )
+        return None
+    if isinstance(message, ChildDone):
+        if message.seq not in m.children or m.is_resolved(message.seq):
+            return None
+        if message.ok:
+            return ChildCompleted(
+                run_id=rid,
+                n=0,
+                at=_EPOCH,
+                cause=cause,
+                seq=message.seq,
+                child_run_id=message.child_run_id,
+                output=message.output,
+            )
+        return ChildFailed(
+            run_id=rid,
+            n=0,
+            at=_EPOCH,
+            cause=cause,
+            seq=message.seq,
+            child_run_id=message.child_run_id,
+            error=message.error or ErrorInfo(type="child.failed", message=""),
+        )
+    return None
