@@ -1,11 +1,8 @@
-"""Operator commands: projector, runs, status, inspect, logs, audit, replay, projections."""
+"""Operator commands: projector, runs, status, inspect, logs, replay (audit: _cli_audit)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -21,13 +18,9 @@ from mainspring._cli_runner import (
     PgOpt,
     PrefixOpt,
     run_command,
+    signer_from,
 )
 from schemas import ConfigError, RunNotFound, check_run_id
-
-audit_app = typer.Typer(
-    help="Verify and export tamper-evident run histories.", no_args_is_help=True
-)
-projections_app = typer.Typer(help="Manage the Postgres projections.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,18 +30,13 @@ def register(app: typer.Typer) -> None:
     app.command()(inspect)
     app.command()(logs)
     app.command()(replay)
+    from mainspring._cli_audit import audit_app, projections_app
+
     app.add_typer(audit_app, name="audit")
     app.add_typer(projections_app, name="projections")
 
 
-def _signer(path: str | None) -> Any:
-    from projections import Signer
-
-    key = path or os.environ.get("MAINSPRING_SIGNING_KEY")
-    return Signer.load(key) if key else None
-
-
-def _ts(value: datetime | None) -> str:
+def ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
@@ -83,7 +71,7 @@ def projector(
         from projections import Projector
 
         await Projector(
-            env.nc, env.pool, env.subjects, name=name, signer=_signer(signing_key)
+            env.nc, env.pool, env.subjects, name=name, signer=signer_from(signing_key)
         ).run()
         return EXIT_OK
 
@@ -127,7 +115,7 @@ def runs(
                         r.status,
                         str(r.events),
                         ",".join(r.waiting_for) or "-",
-                        _ts(r.updated_at),
+                        ts(r.updated_at),
                     ]
                     for r in rows
                 ],
@@ -165,8 +153,7 @@ def _describe(row: Any, env: Env) -> list[str]:
         f"events    {row.events} (effects: {row.effects_completed} done, "
         f"{row.effects_failed} failed, {row.effects_total} total)",
         f"cost      {row.tokens} tokens, ${row.cost_usd:.4f}",
-        f"started   {_ts(row.started_at)}   updated {_ts(row.updated_at)}   "
-        f"ended {_ts(row.ended_at)}",
+        f"started   {ts(row.started_at)}   updated {ts(row.updated_at)}   ended {ts(row.ended_at)}",
     ]
     for name in row.waiting_for:
         lines.append(
@@ -241,7 +228,7 @@ def inspect(
                 _table(
                     ["WAIT", "NAME", "STATUS", "SINCE", "DEADLINE"],
                     [
-                        [str(w["seq"]), w["name"], w["status"], _ts(w["since"]), _ts(w["deadline"])]
+                        [str(w["seq"]), w["name"], w["status"], ts(w["since"]), ts(w["deadline"])]
                         for w in waits
                     ],
                 ),
@@ -269,7 +256,7 @@ def inspect(
             "",
             _table(
                 ["N", "TYPE", "AT", "HASH"],
-                [[str(e.n), e.type, _ts(e.at), e.hash.hex()[:16]] for e in events],
+                [[str(e.n), e.type, ts(e.at), e.hash.hex()[:16]] for e in events],
             ),
         ]
         print("\n".join(out))
@@ -381,202 +368,3 @@ def replay(
         return EXIT_FAILED if bad else EXIT_OK
 
     run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions)
-
-
-# ---------------------------------------------------------------------- audit
-@audit_app.command("verify")
-def audit_verify(
-    run_id: Annotated[
-        str | None, typer.Argument(help="one run (default: --all)", show_default=False)
-    ] = None,
-    all_runs: Annotated[bool, typer.Option("--all", help="every run")] = False,
-    public_key: Annotated[
-        str | None,
-        typer.Option(
-            help="Ed25519 public key (PEM) of the checkpoint signer [env: MAINSPRING_VERIFY_KEY]",
-            show_default=False,
-        ),
-    ] = None,
-    file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file", help="verify an exported JSONL file offline (no servers)", show_default=False
-        ),
-    ] = None,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-) -> None:
-    """Verify hash chains in the stream and in Postgres, cross-check them and the signed
-    checkpoints. Exit 0 when intact, 30 when anything was altered (each problem named)."""
-    from projections import AuditReport, audit, load_public_key, verify_export
-
-    key_path = public_key or os.environ.get("MAINSPRING_VERIFY_KEY")
-    key = load_public_key(key_path) if key_path else None
-
-    def report(rep: AuditReport) -> int:
-        for note in rep.notes:
-            print(f"note: {note}")
-        for problem in rep.problems:
-            print(f"ALTERED {problem}")
-        verdict = "intact" if rep.ok else f"{len(rep.problems)} problem(s)"
-        print(f"verified {rep.runs} run(s), {rep.events} event(s): {verdict}")
-        return EXIT_OK if rep.ok else EXIT_FAILED
-
-    if file is not None:
-        try:
-            lines = file.read_bytes().splitlines()
-        except OSError as e:
-            print(f"error: cannot read {file}: {e}", file=sys.stderr)
-            raise SystemExit(10) from None
-        raise SystemExit(report(verify_export(lines, key)))
-    if run_id is None and not all_runs:
-        raise typer.BadParameter("name a run, or pass --all")
-
-    async def body(env: Env) -> int:
-        return report(
-            await audit(
-                env.nc, env.subjects, env.pool, check_run_id(run_id) if run_id else None, key
-            )
-        )
-
-    run_command(
-        body, nats_flag=nats_url, prefix=prefix, partitions=partitions, postgres=postgres_dsn
-    )
-
-
-@audit_app.command("export")
-def audit_export(
-    run_id: Annotated[str, typer.Argument(help="the run to export")],
-    output: Annotated[
-        Path | None,
-        typer.Option("-o", "--output", help="file (default: stdout)", show_default=False),
-    ] = None,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-) -> None:
-    """Write a run's history as JSONL that `audit verify --file` checks offline."""
-
-    async def body(env: Env) -> int:
-        from projections import export_run
-
-        if output is None:
-            await export_run(
-                env.nc, env.subjects, env.pool, check_run_id(run_id), sys.stdout.buffer
-            )
-        else:
-            with output.open("wb") as out:
-                count = await export_run(env.nc, env.subjects, env.pool, check_run_id(run_id), out)
-            print(f"wrote {count} events of run {run_id} to {output}", file=sys.stderr)
-        return EXIT_OK
-
-    run_command(
-        body, nats_flag=nats_url, prefix=prefix, partitions=partitions, postgres=postgres_dsn
-    )
-
-
-@audit_app.command("keygen")
-def audit_keygen(
-    directory: Annotated[
-        Path, typer.Argument(help="where to write signing.pem and signing.pub.pem")
-    ] = Path("."),
-) -> None:
-    """Create an Ed25519 key pair for signing checkpoints (keep signing.pem secret)."""
-    from projections import Signer
-
-    directory.mkdir(parents=True, exist_ok=True)
-    private, public = directory / "signing.pem", directory / "signing.pub.pem"
-    if private.exists():
-        print(f"error: {private} exists; not overwriting a key", file=sys.stderr)
-        raise SystemExit(10)
-    signer = Signer.generate()
-    signer.save(private, public)
-    print(
-        f"wrote {private} (MAINSPRING_SIGNING_KEY, for the projector) and {public} "
-        f"(MAINSPRING_VERIFY_KEY, for audits); key id {signer.key_id}"
-    )
-
-
-# ---------------------------------------------------------------------- projections
-@projections_app.command("status")
-def projections_status(
-    name: Annotated[str, typer.Option(help="projector name")] = "main",
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-) -> None:
-    """How far the projections are behind the journal (events and seconds)."""
-
-    async def body(env: Env) -> int:
-        from datetime import UTC
-        from datetime import datetime as dt
-
-        from projections import Queries
-
-        lag = await Queries(env.pool).lag(name)
-        info = await env.nc.jetstream().stream_info(env.subjects.journal_stream)
-        last = info.state.last_seq
-        if lag is None:
-            print(f"projector '{name}' has not projected anything; the journal ends at {last}")
-            return EXIT_OK
-        behind = max(last - lag.position, 0)
-        age = (dt.now(UTC) - lag.updated_at).total_seconds() if lag.updated_at else 0.0
-        print(
-            f"projector '{name}': position {lag.position} of {last} ({behind} behind); "
-            f"last commit {age:.1f}s ago, newest projected event at {_ts(lag.event_at)}"
-        )
-        return EXIT_OK
-
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        needs_postgres=True,
-    )
-
-
-@projections_app.command("rebuild")
-def projections_rebuild(
-    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
-    signing_key: Annotated[
-        str | None,
-        typer.Option(
-            help="key to re-sign checkpoints [env: MAINSPRING_SIGNING_KEY]", show_default=False
-        ),
-    ] = None,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-) -> None:
-    """Drop every projection table and rebuild it from the journal stream.
-
-    Stop running projectors first; they would write into the tables being rebuilt.
-    """
-    if not yes and not typer.confirm("Drop and rebuild all Mainspring projections?"):
-        raise SystemExit(EXIT_OK)
-
-    async def body(env: Env) -> int:
-        from projections import Projector, drop_projections
-
-        async with env.pool.acquire() as conn:
-            await drop_projections(conn)
-        proj = Projector(env.nc, env.pool, env.subjects, signer=_signer(signing_key))
-        position = await proj.catch_up()
-        print(f"rebuilt: {proj.stats.events} events projected, stream position {position}")
-        return EXIT_OK
-
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        needs_postgres=True,
-    )

@@ -60,6 +60,16 @@ class Env:
     pool: Any = None  # asyncpg.Pool when the command needs Postgres
 
 
+def signer_from(path: str | None) -> Any:
+    """The checkpoint signer from --signing-key or MAINSPRING_SIGNING_KEY (None if unset)."""
+    import os
+
+    from projections import Signer
+
+    key = path or os.environ.get("MAINSPRING_SIGNING_KEY")
+    return Signer.load(key) if key else None
+
+
 def exit_code_for(error: BaseException) -> int:
     if isinstance(error, ConfigError | RunNotFound):
         return EXIT_INVALID
