@@ -14,6 +14,7 @@ from mainspring._cli_runner import (
     EXIT_FAILED,
     EXIT_OK,
     Env,
+    JsonOpt,
     NatsOpt,
     PartitionsOpt,
     PgOpt,
@@ -43,6 +44,7 @@ def audit_verify(
             show_default=False,
         ),
     ] = None,
+    as_json: JsonOpt = False,
     file: Annotated[
         Path | None,
         typer.Option(
@@ -62,6 +64,24 @@ def audit_verify(
     key = load_public_key(key_path) if key_path else None
 
     def report(rep: AuditReport) -> int:
+        code = EXIT_OK if rep.ok else EXIT_FAILED
+        if as_json:
+            from mainspring._cli_runs import emit
+            from schemas import Envelope
+
+            details = {"runs": rep.runs, "events": rep.events, "notes": rep.notes}
+            return emit(
+                Envelope(
+                    ok=rep.ok,
+                    command="audit verify",
+                    exit_code=code,
+                    status="intact" if rep.ok else "altered",
+                    run_id=run_id,
+                    problems=[str(p) for p in rep.problems],
+                    details=details,
+                ),
+                True,
+            )
         for note in rep.notes:
             print(f"note: {note}")
         for problem in rep.problems:
@@ -150,6 +170,7 @@ def audit_keygen(
 @projections_app.command("status")
 def projections_status(
     name: Annotated[str, typer.Option(help="projector name")] = "main",
+    as_json: JsonOpt = False,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
@@ -170,6 +191,26 @@ def projections_status(
             print(f"projector '{name}' has not projected anything; the journal ends at {last}")
             return EXIT_OK
         behind = max(last - lag.position, 0)
+        if as_json:
+            from mainspring._cli_runs import emit
+            from schemas import Envelope
+
+            details = {
+                "position": lag.position,
+                "journal_last": last,
+                "behind": behind,
+                "updated_at": lag.updated_at.isoformat() if lag.updated_at else None,
+            }
+            return emit(
+                Envelope(
+                    ok=True,
+                    command="projections status",
+                    status="ok",
+                    exit_code=EXIT_OK,
+                    details=details,
+                ),
+                True,
+            )
         age = (dt.now(UTC) - lag.updated_at).total_seconds() if lag.updated_at else 0.0
         print(
             f"projector '{name}': position {lag.position} of {last} ({behind} behind); "

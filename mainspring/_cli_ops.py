@@ -13,6 +13,7 @@ from mainspring._cli_runner import (
     EXIT_OK,
     STATUS_EXIT,
     Env,
+    JsonOpt,
     NatsOpt,
     PartitionsOpt,
     PgOpt,
@@ -208,6 +209,7 @@ def status(
 
 def inspect(
     run_id: Annotated[str, typer.Argument(help="the run's id")],
+    as_json: JsonOpt = False,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
@@ -222,6 +224,22 @@ def inspect(
         q = Queries(env.pool)
         out = _describe(row, env)
         waits = await q.waits(run_id)
+        if as_json:
+            events = await q.events(run_id)
+            return await _envelope(
+                env,
+                "inspect",
+                run_id,
+                {
+                    "waits": waits,
+                    "effects": await q.effects(run_id),
+                    "events": [
+                        {"n": e.n, "type": e.type, "at": e.at, "hash": e.hash.hex()} for e in events
+                    ],
+                    "tokens": row.tokens,
+                    "cost_usd": row.cost_usd,
+                },
+            )
         if waits:
             out += [
                 "",
@@ -272,6 +290,17 @@ def inspect(
     )
 
 
+async def _envelope(env: Env, command: str, run_id: str, details: object) -> int:
+    """A run's envelope (from its journal) with command-specific details, printed."""
+    from mainspring._cli_runs import emit, envelope_for
+    from streams import Journal
+
+    events = await Journal(env.nc, env.subjects).load(run_id)
+    envelope = envelope_for(command, [e.event for e in events], env)
+    envelope.details = msgspec.to_builtins(details)
+    return emit(envelope, True)
+
+
 def _timeline_detail(data: bytes) -> str:
     ev = msgspec.json.decode(data)
     skip = {"type", "run_id", "n", "at", "cause"}
@@ -286,6 +315,7 @@ def _timeline_detail(data: bytes) -> str:
 
 def logs(
     run_id: Annotated[str, typer.Argument(help="the run's id")],
+    as_json: JsonOpt = False,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
@@ -297,6 +327,12 @@ def logs(
         from projections import Queries
 
         await _run_row(env, run_id)
+        if as_json:
+            timeline = [
+                {"n": e.n, "type": e.type, "at": e.at, "event": msgspec.json.decode(e.data)}
+                for e in await Queries(env.pool).events(run_id)
+            ]
+            return await _envelope(env, "logs", run_id, timeline)
         for e in await Queries(env.pool).events(run_id):
             print(
                 f"{e.at.strftime('%H:%M:%S.%f')[:-3]}  {e.n:>4}  {e.type:<17} "
@@ -326,6 +362,7 @@ def replay(
         bool, typer.Option("--all", help="replay every run in the journal")
     ] = False,
     workflow: Annotated[str | None, typer.Option(help="with --all: only this workflow")] = None,
+    as_json: JsonOpt = False,
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
@@ -350,7 +387,7 @@ def replay(
             ids = await journal.run_ids()
         if not ids:
             raise ConfigError("name runs to replay, or pass --all")
-        bad = 0
+        results = []
         for rid in ids:
             events = await journal.load(check_run_id(rid))
             if not events:
@@ -358,13 +395,31 @@ def replay(
             result = replay_history([e.event for e in events], registry)
             if workflow and result.workflow != workflow:
                 continue
-            mark = "ok  " if result.ok else "FAIL"
-            print(
-                f"{mark} {rid} ({result.workflow}, {result.events} events)"
-                + ("" if result.ok else f"\n     {result.problem}")
+            results.append(result)
+            if not as_json:
+                mark = "ok  " if result.ok else "FAIL"
+                print(
+                    f"{mark} {rid} ({result.workflow}, {result.events} events)"
+                    + ("" if result.ok else f"\n     {result.problem}")
+                )
+        bad = [r for r in results if not r.ok]
+        code = EXIT_FAILED if bad else EXIT_OK
+        if as_json:
+            from mainspring._cli_runs import emit
+            from schemas import Envelope
+
+            return emit(
+                Envelope(
+                    ok=not bad,
+                    command="replay",
+                    exit_code=code,
+                    status="incompatible" if bad else "compatible",
+                    problems=[r.problem for r in bad],
+                    details=msgspec.to_builtins(results),
+                ),
+                True,
             )
-            bad += 0 if result.ok else 1
-        print(f"{len(ids) - bad} compatible, {bad} incompatible")
-        return EXIT_FAILED if bad else EXIT_OK
+        print(f"{len(results) - len(bad)} compatible, {len(bad)} incompatible")
+        return code
 
     run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions)

@@ -41,6 +41,8 @@ class Envelope(msgspec.Struct, kw_only=True):
     result: Any = None
     error: ErrorInfo | None = None
     problems: list[str] = msgspec.field(default_factory=list)
+    details: Any = None
+    """command-specific data: inspect's waits/effects/events, logs' timeline, audit counts"""
 
 
 def envelope_schema() -> dict[str, Any]:

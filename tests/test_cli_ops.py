@@ -45,6 +45,14 @@ async def test_query_commands(
     assert "wait.started" in inspected.stdout
     timeline = await acli("logs", "ok1", *common)
     assert timeline.stdout.count("step.completed") == 2
+    inspect_json = json.loads((await acli("inspect", "wait1", "--json", *common)).stdout)
+    assert inspect_json["status"] == "waiting"
+    assert [w["name"] for w in inspect_json["details"]["waits"]] == ["approval"]
+    assert inspect_json["details"]["events"][0]["type"] == "run.started"
+    logs_json = json.loads((await acli("logs", "ok1", "--json", *common)).stdout)
+    assert [e["type"] for e in logs_json["details"]].count("step.completed") == 2
+    lag_json = json.loads((await acli("projections", "status", "--json", *common)).stdout)
+    assert lag_json["details"]["behind"] == 0
     missing = await acli("status", "nope", *common)
     assert missing.returncode == 10
     assert "no run 'nope'" in missing.stderr
@@ -80,6 +88,10 @@ async def test_audit_commands(
     intact = await acli("audit", "verify", "--all", *key, *common)
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "intact" in intact.stdout
+    intact_json = json.loads(
+        (await acli("audit", "verify", "--all", "--json", *key, *common)).stdout
+    )
+    assert (intact_json["status"], intact_json["details"]["events"]) == ("intact", 6)
     exported = tmp_path / "au.jsonl"
     assert (await acli("audit", "export", "au", "-o", str(exported), *common)).returncode == 0
     offline = await acli("audit", "verify", "--file", str(exported), *key)
@@ -117,5 +129,10 @@ async def test_replay_reports_incompatible_code(
     assert "2 compatible, 0 incompatible" in same.stdout
     changed = await acli("replay", "rp2", "--app", "tests.changed_apps:registry", *base)
     assert changed.returncode == 30
+    changed_json = await acli(
+        "replay", "rp2", "--json", "--app", "tests.changed_apps:registry", *base
+    )
+    assert changed_json.returncode == 30
+    assert json.loads(changed_json.stdout)["status"] == "incompatible"
     assert "nondeterminism in run rp2" in changed.stdout
     assert "effect 'llm.mock'" in changed.stdout
