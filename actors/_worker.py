@@ -30,6 +30,7 @@ from streams import (
     num_delivered,
     partition_of,
     pull_loop,
+    retrying,
 )
 
 log = structlog.get_logger()
@@ -70,8 +71,9 @@ class Worker:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         nc = self.rt.nc
         await ensure_topology(nc, self.subjects)
-        await self.leases.open()
-        await self.leases.announce()
+        # A new (replicated) lease bucket may need a moment before it answers.
+        await retrying(self.leases.open, "opening the lease bucket")
+        await retrying(self.leases.announce, "announcing this worker")
 
         async def pong(msg: Msg) -> None:
             await msg.respond(b"ok")
@@ -81,7 +83,7 @@ class Worker:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch, recv, tg)
-                await self._acquire(tg, send)
+                await retrying(lambda: self._acquire(tg, send), "acquiring partitions")
                 tg.start_soon(self._lease_loop, tg, send)
                 tg.start_soon(self._heartbeats)
                 self.log.info("worker_started", partitions=len(self._held))

@@ -24,7 +24,7 @@ from streams._journal import (
 )
 from streams._jsapi import ApiError, api_request, connect
 from streams._leases import Lease, Leases
-from streams._publish import PubAck, publish, publish_checked
+from streams._publish import PubAck, publish, publish_checked, retrying
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
     MIN_API_LEVEL,
@@ -68,6 +68,7 @@ __all__ = [
     "publish_checked",
     "pull_loop",
     "read_records",
+    "retrying",
     "stream_seq",
     "verify_chain",
 ]

@@ -124,6 +124,7 @@ async def pull_loop(
                         await anyio.sleep(0.05)
                     break
                 log.warning("pull_status", consumer=spec.durable, status=status)
+                await anyio.sleep(0.5)  # e.g. 503 while the consumer elects a leader
                 break
     finally:
         with anyio.CancelScope(shield=True):

@@ -109,12 +109,21 @@ class Leases:
 
     async def renew(self, lease: Lease) -> bool:
         """Renew; False means someone else took it (stop consuming that partition)."""
+        key = self._s.lease_key(lease.partition)
         try:
-            lease.revision = await self.kv.update(
-                self._s.lease_key(lease.partition), self.worker_id.encode(), last=lease.revision
-            )
-        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            lease.revision = await self.kv.update(key, self.worker_id.encode(), last=lease.revision)
+        except nats.js.errors.KeyNotFoundError:
             return False
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # An earlier renewal may have been stored with its ack lost (a stream
+            # electing a leader): if the key still names us, it is still ours.
+            try:
+                entry = await self.kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return False
+            if (entry.value or b"").decode() != self.worker_id or entry.revision is None:
+                return False
+            lease.revision = entry.revision
         return True
 
     async def release(self, lease: Lease) -> None:

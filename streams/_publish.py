@@ -13,6 +13,7 @@ from typing import TypeVar
 import anyio
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from schemas import ConnectionFailed
@@ -49,7 +50,12 @@ async def retrying(call: Callable[[], Awaitable[T]], what: str, retry_for: float
     while True:
         try:
             return await call()
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, Unavailable) as e:
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.NoStreamResponseError,  # KV/JetStream calls during elections
+            Unavailable,
+        ) as e:
             if anyio.current_time() + delay > deadline:
                 raise ConnectionFailed(
                     f"{what}: no answer for {retry_for:.0f}s ({e!r}); is nats-server running "

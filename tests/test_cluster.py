@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import mainspring as ms
 from mainspring import NatsServer
 from mainspring._natsserver import free_port
 from streams import Subjects, TopologyConfig, connect, ensure_topology
@@ -43,7 +44,9 @@ async def test_losing_the_stream_leader_loses_nothing(tmp_path: Path) -> None:
         nc = await connect(",".join(n.url for n in nodes), reconnect_forever=True)
         subjects = Subjects("cluster", 4)
         await ensure_topology(nc, subjects, TopologyConfig(replicas=3))
-        async with running(nc, subjects, registry, handlers) as h:
+        # the production lease TTL (10 s) outlasts a leader election on this small box
+        opts = ms.WorkerOptions(lease_ttl_s=10)
+        async with running(nc, subjects, registry, handlers, options=opts) as h:
             done = await h.client.start("chain", 5, run_id="before")
             assert await h.client.result(done, timeout=30) == 5
             waiting = await h.client.start("agent", "quorum", run_id="waiting")
@@ -55,9 +58,9 @@ async def test_losing_the_stream_leader_loses_nothing(tmp_path: Path) -> None:
             leader = next(n for n in nodes if n.server_name == info.cluster.leader)
             leader.kill()
             await h.client.send_event(waiting, "approval", {"approved": True, "by": "quorum"})
-            assert (await h.client.result(waiting, timeout=60))["by"] == "quorum"
+            assert (await h.client.result(waiting, timeout=120))["by"] == "quorum"
             after = await h.client.start("chain", 3, run_id="after")
-            assert await h.client.result(after, timeout=60) == 3
+            assert await h.client.result(after, timeout=120) == 3
             assert [e.hash for e in await h.client.history("before")] == [e.hash for e in before]
             for rid in ("before", "waiting", "after"):
                 assert_journal_sound(rid, await h.client.history(rid))
