@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,15 +37,29 @@ def _encode(value: Any, what: str) -> bytes:
 
 
 def _schema_of(type_: Any) -> bytes | None:
-    """The JSON Schema a wait accepts, journaled so clients can show and check it."""
+    """The JSON Schema a wait accepts, journaled so clients can show and check it.
+
+    Computed once per type: replay calls every wait of a run's history again.
+    """
     if type_ is Any:
         return None
-    declared = getattr(type_, "json_schema", None)
+    declared = getattr(type_, "json_schema", None)  # JsonSchema: already a schema
+    if declared is not None:
+        return msgspec.json.encode(declared)
     try:
-        schema = declared if declared is not None else msgspec.json.schema(type_)
+        return _schema_cached(type_)
+    except TypeError:  # an unhashable type description: compute it each time
+        return _schema_uncached(type_)
+
+
+def _schema_uncached(type_: Any) -> bytes | None:
+    try:
+        return msgspec.json.encode(msgspec.json.schema(type_))
     except (TypeError, ValueError):
         return None
-    return msgspec.json.encode(schema)
+
+
+_schema_cached = functools.lru_cache(maxsize=256)(_schema_uncached)
 
 
 class JsonSchema:

@@ -106,6 +106,11 @@ class Handlers:
     def kinds(self) -> list[str]:
         return sorted(self._defs)
 
+    def include(self, other: Handlers) -> Handlers:
+        """Serve ``other``'s handlers too (its definitions win for shared kinds)."""
+        self._defs.update(other._defs)
+        return self
+
     def get(self, kind: str) -> HandlerDef:
         return self._defs[kind]
 

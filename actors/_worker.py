@@ -83,7 +83,8 @@ class Worker:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch, recv, tg)
-                await retrying(lambda: self._acquire(tg, send), "acquiring partitions")
+                share = await retrying(self._fair_share, "counting live workers")
+                await retrying(lambda: self._acquire(tg, send, share), "acquiring partitions")
                 tg.start_soon(self._lease_loop, tg, send)
                 tg.start_soon(self._heartbeats)
                 self.log.info("worker_started", partitions=len(self._held))
@@ -102,11 +103,14 @@ class Worker:
                     actor.evict()
 
     # ------------------------------------------------------------------ partitions
-    async def _acquire(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+    async def _fair_share(self) -> int:
+        """Partitions this worker should hold: ⌈partitions ÷ live workers⌉."""
+        return math.ceil(self.subjects.partitions / await self.leases.live_members())
+
+    async def _acquire(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg], share: int) -> None:
         """Take free (or dead workers') partitions up to this worker's fair share."""
         acquired: list[int] = []
         total = self.subjects.partitions
-        share = math.ceil(total / await self.leases.live_members())
         start = partition_of(self.worker_id, total)  # workers start looking at different places
         for p in [(start + i) % total for i in range(total)]:
             if len(self._held) >= share:
@@ -164,16 +168,16 @@ class Worker:
                 scope.cancel()
                 del self._held[p]
                 self._drop_partition(p)
-        await self._rebalance()
-        await self._acquire(tg, send)
+        share = await self._fair_share()
+        await self._rebalance(share)
+        await self._acquire(tg, send, share)
 
-    async def _rebalance(self) -> None:
+    async def _rebalance(self, share: int) -> None:
         """Hand partitions beyond this worker's fair share back, for newcomers to take.
 
         Activations already running finish; their messages go to the next owner too,
         where the journal makes them no-ops (and OCC settles any overlap).
         """
-        share = math.ceil(self.subjects.partitions / await self.leases.live_members())
         excess = sorted(self._held)[share:]
         for p in excess:
             lease, scope = self._held.pop(p)

@@ -9,7 +9,15 @@ from typing import Annotated
 import anyio
 import typer
 
-from mainspring._cli_runner import NatsOpt, PartitionsOpt, PrefixOpt
+from mainspring._cli_runner import (
+    EXIT_OK,
+    Env,
+    NatsOpt,
+    PartitionsOpt,
+    PrefixOpt,
+    has_uvloop,
+    run_command,
+)
 from schemas import MainspringError
 
 app = typer.Typer(
@@ -45,12 +53,11 @@ def worker(
         concurrency=concurrency, lease_ttl_s=lease_ttl, forced_replay=forced_replay
     )
 
-    async def main(nc: object) -> None:
-        from streams import Subjects
+    async def body(env: Env) -> int:
+        await Worker(env.nc, registry, subjects=env.subjects, options=options).run()
+        return EXIT_OK
 
-        await Worker(nc, registry, subjects=Subjects(prefix, partitions), options=options).run()  # type: ignore[arg-type]
-
-    _serve(nats_url, main)
+    run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions, service=True)
 
 
 @app.command()
@@ -99,7 +106,7 @@ def dev(
     try:
         anyio.run(
             lambda: run_dev(data_dir, registry, extra, nats_port=nats_port),
-            backend_options={"use_uvloop": _has_uvloop()},
+            backend_options={"use_uvloop": has_uvloop()},
         )
     except KeyboardInterrupt:
         pass
@@ -129,45 +136,11 @@ def handlers(
     if not isinstance(registry, Handlers):
         raise typer.BadParameter(f"{app_spec} is a {type(registry).__name__}, not Handlers")
 
-    async def main(nc: object) -> None:
-        from streams import Subjects
+    async def body(env: Env) -> int:
+        await HandlerService(env.nc, registry, subjects=env.subjects).run()
+        return EXIT_OK
 
-        await HandlerService(nc, registry, subjects=Subjects(prefix, partitions)).run()  # type: ignore[arg-type]
-
-    _serve(nats_url, main)
-
-
-def _serve(nats_url: str | None, main: object) -> None:
-    from mainspring._config import nats_url as resolve_url
-    from mainspring._logging import configure_logging
-    from streams import connect
-
-    configure_logging()
-    url = resolve_url(nats_url)
-
-    async def run() -> None:
-        nc = await connect(url, reconnect_forever=True)
-        try:
-            await main(nc)  # type: ignore[operator]
-        finally:
-            with anyio.CancelScope(shield=True):
-                await nc.close()
-
-    try:
-        anyio.run(run, backend_options={"use_uvloop": _has_uvloop()})
-    except KeyboardInterrupt:
-        pass
-    except MainspringError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(20) from None
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions, service=True)
 
 
 def main() -> None:

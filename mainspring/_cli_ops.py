@@ -83,7 +83,7 @@ def projector(
         partitions=partitions,
         postgres=postgres_dsn,
         needs_postgres=True,
-        log_level="info",
+        service=True,
     )
 
 

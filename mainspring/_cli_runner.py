@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 
 from mainspring._config import nats_url, postgres_dsn
 from mainspring._logging import configure_logging
-from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, ServerUnsupported
+from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound
 from streams import Subjects, connect
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20
@@ -71,11 +71,18 @@ def signer_from(path: str | None) -> Any:
 
 
 def exit_code_for(error: BaseException) -> int:
+    """10 for what the user can fix in their input, 20 for everything else."""
     if isinstance(error, ConfigError | RunNotFound):
         return EXIT_INVALID
-    if isinstance(error, ConnectionFailed | ServerUnsupported):
-        return EXIT_RUNTIME
     return EXIT_RUNTIME
+
+
+def has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def run_command(
@@ -88,9 +95,14 @@ def run_command(
     needs_postgres: bool = False,
     log_level: str = "warning",
     on_error: Callable[[MainspringError, int], None] | None = None,
+    service: bool = False,
 ) -> None:
-    """Connect, run ``body``, exit with its code; errors become one readable line."""
-    configure_logging(log_level)
+    """Connect, run ``body``, exit with its code; errors become one readable line.
+
+    ``service=True`` (worker, handlers, projector): reconnect to NATS forever, log at
+    info level, and treat Ctrl-C as a clean stop (exit 0).
+    """
+    configure_logging("info" if service else log_level)
     url = nats_url(nats_flag)
     dsn = postgres_dsn(postgres)
 
@@ -100,7 +112,7 @@ def run_command(
                 "this command reads the Postgres projections: pass --postgres-dsn or set "
                 "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`)"
             )
-        nc = await connect(url)
+        nc = await connect(url, reconnect_forever=service)
         pool = None
         try:
             if dsn:
@@ -121,9 +133,9 @@ def run_command(
                 await nc.close()
 
     try:
-        code = anyio.run(main)
+        code = anyio.run(main, backend_options={"use_uvloop": has_uvloop()})
     except KeyboardInterrupt:
-        code = 130
+        code = EXIT_OK if service else 130
     except MainspringError as e:
         code = exit_code_for(e)
         if on_error is not None:

@@ -39,14 +39,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def merge_handlers(*registries: Handlers) -> Handlers:
-    merged = Handlers()
-    for reg in registries:
-        for kind in reg.kinds():
-            merged._defs[kind] = reg.get(kind)
-    return merged
-
-
 def _signer(keys: Path) -> Signer:
     private = keys / "signing.pem"
     if not private.exists():
@@ -87,7 +79,9 @@ async def run_dev(
         nc = await connect(nats_server.url, reconnect_forever=True)
         pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=6)
         subjects = Subjects(prefix, partitions)
-        all_handlers = merge_handlers(builtin_handlers(), *(h for h in [handlers] if h))
+        all_handlers = builtin_handlers()
+        if handlers is not None:
+            all_handlers.include(handlers)
         worker = Worker(nc, registry, subjects=subjects)
         projector = Projector(nc, pool, subjects, signer=signer)
         try:

@@ -132,24 +132,27 @@ async def pull_loop(
                 await sub.unsubscribe()
 
 
+def _ack_field(msg: Msg, index: int) -> int | None:
+    """A numeric field of the JetStream ack subject, by its v1 position.
+
+    v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>;
+    v2 inserts domain and account hash after ACK (two more tokens).
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[index])
+    if len(tokens) >= 12:
+        return int(tokens[index + 2])
+    return None
+
+
 def num_delivered(msg: Msg) -> int:
     """How many times JetStream delivered this message (1 = first time)."""
-    reply = msg.reply or ""
-    tokens = reply.split(".")
-    # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-    # v2 adds domain and account hash after ACK
-    if len(tokens) == 9:
-        return int(tokens[4])
-    if len(tokens) >= 12:
-        return int(tokens[6])
-    return 1
+    delivered = _ack_field(msg, 4)
+    return 1 if delivered is None else delivered
 
 
 def stream_seq(msg: Msg) -> int:
-    reply = msg.reply or ""
-    tokens = reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    if len(tokens) >= 12:
-        return int(tokens[7])
-    return 0
+    """The message's sequence in its stream (0 when it did not come from a consumer)."""
+    seq = _ack_field(msg, 5)
+    return 0 if seq is None else seq
