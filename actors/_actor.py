@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 
 from actors._context import Context
 from actors._decisions import decision_event, error_info
-from actors._facts import DEADLINE_SEQ, fact_for, limit_failure
+from actors._facts import DEADLINE_SEQ, Ignored, fact_for, limit_failure
 from actors._machine import Machine
 from actors._runtime import EPOCH, Runtime, utcnow
 from schemas import (
@@ -86,6 +86,7 @@ class RunActor:
         self.rt = rt
         self.mailbox: deque[Msg] = deque()
         self.busy = False
+        self.retired = False
         self.log = log.bind(run_id=run_id)
         self._reset()
 
@@ -107,18 +108,28 @@ class RunActor:
             self.machine.close()
         self._reset()
 
+    def retire(self) -> None:
+        """The worker let this run's partition go: take no more input. An activation
+        in progress finishes (its appends are checked against the journal like any
+        writer's); queued messages stay unacked for the partition's next owner."""
+        self.retired = True
+        self.mailbox.clear()
+        if not self.busy:
+            self.evict()
+
     # ------------------------------------------------------------------ entry
     async def handle(self, msg: Msg) -> Outcome:
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                if not self.loaded:
-                    await self._load()
-                    if self.machine is not None and self.machine.nondeterminism is not None:
-                        await self._park(self.machine.nondeterminism)
-                return await self._activate(msg)
+                fresh = not self.loaded
+                if fresh:
+                    await self._load_or_park()
+                return await self._activate(msg, fresh=fresh)
             except JournalConflict as conflict:
                 self.log.info("journal_conflict", detail=str(conflict))
                 self.evict()
+                if self.retired:  # another worker owns the run now: leave it to them
+                    return Outcome.RETRY
             except JournalCorrupt as corrupt:
                 # Never extend a chain that does not verify: hold the run's inputs.
                 self.log.error(
@@ -131,6 +142,11 @@ class RunActor:
         return Outcome.RETRY
 
     # ------------------------------------------------------------------ load / replay
+    async def _load_or_park(self) -> None:
+        await self._load()
+        if self.machine is not None and self.machine.nondeterminism is not None:
+            await self._park(self.machine.nondeterminism)
+
     async def _load(self) -> None:
         events = await self.rt.journal.load(self.run_id)
         self.loaded = True
@@ -178,7 +194,7 @@ class RunActor:
         return machine
 
     # ------------------------------------------------------------------ activation
-    async def _activate(self, msg: Msg) -> Outcome:
+    async def _activate(self, msg: Msg, *, fresh: bool) -> Outcome:
         run_id, event_name = self.rt.subjects.parse_inbox(msg.subject)
         if event_name is not None:
             return await self._on_event(msg, event_name)
@@ -194,6 +210,12 @@ class RunActor:
                 return Outcome.ACK
             return _orphan(msg, self.log, type(message).__name__)
         if self.terminal is not None:
+            self.log.info(
+                "input_ignored",
+                input=type(message).__name__,
+                inbox_seq=stream_seq(msg),
+                reason=f"the run has ended ({self.last_type})",
+            )
             await self._after_terminal()
             return Outcome.ACK
         if isinstance(message, CancelRun):
@@ -217,8 +239,27 @@ class RunActor:
             return Outcome.ACK
         if self.parked or self.machine is None:
             return Outcome.RETRY
+        if fresh and self.machine.pending:
+            # Decisions the code made before a crash come before anything new: a
+            # timer's firing may have overtaken the journaling of its start.
+            await self._advance()
+            if self.terminal is not None or self.machine is None:
+                return await self._activate(msg, fresh=True)
         fact = fact_for(message, self.machine, self.started, f"inbox:{stream_seq(msg)}")
-        if fact is not None:
+        if isinstance(fact, Ignored):
+            if not fresh:
+                # Memory may be behind the journal (another worker advanced the run
+                # while this one did not own it): judge again against the journal.
+                self.evict()
+                await self._load_or_park()
+                return await self._activate(msg, fresh=True)
+            self.log.info(
+                "input_ignored",
+                input=type(message).__name__,
+                inbox_seq=stream_seq(msg),
+                reason=fact.reason,
+            )
+        else:
             await self._append(fact)
         await self._advance()
         return Outcome.ACK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from actors._machine import Machine
 from actors._runtime import EPOCH as _EPOCH
 from schemas import (
@@ -24,6 +26,15 @@ from schemas import (
 DEADLINE_SEQ = 0  # the timer of a run's wall-time limit (commands start at 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """An inbox message that changes nothing in the run, and why (a duplicate, a
+    timer of a wait already satisfied). Only final when judged against a run
+    freshly loaded from its journal: memory may be behind it."""
+
+    reason: str
+
+
 def limit_failure(run_id: str, kind: str, message: str) -> RunFailed:
     """The terminal event of a run that crossed one of its limits."""
     return RunFailed(
@@ -33,14 +44,15 @@ def limit_failure(run_id: str, kind: str, message: str) -> RunFailed:
 
 def fact_for(
     message: InboxUnion, machine: Machine, started: RunStarted, cause: str
-) -> JournalEvent | None:
-    """The journal fact an inbox message becomes, or None when it changes nothing
-    (a duplicate, or a timer of a wait already satisfied)."""
+) -> JournalEvent | Ignored:
+    """The journal fact an inbox message becomes, or why it changes nothing."""
     m = machine
     rid = started.run_id
     if isinstance(message, EffectResult):
-        if m.is_resolved(message.seq) or message.seq not in m.futures:
-            return None
+        if m.is_resolved(message.seq):
+            return Ignored(f"effect {message.seq} already has its result (a duplicate)")
+        if message.seq not in m.futures:
+            return Ignored(f"the run has no outstanding effect {message.seq}")
         if message.ok:
             return EffectCompleted(
                 run_id=rid,
@@ -76,10 +88,12 @@ def fact_for(
             return WaitTimedOut(
                 run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq, name=wait.name
             )
-        return None
+        return Ignored(f"timer {message.seq} is not running (it fired, or its wait ended)")
     if isinstance(message, ChildDone):
-        if message.seq not in m.children or m.is_resolved(message.seq):
-            return None
+        if message.seq not in m.children:
+            return Ignored(f"the run started no child at {message.seq}")
+        if m.is_resolved(message.seq):
+            return Ignored(f"child {message.child_run_id} already reported (a duplicate)")
         if message.ok:
             return ChildCompleted(
                 run_id=rid,
@@ -99,4 +113,4 @@ def fact_for(
             child_run_id=message.child_run_id,
             error=message.error or ErrorInfo(type="child.failed", message=""),
         )
-    return None
+    return Ignored(f"{type(message).__name__} is not an input of a running run")

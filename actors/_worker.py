@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import anyio
 import nats.errors
@@ -35,6 +37,31 @@ from streams import (
 
 log = structlog.get_logger()
 
+Tagged = tuple[int, Msg]
+"""An inbox message and the generation of the partition consumer that fetched it."""
+
+
+@dataclass
+class _Held:
+    """A partition this worker consumes: its lease, the consumer's scope and generation."""
+
+    lease: Lease
+    scope: anyio.CancelScope
+    generation: int
+    renewed_at: float
+    """monotonic time the last successful renewal (or the acquisition) was *sent*"""
+
+
+class _TagSink:
+    """Tags each fetched message with its consumer's generation on the way to dispatch."""
+
+    def __init__(self, out: MemoryObjectSendStream[Tagged], generation: int) -> None:
+        self._out = out
+        self._generation = generation
+
+    async def send(self, item: Msg, /) -> None:
+        await self._out.send((self._generation, item))
+
 
 class Worker:
     """Runs workflows: ``await worker.run()`` until cancelled.
@@ -58,7 +85,8 @@ class Worker:
         self.rt = Runtime(nc, self.subjects, registry, self.options)
         self.leases = Leases(nc, self.subjects, self.worker_id, ttl_s=self.options.lease_ttl_s)
         self.actors: OrderedDict[str, RunActor] = OrderedDict()
-        self._held: dict[int, tuple[Lease, anyio.CancelScope]] = {}
+        self._held: dict[int, _Held] = {}
+        self._generations = itertools.count(1)
         self._inflight: dict[int, tuple[Msg, float]] = {}
         self._limiter = anyio.CapacityLimiter(self.options.concurrency)
         self.log = log.bind(worker=self.worker_id)
@@ -79,23 +107,24 @@ class Worker:
             await msg.respond(b"ok")
 
         ping = await nc.subscribe(self.subjects.worker_ping(self.worker_id), cb=pong)
-        send, recv = anyio.create_memory_object_stream[Msg](max_buffer_size=4096)
+        send, recv = anyio.create_memory_object_stream[Tagged](max_buffer_size=4096)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._dispatch, recv, tg)
                 share = await retrying(self._fair_share, "counting live workers")
                 await retrying(lambda: self._acquire(tg, send, share), "acquiring partitions")
                 tg.start_soon(self._lease_loop, tg, send)
+                tg.start_soon(self._expiry_watch)
                 tg.start_soon(self._heartbeats)
                 self.log.info("worker_started", partitions=len(self._held))
                 task_status.started()
         finally:
             send.close()  # lives as long as the worker: partitions come and go
             with anyio.CancelScope(shield=True):
-                for lease, _scope in list(self._held.values()):
+                for held in list(self._held.values()):
                     # best effort: if this fails the lease TTL frees the partition anyway
                     with contextlib.suppress(nats.errors.Error, MainspringError):
-                        await self.leases.release(lease)
+                        await self.leases.release(held.lease)
                 self._held.clear()
                 with contextlib.suppress(nats.errors.Error):
                     await ping.unsubscribe()
@@ -107,7 +136,9 @@ class Worker:
         """Partitions this worker should hold: ⌈partitions ÷ live workers⌉."""
         return math.ceil(self.subjects.partitions / await self.leases.live_members())
 
-    async def _acquire(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg], share: int) -> None:
+    async def _acquire(
+        self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged], share: int
+    ) -> None:
         """Take free (or dead workers') partitions up to this worker's fair share."""
         acquired: list[int] = []
         total = self.subjects.partitions
@@ -117,15 +148,20 @@ class Worker:
                 break
             if p in self._held:
                 continue
+            sent_at = time.monotonic()
             lease = await self.leases.try_acquire(p)
             if lease is None:
                 continue
+            # Nothing remembered from an earlier time we held p may be used now:
+            # another worker may have advanced its runs meanwhile.
+            self._drop_partition(p)
             spec = self._spec(p)
             # Recreate the consumer: whatever the previous owner left unacked is
             # delivered again now, not after an ack-wait.
             await ensure_consumer(self.rt.nc, spec, recreate=True)
-            scope = await tg.start(self._consume, spec, send)
-            self._held[p] = (lease, scope)
+            generation = next(self._generations)
+            scope = await tg.start(self._consume, spec, _TagSink(send, generation))
+            self._held[p] = _Held(lease, scope, generation, sent_at)
             acquired.append(p)
         if acquired:
             self.log.info("partitions_acquired", partitions=acquired)
@@ -142,14 +178,14 @@ class Worker:
     async def _consume(
         self,
         spec: ConsumerSpec,
-        send: MemoryObjectSendStream[Msg],
+        out: _TagSink,
         *,
         task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        with anyio.CancelScope() as scope, send.clone() as out:
+        with anyio.CancelScope() as scope:
             await pull_loop(self.rt.nc, spec, out, task_status=_Relay(task_status, scope))
 
-    async def _lease_loop(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+    async def _lease_loop(self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged]) -> None:
         period = self.options.lease_ttl_s / 3
         while True:
             await anyio.sleep(period)
@@ -160,14 +196,15 @@ class Worker:
                 # TTL another worker may take over, and journal OCC keeps runs correct.
                 self.log.warning("lease_round_failed", error=str(exc))
 
-    async def _lease_round(self, tg: TaskGroup, send: MemoryObjectSendStream[Msg]) -> None:
+    async def _lease_round(self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged]) -> None:
         await self.leases.announce()
-        for p, (lease, scope) in list(self._held.items()):
-            if not await self.leases.renew(lease):
-                self.log.warning("partition_lost", partition=p)
-                scope.cancel()
-                del self._held[p]
-                self._drop_partition(p)
+        for p, held in list(self._held.items()):
+            sent_at = time.monotonic()
+            if await self.leases.renew(held.lease):
+                held.renewed_at = sent_at
+            elif self._held.get(p) is held:
+                self.log.warning("partition_lost", partition=p, reason="lease taken over")
+                self._give_up(p)
         share = await self._fair_share()
         await self._rebalance(share)
         await self._acquire(tg, send, share)
@@ -180,19 +217,45 @@ class Worker:
         """
         excess = sorted(self._held)[share:]
         for p in excess:
-            lease, scope = self._held.pop(p)
-            scope.cancel()
+            lease = self._give_up(p)
             await self.leases.release(lease)
-            self._drop_partition(p)
         if excess:
             self.log.info("partitions_released", partitions=excess, share=share)
 
+    async def _expiry_watch(self) -> None:
+        """Stop consuming a partition *before* its lease can expire.
+
+        Renewals happen every third of the TTL; when the last one that succeeded was
+        sent more than three quarters of a TTL ago (NATS unreachable, a slow server),
+        another worker may soon take the partition over, so this one lets go first.
+        """
+        limit = self.options.lease_ttl_s * 0.75
+        while True:
+            await anyio.sleep(self.options.lease_ttl_s / 12)
+            now = time.monotonic()
+            for p, held in list(self._held.items()):
+                if now - held.renewed_at > limit:
+                    self.log.warning(
+                        "partition_lost",
+                        partition=p,
+                        reason=f"lease not renewed for {now - held.renewed_at:.1f}s",
+                    )
+                    self._give_up(p)
+
+    def _give_up(self, partition: int) -> Lease:
+        """Stop consuming ``partition`` and forget its runs; returns its (former) lease."""
+        held = self._held.pop(partition)
+        held.scope.cancel()
+        self._drop_partition(partition)
+        return held.lease
+
     def _drop_partition(self, partition: int) -> None:
+        """Forget every run of ``partition``: the next owner (maybe this worker again,
+        later) loads them from the journal. A busy actor finishes its current
+        activation (its appends are checked against the journal like anyone's) and
+        takes no further input; its queued messages are redelivered to the next owner."""
         for run_id in [r for r in self.actors if self.subjects.partition(r) == partition]:
-            actor = self.actors[run_id]
-            if not actor.busy:
-                actor.evict()
-                del self.actors[run_id]
+            self.actors.pop(run_id).retire()
 
     async def _heartbeats(self) -> None:
         """Keep long activations from being redelivered: +WPI every third of ack-wait."""
@@ -206,10 +269,15 @@ class Worker:
                         await msg.in_progress()
 
     # ------------------------------------------------------------------ dispatch
-    async def _dispatch(self, recv: MemoryObjectReceiveStream[Msg], tg: TaskGroup) -> None:
+    async def _dispatch(self, recv: MemoryObjectReceiveStream[Tagged], tg: TaskGroup) -> None:
         async with recv:
-            async for msg in recv:
+            async for generation, msg in recv:
                 run_id, _ = self.subjects.parse_inbox(msg.subject)
+                held = self._held.get(self.subjects.partition(run_id))
+                if held is None or held.generation != generation:
+                    # Fetched before this worker let the partition go: left unacked, the
+                    # current owner's consumer delivers it (again).
+                    continue
                 actor = self.actors.get(run_id)
                 if actor is None:
                     actor = RunActor(run_id, self.rt)
@@ -223,7 +291,7 @@ class Worker:
 
     async def _drain(self, actor: RunActor) -> None:
         try:
-            while actor.mailbox:
+            while actor.mailbox and not actor.retired:
                 msg = actor.mailbox.popleft()
                 key = id(msg)
                 self._inflight[key] = (msg, time.monotonic())
@@ -239,6 +307,8 @@ class Worker:
                 await _settle(msg, outcome)
         finally:
             actor.busy = False
+            if actor.retired:
+                actor.evict()
             self._evict_overflow()
 
     def _evict_overflow(self) -> None:

@@ -2,6 +2,7 @@
 
 from streams._consumer import (
     ConsumerSpec,
+    MsgSink,
     delete_consumer,
     ensure_consumer,
     num_delivered,
@@ -48,6 +49,7 @@ __all__ = [
     "Leases",
     "MIN_API_LEVEL",
     "MIN_SERVER",
+    "MsgSink",
     "PubAck",
     "Record",
     "ServerFeatures",

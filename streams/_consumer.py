@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
 import nats.errors
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -67,6 +66,12 @@ async def delete_consumer(nc: NATS, stream: str, durable: str) -> None:
             raise
 
 
+class MsgSink(Protocol):
+    """Where a pull loop puts what it fetched (a memory object stream, or an adapter)."""
+
+    async def send(self, item: Msg, /) -> None: ...
+
+
 class _Pull(msgspec.Struct):
     batch: int
     expires: int
@@ -76,7 +81,7 @@ class _Pull(msgspec.Struct):
 async def pull_loop(
     nc: NATS,
     spec: ConsumerSpec,
-    out: MemoryObjectSendStream[Msg],
+    out: MsgSink,
     *,
     batch: int = 256,
     expires_s: float = 10.0,

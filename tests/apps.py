@@ -226,3 +226,27 @@ async def ask(ctx: ms.Context, question: str) -> str:
         },
     )
     return str(answer["content"])
+
+
+class Gated(msgspec.Struct):
+    entered: str
+    gate: str
+    first: float = 1.0
+    second: float = 3.0
+
+
+@registry.workflow
+async def gated_timers(ctx: ms.Context, inp: Gated) -> str:
+    """A step that holds its actor busy until the test opens a gate, then two timers."""
+
+    async def hold() -> None:
+        await anyio.Path(inp.entered).touch()
+        gate = anyio.Path(inp.gate)
+        with anyio.fail_after(60):
+            while not await gate.exists():  # noqa: ASYNC110 - the gate is a file another process makes
+                await anyio.sleep(0.02)
+
+    await ctx.step(hold, name="hold")
+    await ctx.sleep(inp.first)
+    await ctx.sleep(inp.second)
+    return "done"
