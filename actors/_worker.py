@@ -87,6 +87,8 @@ class Worker:
         self.actors: OrderedDict[str, RunActor] = OrderedDict()
         self._held: dict[int, _Held] = {}
         self._generations = itertools.count(1)
+        self.moves_while_busy = 0
+        """partitions let go while one of their runs was mid-activation (chaos tests count them)"""
         self._inflight: dict[int, tuple[Msg, float]] = {}
         self._limiter = anyio.CapacityLimiter(self.options.concurrency)
         self.log = log.bind(worker=self.worker_id)
@@ -254,8 +256,14 @@ class Worker:
         later) loads them from the journal. A busy actor finishes its current
         activation (its appends are checked against the journal like anyone's) and
         takes no further input; its queued messages are redelivered to the next owner."""
+        busy = 0
         for run_id in [r for r in self.actors if self.subjects.partition(r) == partition]:
-            self.actors.pop(run_id).retire()
+            actor = self.actors.pop(run_id)
+            busy += actor.busy
+            actor.retire()
+        if busy:
+            self.moves_while_busy += 1
+            self.log.info("partition_left_while_busy", partition=partition, busy_runs=busy)
 
     async def _heartbeats(self) -> None:
         """Keep long activations from being redelivered: +WPI every third of ack-wait."""

@@ -3,16 +3,20 @@ a gap in its ownership (issue: runs stalled forever after rebalancing)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import anyio
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from mainspring import NatsServer
 from streams import Subjects, partition_of
-from tests.harness import assert_journal_sound, types, wait_until
+from tests.apps import registry
+from tests.harness import assert_journal_sound, running, types, wait_until
 from tests.procs import spawn
 
 pytestmark = pytest.mark.anyio
@@ -81,3 +85,40 @@ async def test_partition_retaken_while_busy_loads_from_journal(
 
 async def _exists(path: Path) -> bool:
     return await anyio.Path(path).exists()
+
+
+async def test_worker_lets_go_before_its_lease_can_expire(tmp_path: Path) -> None:
+    """With the broker frozen (SIGSTOP) no renewal gets through: the worker stops
+    consuming every partition within its lease TTL, and takes them back (from the
+    journal) once the broker answers again."""
+    server = NatsServer(tmp_path / "nats").start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    try:
+        nc = await nats.connect(server.url)
+        subjects = Subjects("frozen", 4)
+        opts = ms.WorkerOptions(lease_ttl_s=1.5)
+        async with running(nc, subjects, registry, options=opts) as h:
+            worker = h.workers[0]
+            every = list(range(subjects.partitions))
+            assert worker.partitions == every
+            os.kill(pid, signal.SIGSTOP)
+            try:
+
+                async def owns_none() -> bool:
+                    return not worker.partitions
+
+                # within the TTL: before anybody else could have taken over
+                await wait_until(owns_none, timeout=1.5)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+            async def owns_all() -> bool:
+                return worker.partitions == every
+
+            await wait_until(owns_all, timeout=20)
+            rid = await h.client.start("chain", 3)
+            assert await h.client.result(rid, timeout=20) == 3
+        await nc.close()
+    finally:
+        server.stop()
