@@ -8,7 +8,11 @@ effect id, so a duplicate result is dropped.
 
 Retries happen in the handler process (backoff, heartbeating meanwhile); a
 redelivery therefore always means "the previous holder was interrupted", which
-is what ``at_most_once`` effects report instead of running again.
+is what ``at_most_once`` effects report instead of running again. The delivery
+count alone is not enough for that: nats-server keeps it lazily and can forget it
+in a crash. So before an at-most-once effect runs, its start is recorded durably
+(a KV create keyed by the effect id, ``streams.EffectMarkers``); a delivery that
+finds the record reports the effect interrupted.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ from schemas import (
 )
 from streams import (
     ConsumerSpec,
+    EffectMarkers,
     Subjects,
     ensure_consumer,
     ensure_topology,
     num_delivered,
     publish_checked,
     pull_loop,
+    retrying,
 )
 
 log = structlog.get_logger()
@@ -122,9 +128,12 @@ class HandlerService:
         self.nc = nc
         self.handlers = handlers
         self.subjects = subjects or Subjects()
+        self.markers = EffectMarkers(nc, self.subjects)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await ensure_topology(self.nc, self.subjects)
+        # a new (replicated) bucket may need a moment before it answers
+        await retrying(self.markers.open, "opening the effect start markers")
         async with anyio.create_task_group() as tg:
             for kind in self.handlers.kinds():
                 await tg.start(self._serve, self.handlers.get(kind))
@@ -177,8 +186,8 @@ class HandlerService:
         assert isinstance(req, EffectRequested)
         delivery = num_delivered(msg)
         bound = log.bind(run_id=req.run_id, effect_id=req.effect_id, kind=req.kind)
-        if req.at_most_once and delivery > 1:
-            bound.warning("effect_interrupted")
+        if req.at_most_once and not await self._first_start(req, delivery):
+            bound.warning("effect_interrupted", delivery=delivery)
             await self._reply(
                 req,
                 msg,
@@ -226,6 +235,17 @@ class HandlerService:
                 return
             await self._reply(req, msg, ok=True, attempts=attempts, result=data)
             return
+
+    async def _first_start(self, req: EffectRequested, delivery: int) -> bool:
+        """At-most-once: may this delivery run the effect? Only if it is the first
+        delivery *and* it durably records the start first (a KV create keyed by the
+        effect id). The marker is what survives a nats-server crash that loses the
+        delivery count; the count still catches holders that died before recording."""
+        if delivery > 1:
+            return False
+        return await self.markers.claim(
+            req.effect_id, run_id=req.run_id, kind=req.kind, delivery=delivery
+        )
 
     async def _attempt(self, hdef: HandlerDef, req: EffectRequested, ctx: EffectContext) -> Any:
         try:

@@ -25,6 +25,7 @@ from streams._journal import (
 )
 from streams._jsapi import ApiError, api_request, connect
 from streams._leases import Lease, Leases
+from streams._markers import EffectMarkers
 from streams._publish import PubAck, publish, publish_checked, retrying
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
@@ -39,6 +40,7 @@ from streams._topology import (
 __all__ = [
     "ApiError",
     "ConsumerSpec",
+    "EffectMarkers",
     "GENESIS",
     "HDR_HASH",
     "HDR_N",
