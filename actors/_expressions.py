@@ -233,6 +233,14 @@ def render(value: Any, scope: Mapping[str, Any]) -> Any:
     return value
 
 
+def render_text(value: Any, scope: Mapping[str, Any]) -> str | None:
+    """Fill ``${...}`` in a text meant for people (a prompt): always a string (None
+    stays None), whatever type a lone ``${expr}`` has."""
+    if value is None:
+        return None
+    return _text(render(value, scope))
+
+
 def _text(value: Any) -> str:
     import json
 

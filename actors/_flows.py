@@ -1,22 +1,42 @@
-"""Running declarative specs: the durable workflow ``flow`` that interprets a document.
+"""Running declarative specs: the durable workflow that interprets a document.
 
-A spec runs as the workflow ``flow`` whose input is ``{"spec": ..., "inputs": ...}``:
-the exact spec is journaled with the run, so replay always sees what ran.
+A spec runs as the workflow ``flow.<document id>`` (``flow_name``) whose input is
+``{"spec": ..., "inputs": ...}``: the exact spec is journaled with the run, so replay
+always sees what ran. One interpreter serves every ``flow.*`` name (``FlowRegistry``);
+runs recorded before runs were named by document are named ``flow`` and still replay.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import msgspec
 
 from actors import _expressions as ex
 from actors._context import Context, JsonSchema
-from actors._registry import Registry
+from actors._registry import Registry, WorkflowDef
 from actors._specs import strip_from, sub_document
 from schemas import RetryPolicy, TerminalError, WaitTimeoutError
 
 FLOW_WORKFLOW = "flow"
+FLOW_PREFIX = "flow."
+WAIT_ANNOTATION = "x-mainspring-wait"
+"""Key of the annotation an await_event adds to its wait's JSON Schema: the step id and
+its prompt, summary and audience with ``${...}`` filled in (what clients show)."""
+
+
+def flow_name(document_id: object) -> str:
+    """The workflow name of a document's runs: ``flow.<id>`` (characters a workflow
+    name cannot hold become ``_``); plain ``flow`` when the document has no id."""
+    text = re.sub(r"[^A-Za-z0-9_.-]", "_", str(document_id or ""))[: 128 - len(FLOW_PREFIX)]
+    return FLOW_PREFIX + text if text else FLOW_WORKFLOW
+
+
+def is_flow(workflow: str) -> bool:
+    """Whether runs of ``workflow`` are interpreted declarative specs."""
+    return workflow == FLOW_WORKFLOW or workflow.startswith(FLOW_PREFIX)
 
 
 class FlowInput(msgspec.Struct, frozen=True):
@@ -47,6 +67,25 @@ def _check_against(schema: dict[str, Any] | None, value: Any, what: str) -> None
             f"{what}: {first.message} - at `{first.json_path}`",
             type="output.invalid" if "output" in what else "input.invalid",
         )
+
+
+def _child(ctx: Context, document: dict[str, Any]) -> str:
+    """The workflow name of a child run (a sub-workflow, a foreach item, a branch)."""
+    if ctx.workflow == FLOW_WORKFLOW:  # recorded before runs were named by document
+        return FLOW_WORKFLOW
+    return flow_name((document.get("workflow") or {}).get("id"))
+
+
+def _wait_schema(step: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
+    """The step's input schema, annotated with what a person resuming it needs to see."""
+    shown = {
+        "step": step["id"],
+        "prompt": ex.render_text(step.get("prompt"), scope),
+        "summary": ex.render_text(step.get("summary"), scope),
+        "audience": step.get("audience"),
+    }
+    annotation = {k: v for k, v in shown.items() if v is not None}
+    return {**step["input_schema"], WAIT_ANNOTATION: annotation}
 
 
 async def run_flow(ctx: Context, inp: FlowInput) -> Any:
@@ -91,7 +130,7 @@ async def run_flow(ctx: Context, inp: FlowInput) -> Any:
             try:
                 outputs = await ctx.wait_event(
                     step["event_name"],
-                    JsonSchema(step["input_schema"]),
+                    JsonSchema(_wait_schema(step, scope)),
                     timeout=step.get("timeout_seconds"),
                 )
             except WaitTimeoutError:
@@ -139,7 +178,7 @@ async def run_flow(ctx: Context, inp: FlowInput) -> Any:
             for n, item in enumerate(items):  # one at a time, each a durable child run
                 outputs.append(
                     await ctx.child(
-                        FLOW_WORKFLOW,
+                        _child(ctx, body),
                         {"spec": body, "inputs": {"item": item, "index": n, "parent": inp.inputs}},
                     )
                 )
@@ -151,13 +190,14 @@ async def run_flow(ctx: Context, inp: FlowInput) -> Any:
                 )
                 children.append(
                     ctx.child(
-                        FLOW_WORKFLOW, {"spec": doc, "inputs": {"index": b, "parent": inp.inputs}}
+                        _child(ctx, doc),
+                        {"spec": doc, "inputs": {"index": b, "parent": inp.inputs}},
                     )
                 )
             outputs = await ctx.gather(*children)
         elif kind == "workflow":
             outputs = await ctx.child(
-                FLOW_WORKFLOW,
+                _child(ctx, step["workflow"]),
                 {"spec": step["workflow"], "inputs": ex.render(step.get("inputs") or {}, scope)},
             )
         elif kind == "effect":
@@ -197,9 +237,26 @@ def _workflow_outputs(schema: dict[str, Any] | None, scope: dict[str, Any]) -> A
     return mapped or None
 
 
+class FlowRegistry(Registry):
+    """A registry whose interpreter also serves every ``flow.<document id>`` name."""
+
+    def get(self, name: str) -> WorkflowDef:
+        if name not in self._workflows and name.startswith(FLOW_PREFIX):
+            return dataclasses.replace(super().get(FLOW_WORKFLOW), name=name)
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name.startswith(FLOW_PREFIX):
+            return FLOW_WORKFLOW in self._workflows
+        return super().__contains__(name)
+
+
 def flow_registry(registry: Registry | None = None) -> Registry:
-    """A registry with the declarative-spec interpreter (workflow ``flow``) added."""
-    reg = registry or Registry()
-    if FLOW_WORKFLOW not in reg:
+    """A new registry with ``registry``'s workflows and the declarative-spec interpreter
+    (``flow`` and every ``flow.<document id>``)."""
+    reg = FlowRegistry()
+    if registry is not None:
+        reg._workflows.update(registry._workflows)
+    if FLOW_WORKFLOW not in reg._workflows:
         reg.workflow(name=FLOW_WORKFLOW, version="1")(run_flow)
     return reg

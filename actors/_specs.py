@@ -7,6 +7,7 @@ step references, reachability and nested bodies, each problem at ``file:line:col
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class Spec:
     document: dict[str, Any]
     source: str = "<spec>"
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    warnings: list[SpecError] = field(default_factory=list)
+    """what validation accepted but looks unintended (each at file:line:column)"""
 
     @property
     def workflow(self) -> dict[str, Any]:
@@ -123,6 +126,9 @@ class _Checker:
     def error(self, path: str, message: str) -> None:
         self.errors.append(SpecError(self.spec.where(path), path, message))
 
+    def warn(self, path: str, message: str) -> None:
+        self.spec.warnings.append(SpecError(self.spec.where(path), path, message))
+
     def schema(self, path: str, value: Any, required: bool = False) -> None:
         if value is None:
             if required:
@@ -184,6 +190,13 @@ def strip_from(schema: Any) -> Any:
     return schema
 
 
+def _conditional_targets(step: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Targets a step goes to only when a condition holds (transitions, cases, timeouts)."""
+    for sub, target in _targets(step):
+        if sub not in ("next", "default"):
+            yield sub, target
+
+
 def _targets(step: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     kind = step.get("kind")
     for i, t in enumerate(step.get("transitions") or []):
@@ -202,7 +215,9 @@ def _targets(step: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def validate_spec(spec: Spec) -> Spec:
-    """Check a spec completely; raise ``SpecInvalid`` listing every problem."""
+    """Check a spec completely; raise ``SpecInvalid`` listing every problem. What is
+    valid but looks unintended lands in ``spec.warnings``."""
+    spec.warnings.clear()
     c = _Checker(spec)
     doc = spec.document
     version = doc.get("schema_version")
@@ -265,6 +280,7 @@ def validate_spec(spec: Spec) -> Spec:
                 "retry is {max_attempts, backoff_seconds, strategy: fixed|exponential}",
             )
     _check_reachable(c, raw_steps)
+    _check_fall_through(c, raw_steps)
     if c.errors:
         raise SpecInvalid(c.errors)
     return spec
@@ -369,6 +385,12 @@ def _check_nested(c: _Checker, path: str, steps: Any) -> None:
             c.errors.append(
                 SpecError(err.where, prefix + err.path[len("workflow.steps") :], err.message)
             )
+    for warning in nested.warnings:
+        spec.warnings.append(
+            SpecError(
+                warning.where, prefix + warning.path[len("workflow.steps") :], warning.message
+            )
+        )
 
 
 def _check_reachable(c: _Checker, steps: list[Any]) -> None:
@@ -389,6 +411,35 @@ def _check_reachable(c: _Checker, steps: list[Any]) -> None:
     for i, step in enumerate(steps):
         if i not in seen and isinstance(step, dict):
             c.error(f"workflow.steps[{i}]", f"step {step.get('id')!r} can never be reached")
+
+
+def _check_fall_through(c: _Checker, steps: list[Any]) -> None:
+    """Warn when a step without ``next`` falls through into an end step that another step
+    reaches only on a condition: that end is the other branch's outcome, so reaching it
+    from here is most likely a missing ``next``. Still valid (checkpointflow/v1 runs
+    steps in order), so a warning, not an error."""
+    owners: dict[str, tuple[str, str]] = {}  # end step id -> (step going there, on what)
+    for step in steps:
+        if isinstance(step, dict):
+            for sub, target in _conditional_targets(step):
+                if isinstance(target, str):
+                    owners.setdefault(target, (str(step.get("id")), sub))
+    for i, (step, following) in enumerate(itertools.pairwise(steps)):
+        if not isinstance(step, dict) or not isinstance(following, dict):
+            continue
+        kind = step.get("kind")
+        if kind == "end" or "next" in step or (kind == "switch" and "default" in step):
+            continue
+        sid, end = step.get("id"), following.get("id")
+        owner = owners.get(str(end))
+        if following.get("kind") != "end" or owner is None or owner[0] == sid:
+            continue
+        c.warn(
+            f"workflow.steps[{i}]",
+            f"step {sid!r} has no `next` and falls through into end step {end!r}, which "
+            f"step {owner[0]!r} goes to on a condition ({owner[1]}); if {sid!r} should "
+            "not end there, give it `next:` (kept as written: steps run in order)",
+        )
 
 
 def resolve_refs(spec: Spec) -> Spec:

@@ -44,6 +44,15 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class Signatures:
+    """How the stored checkpoints are signed."""
+
+    signed: int = 0
+    unsigned: int = 0
+    key_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Lag:
     position: int
     event_at: datetime | None
@@ -132,6 +141,19 @@ class Queries:
             open_only,
         )
         return [dict(r) for r in rows]
+
+    async def signatures(self) -> Signatures:
+        """Signed and unsigned checkpoints, and the keys that signed them (none yet: zeros)."""
+        try:
+            row = await self.pool.fetchrow(
+                "SELECT count(*) FILTER (WHERE signature IS NOT NULL) AS signed, "
+                "count(*) FILTER (WHERE signature IS NULL) AS unsigned, "
+                "array_remove(array_agg(DISTINCT key_id), NULL) AS key_ids FROM checkpoints"
+            )
+        except asyncpg.UndefinedTableError:
+            return Signatures()
+        assert row is not None
+        return Signatures(row["signed"], row["unsigned"], tuple(sorted(row["key_ids"] or ())))
 
     async def lag(self, name: str = "main") -> Lag | None:
         row = await self.pool.fetchrow(

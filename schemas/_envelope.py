@@ -5,13 +5,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from schemas._common import ErrorInfo
 
 ENVELOPE_VERSION = "mainspring.cli/v1"
+
+EXIT_CODES = {
+    0: "ok: the run completed, the command succeeded, the audit found everything intact",
+    10: "invalid input: a bad run id or payload, an unknown run, a bad spec, a usage error",
+    20: "runtime or connection error: NATS or PostgreSQL unreachable, server too old",
+    30: "the run failed or is parked, an audit found an alteration, or a replay an incompatibility",
+    40: "the run is waiting for an event",
+    50: "the run was cancelled",
+    60: "the run is still running (neither finished nor waiting)",
+}
+ExitCode = Annotated[
+    int,
+    msgspec.Meta(
+        description="; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+    ),
+]
 
 
 class WaitInfo(msgspec.Struct, kw_only=True):
@@ -32,8 +48,9 @@ class Envelope(msgspec.Struct, kw_only=True):
     ok: bool
     command: str
     status: str
-    """completed, waiting, running, failed, cancelled, parked, started, valid, invalid, error"""
-    exit_code: int
+    """completed, waiting, running, failed, cancelled, parked, started, sent, valid,
+    invalid, ok, error; audits: intact, altered; replays: compatible, incompatible"""
+    exit_code: ExitCode
     run_id: str | None = None
     workflow: str | None = None
     current_step_id: str | None = None

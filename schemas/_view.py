@@ -3,7 +3,9 @@
 One pure fold, used by the client (``status``) and the Postgres projector, so
 both agree on what "waiting for approval" means. Wait matching mirrors the
 replay machine: events of a name are matched FIFO to waits of that name, an
-``event.rejected`` reopens the wait it was tried on.
+``event.rejected`` reopens the wait it was tried on. A run that ends closes the
+waits it still had open: ``cancelled`` when the run was cancelled, ``abandoned``
+when it failed or completed without them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class WaitView:
     name: str
     since: datetime
     deadline: datetime | None
-    status: str = "open"  # open | satisfied | timed_out
+    status: str = "open"  # open | satisfied | timed_out | cancelled | abandoned
     event_id: str | None = None
 
 
@@ -140,10 +142,13 @@ class RunView:
             self.depth, self.started_at = ev.depth, ev.at
         elif isinstance(ev, RunCompleted):
             self.status, self.output, self.ended_at = "completed", ev.output, ev.at
+            self._close_waits("abandoned")
         elif isinstance(ev, RunFailed):
             self.status, self.error, self.ended_at = "failed", ev.error, ev.at
+            self._close_waits("abandoned")
         elif isinstance(ev, RunCancelled):
             self.status, self.ended_at = "cancelled", ev.at
+            self._close_waits("cancelled")
         elif isinstance(ev, RunParked):
             self.status, self.error = "parked", ev.error
             return
@@ -182,6 +187,13 @@ class RunView:
             self._reject(ev)
         if self.status in ("running", "waiting", "parked") and self.ended_at is None:
             self.status = "waiting" if self.waiting_for else "running"
+
+    def _close_waits(self, status: str) -> None:
+        """The run ended: nothing will satisfy its open waits any more."""
+        for wait in self.waits.values():
+            if wait.status == "open":
+                wait.status = status
+                self.changed_waits.add(wait.seq)
 
     def _match(self, name: str) -> None:
         buffered = self._buffered.get(name)
