@@ -15,6 +15,7 @@ from mainspring._cli_runner import (
     NatsOpt,
     PartitionsOpt,
     PrefixOpt,
+    VerboseOpt,
     has_uvloop,
     run_command,
 )
@@ -30,7 +31,14 @@ app = typer.Typer(
 
 @app.command()
 def worker(
-    app_spec: Annotated[str, typer.Option("--app", help="workflows to serve: 'module:registry'")],
+    app_spec: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            help="workflows to serve: 'module:registry' (or a function returning one, "
+            "e.g. 'actors:flow_registry')",
+        ),
+    ],
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
@@ -41,14 +49,13 @@ def worker(
     forced_replay: Annotated[
         bool, typer.Option(help="replay every run after each step (finds nondeterminism)")
     ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run workflows of a registry until interrupted (Ctrl-C stops cleanly)."""
     from actors import Registry, Worker, WorkerOptions
-    from mainspring._config import load_object
+    from mainspring._config import load_app
 
-    registry = load_object(app_spec)
-    if not isinstance(registry, Registry):
-        raise typer.BadParameter(f"{app_spec} is a {type(registry).__name__}, not a Registry")
+    registry = load_app(app_spec, Registry)
     options = WorkerOptions(
         concurrency=concurrency, lease_ttl_s=lease_ttl, forced_replay=forced_replay
     )
@@ -57,7 +64,14 @@ def worker(
         await Worker(env.nc, registry, subjects=env.subjects, options=options).run()
         return EXIT_OK
 
-    run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions, service=True)
+    run_command(
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        service=True,
+        verbose=verbose,
+    )
 
 
 @app.command()
@@ -88,20 +102,13 @@ def dev(
     Data persists in --data-dir between runs. Other mainspring commands started in
     this folder find it without any configuration. Ctrl-C stops everything.
     """
-    from actors import Handlers, Registry
-    from mainspring._config import load_object
+    from actors import Handlers, Registry, flow_registry
+    from mainspring._config import load_app
     from mainspring._dev import run_dev
     from mainspring._logging import configure_logging
 
-    registry = load_object(app_spec) if app_spec else _default_registry()
-    if not isinstance(registry, Registry):
-        raise typer.BadParameter(f"{app_spec} is not a Registry")
-    from actors import flow_registry
-
-    registry = flow_registry(registry)
-    extra = load_object(handlers_spec) if handlers_spec else None
-    if extra is not None and not isinstance(extra, Handlers):
-        raise typer.BadParameter(f"{handlers_spec} is not Handlers")
+    registry = flow_registry(load_app(app_spec, Registry) if app_spec else None)
+    extra = load_app(handlers_spec, Handlers) if handlers_spec else None
     configure_logging("warning")
     try:
         anyio.run(
@@ -115,39 +122,48 @@ def dev(
         raise SystemExit(20) from None
 
 
-def _default_registry() -> object:
-    from actors import flow_registry
-
-    return flow_registry()
-
-
 @app.command()
 def handlers(
-    app_spec: Annotated[str, typer.Option("--app", help="handlers to serve: 'module:handlers'")],
+    app_spec: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            help="handlers to serve: 'module:handlers' (or a function returning them, "
+            "e.g. 'actors:builtin_handlers')",
+        ),
+    ],
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve effect handlers of a registry until interrupted."""
     from actors import Handlers, HandlerService
-    from mainspring._config import load_object
+    from mainspring._config import load_app
 
-    registry = load_object(app_spec)
-    if not isinstance(registry, Handlers):
-        raise typer.BadParameter(f"{app_spec} is a {type(registry).__name__}, not Handlers")
+    registry = load_app(app_spec, Handlers)
 
     async def body(env: Env) -> int:
         await HandlerService(env.nc, registry, subjects=env.subjects).run()
         return EXIT_OK
 
-    run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions, service=True)
+    run_command(
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        service=True,
+        verbose=verbose,
+    )
 
 
 def main() -> None:
     from mainspring import _cli_ops, _cli_runs
+    from mainspring._cli_config import config_app
 
     _cli_runs.register(app)
     _cli_ops.register(app)
+    app.add_typer(config_app, name="config")
     try:
         app(standalone_mode=False)
     except typer.Abort:

@@ -19,10 +19,11 @@ from mainspring._cli_runner import (
     PartitionsOpt,
     PgOpt,
     PrefixOpt,
+    VerboseOpt,
+    report_errors,
     run_command,
-    signer_from,
 )
-from schemas import check_run_id
+from schemas import RunNotFound, check_run_id
 
 audit_app = typer.Typer(
     help="Verify and export tamper-evident run histories.", no_args_is_help=True
@@ -55,13 +56,13 @@ def audit_verify(
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Verify hash chains in the stream and in Postgres, cross-check them and the signed
-    checkpoints. Exit 0 when intact, 30 when anything was altered (each problem named)."""
+    checkpoints. Exit 0 when intact, 30 when anything was altered (each problem named),
+    10 when the named run does not exist. The verify key comes from --public-key,
+    MAINSPRING_VERIFY_KEY or the running `mainspring dev` (see `mainspring config show`)."""
     from projections import AuditReport, audit, load_public_key, verify_export
-
-    key_path = public_key or os.environ.get("MAINSPRING_VERIFY_KEY")
-    key = load_public_key(key_path) if key_path else None
 
     def report(rep: AuditReport) -> int:
         code = EXIT_OK if rep.ok else EXIT_FAILED
@@ -91,25 +92,63 @@ def audit_verify(
         return EXIT_OK if rep.ok else EXIT_FAILED
 
     if file is not None:
+        key_path = public_key or os.environ.get("MAINSPRING_VERIFY_KEY")
         try:
             lines = file.read_bytes().splitlines()
         except OSError as e:
             print(f"error: cannot read {file}: {e}", file=sys.stderr)
             raise SystemExit(10) from None
-        raise SystemExit(report(verify_export(lines, key)))
+        raise SystemExit(
+            report(verify_export(lines, load_public_key(key_path) if key_path else None))
+        )
     if run_id is None and not all_runs:
         raise typer.BadParameter("name a run, or pass --all")
 
     async def body(env: Env) -> int:
-        return report(
-            await audit(
-                env.nc, env.subjects, env.pool, check_run_id(run_id) if run_id else None, key
+        rid = check_run_id(run_id) if run_id else None
+        if rid is not None and not await _exists(env, rid):
+            raise RunNotFound(
+                f"no run {rid!r}: neither the journal nor the projections know it "
+                "(`mainspring runs` lists runs)"
             )
-        )
+        return report(await audit(env.nc, env.subjects, env.pool, rid, env.verify_key()))
 
     run_command(
-        body, nats_flag=nats_url, prefix=prefix, partitions=partitions, postgres=postgres_dsn
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        postgres=postgres_dsn,
+        wants_postgres=True,
+        verify_key=public_key,
+        verbose=verbose,
+        on_error=report_errors("audit verify", as_json),
     )
+
+
+async def _exists(env: Env, run_id: str) -> bool:
+    """Whether the stream or the projections hold anything of the run (a run present in
+    only one of them is an alteration for the audit to report, not a typo)."""
+    from streams import read_records
+
+    records, _ = await read_records(
+        env.nc, env.subjects.journal_stream, env.subjects.journal_run_filter(run_id), 1, size=1
+    )
+    if records:
+        return True
+    if env.pool is None:
+        return False
+    import asyncpg
+
+    try:
+        found = await env.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM run_events WHERE run_id = $1) "
+            "OR EXISTS (SELECT 1 FROM runs WHERE run_id = $1)",
+            run_id,
+        )
+    except asyncpg.UndefinedTableError:
+        return False
+    return bool(found)
 
 
 @audit_app.command("export")
@@ -123,6 +162,7 @@ def audit_export(
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write a run's history as JSONL that `audit verify --file` checks offline."""
 
@@ -140,7 +180,13 @@ def audit_export(
         return EXIT_OK
 
     run_command(
-        body, nats_flag=nats_url, prefix=prefix, partitions=partitions, postgres=postgres_dsn
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        postgres=postgres_dsn,
+        wants_postgres=True,
+        verbose=verbose,
     )
 
 
@@ -175,6 +221,7 @@ def projections_status(
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """How far the projections are behind the journal (events and seconds)."""
 
@@ -225,6 +272,8 @@ def projections_status(
         partitions=partitions,
         postgres=postgres_dsn,
         needs_postgres=True,
+        verbose=verbose,
+        on_error=report_errors("projections status", as_json),
     )
 
 
@@ -234,29 +283,56 @@ def projections_rebuild(
     signing_key: Annotated[
         str | None,
         typer.Option(
-            help="key to re-sign checkpoints [env: MAINSPRING_SIGNING_KEY]", show_default=False
+            help="key to re-sign checkpoints [env: MAINSPRING_SIGNING_KEY; default: the "
+            "running `mainspring dev`'s]",
+            show_default=False,
         ),
     ] = None,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Drop every projection table and rebuild it from the journal stream.
 
-    Stop running projectors first; they would write into the tables being rebuilt.
+    Checkpoints of finished runs are re-signed with the configured signing key; without
+    one they come back unsigned, and the command says so loudly. Stop running projectors
+    first; they would write into the tables being rebuilt.
     """
     if not yes and not typer.confirm("Drop and rebuild all Mainspring projections?"):
         raise SystemExit(EXIT_OK)
 
     async def body(env: Env) -> int:
-        from projections import Projector, drop_projections
+        from projections import Projector, Queries, drop_projections
 
+        before = await Queries(env.pool).signatures()
+        signer = env.signer()
         async with env.pool.acquire() as conn:
             await drop_projections(conn)
-        proj = Projector(env.nc, env.pool, env.subjects, signer=signer_from(signing_key))
+        proj = Projector(env.nc, env.pool, env.subjects, signer=signer)
         position = await proj.catch_up()
+        after = await Queries(env.pool).signatures()
         print(f"rebuilt: {proj.stats.events} events projected, stream position {position}")
+        if signer is not None:
+            was = ", ".join(before.key_ids)
+            print(
+                f"re-signed {after.signed} checkpoint(s) with key {signer.key_id}"
+                + (f" (before: {was})" if was and before.key_ids != (signer.key_id,) else "")
+            )
+        elif after.unsigned:
+            lost = (
+                f"{before.signed} checkpoint(s) were signed (key {', '.join(before.key_ids)}); "
+                if before.signed
+                else ""
+            )
+            print(
+                f"WARNING: {lost}the {after.unsigned} rebuilt checkpoint(s) are UNSIGNED: no "
+                "signing key is configured (--signing-key, MAINSPRING_SIGNING_KEY). Until they "
+                "are signed, `audit verify` cannot prove that a finished run was not "
+                "truncated. Rebuild again with the key to re-sign them.",
+                file=sys.stderr,
+            )
         return EXIT_OK
 
     run_command(
@@ -266,4 +342,6 @@ def projections_rebuild(
         partitions=partitions,
         postgres=postgres_dsn,
         needs_postgres=True,
+        signing_key=signing_key,
+        verbose=verbose,
     )

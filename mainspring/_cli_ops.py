@@ -1,7 +1,13 @@
-"""Operator commands: projector, runs, status, inspect, logs, replay (audit: _cli_audit)."""
+"""Operator commands: projector, runs, status, inspect, logs (replay: _cli_replay; audit
+and projections: _cli_audit).
+
+``status``, ``inspect`` and ``logs`` answer from the Postgres projections when a DSN is
+configured, and from the run's journal (saying so) when none is.
+"""
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -9,7 +15,6 @@ import msgspec
 import typer
 
 from mainspring._cli_runner import (
-    EXIT_FAILED,
     EXIT_OK,
     STATUS_EXIT,
     Env,
@@ -18,13 +23,21 @@ from mainspring._cli_runner import (
     PartitionsOpt,
     PgOpt,
     PrefixOpt,
+    VerboseOpt,
+    report_errors,
     run_command,
-    signer_from,
 )
-from schemas import ConfigError, RunNotFound, check_run_id
+from schemas import RunNotFound, check_run_id
+
+JOURNAL_NOTE = (
+    "no PostgreSQL configured: answering from the run's journal "
+    "(`mainspring config show` says what is configured)"
+)
 
 
 def register(app: typer.Typer) -> None:
+    from mainspring._cli_replay import replay
+
     app.command()(projector)
     app.command()(runs)
     app.command()(status)
@@ -65,15 +78,14 @@ def projector(
     name: Annotated[
         str, typer.Option(help="projector name (its position is kept per name)")
     ] = "main",
+    verbose: VerboseOpt = False,
 ) -> None:
     """Project run journals into PostgreSQL until interrupted (applies migrations on start)."""
 
     async def body(env: Env) -> int:
         from projections import Projector
 
-        await Projector(
-            env.nc, env.pool, env.subjects, name=name, signer=signer_from(signing_key)
-        ).run()
+        await Projector(env.nc, env.pool, env.subjects, name=name, signer=env.signer()).run()
         return EXIT_OK
 
     run_command(
@@ -83,22 +95,54 @@ def projector(
         partitions=partitions,
         postgres=postgres_dsn,
         needs_postgres=True,
+        signing_key=signing_key,
+        verbose=verbose,
         service=True,
     )
 
 
 # ---------------------------------------------------------------------- queries
+def _run_dict(r: Any) -> dict[str, Any]:
+    """A run as ``runs --json`` lists it (its input is left out: it can be a whole spec)."""
+    return {
+        "run_id": r.run_id,
+        "workflow": r.workflow,
+        "version": r.version,
+        "status": r.status,
+        "exit_code": STATUS_EXIT.get(r.status, EXIT_OK),
+        "parent_run_id": r.parent_run_id,
+        "events": r.events,
+        "effects_total": r.effects_total,
+        "effects_completed": r.effects_completed,
+        "effects_failed": r.effects_failed,
+        "waiting_for": r.waiting_for,
+        "tokens": r.tokens,
+        "cost_usd": r.cost_usd,
+        "output": r.output,
+        "error": r.error,
+        "started_at": r.started_at,
+        "updated_at": r.updated_at,
+        "ended_at": r.ended_at,
+    }
+
+
 def runs(
     status: Annotated[
         str | None, typer.Option(help="running|waiting|completed|failed|cancelled|parked")
     ] = None,
-    workflow: Annotated[str | None, typer.Option(help="only runs of this workflow")] = None,
+    workflow: Annotated[
+        str | None,
+        typer.Option(help="only runs of this workflow (specs: flow.<document id>)"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="print a JSON envelope")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print a JSON envelope (the runs in `details`)")
+    ] = False,
     nats_url: NatsOpt = None,
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """List runs (from the projections), newest activity first."""
 
@@ -106,6 +150,20 @@ def runs(
         from projections import Queries
 
         rows = await Queries(env.pool).runs(status=status, workflow=workflow, limit=limit)
+        if as_json:
+            from mainspring._cli_runs import emit
+            from schemas import Envelope
+
+            return emit(
+                Envelope(
+                    ok=True,
+                    command="runs",
+                    status="ok",
+                    exit_code=EXIT_OK,
+                    details=msgspec.to_builtins([_run_dict(r) for r in rows]),
+                ),
+                True,
+            )
         print(
             _table(
                 ["RUN", "WORKFLOW", "STATUS", "EVENTS", "WAITING FOR", "UPDATED"],
@@ -124,22 +182,41 @@ def runs(
         )
         return EXIT_OK
 
-    run_command(
+    _cli(
+        "runs",
+        as_json,
         body,
         nats_flag=nats_url,
         prefix=prefix,
         partitions=partitions,
         postgres=postgres_dsn,
         needs_postgres=True,
+        verbose=verbose,
     )
 
 
-async def _run_row(env: Env, run_id: str) -> Any:
-    from projections import Queries
+def _cli(command: str, as_json: bool, body: Any, **conn: Any) -> None:
+    """run_command whose errors become an envelope under --json."""
+    run_command(body, on_error=report_errors(command, as_json), **conn)
 
+
+def _queries(env: Env) -> tuple[Any, str | None]:
+    """Where one run's data comes from: the projections, or its journal (with a note)."""
+    if env.pool is not None:
+        from projections import Queries
+
+        return Queries(env.pool), None
+    from mainspring._cli_journal import JournalQueries
+
+    return JournalQueries(env.nc, env.subjects), JOURNAL_NOTE
+
+
+async def _run_row(queries: Any, run_id: str, from_journal: bool) -> Any:
     check_run_id(run_id)
-    row = await Queries(env.pool).run(run_id)
+    row = await queries.run(run_id)
     if row is None:
+        if from_journal:
+            raise RunNotFound(f"no run {run_id!r} in the journal (`mainspring runs` lists runs)")
         raise RunNotFound(
             f"no run {run_id!r} in the projections (is `mainspring projector` running?)"
         )
@@ -157,10 +234,11 @@ def _describe(row: Any, env: Env) -> list[str]:
         f"started   {ts(row.started_at)}   updated {ts(row.updated_at)}   ended {ts(row.ended_at)}",
     ]
     for name in row.waiting_for:
-        lines.append(
+        lines += [
             f"waiting   for '{name}': resume with "
-            f"nats pub {env.subjects.event(row.run_id, name)} '<json>'"
-        )
+            f"mainspring resume {row.run_id} {name} --payload '<json>'",
+            f"          (or publish the JSON to {env.subjects.event(row.run_id, name)})",
+        ]
     if row.output is not None:
         lines.append(f"output    {msgspec.json.encode(row.output).decode()}")
     if row.error is not None:
@@ -177,11 +255,14 @@ def status(
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Show a run's status. Exit code: 0 completed, 30 failed, 40 waiting, 50 cancelled.
+    """Show a run's status. Exit code: 0 completed, 30 failed or parked, 40 waiting,
+    50 cancelled, 60 still running.
 
-    Human output comes from the projections; --json from the journal itself (the
-    envelope names what a waiting run accepts and how to resume it).
+    Human output comes from the projections (from the journal when no PostgreSQL is
+    configured); --json from the journal itself (the envelope names what a waiting run
+    accepts and how to resume it).
     """
 
     async def body(env: Env) -> int:
@@ -193,17 +274,23 @@ def status(
             if not events:
                 raise RunNotFound(f"no run {run_id!r}")
             return emit(envelope_for("status", [e.event for e in events], env), True)
-        row = await _run_row(env, run_id)
+        queries, note = _queries(env)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        row = await _run_row(queries, run_id, note is not None)
         print("\n".join(_describe(row, env)))
         return STATUS_EXIT.get(row.status, EXIT_OK)
 
-    run_command(
+    _cli(
+        "status",
+        as_json,
         body,
         nats_flag=nats_url,
         prefix=prefix,
         partitions=partitions,
         postgres=postgres_dsn,
-        needs_postgres=not as_json,
+        wants_postgres=not as_json,
+        verbose=verbose,
     )
 
 
@@ -214,25 +301,26 @@ def inspect(
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Show everything about a run: status, waits, effects and its hash-chained events."""
+    """Show everything about a run: status, waits, effects and its hash-chained events
+    (from the projections; from the journal when no PostgreSQL is configured)."""
 
     async def body(env: Env) -> int:
-        from projections import Queries
-
-        row = await _run_row(env, run_id)
-        q = Queries(env.pool)
-        out = _describe(row, env)
+        q, note = _queries(env)
+        row = await _run_row(q, run_id, note is not None)
         waits = await q.waits(run_id)
+        effects = await q.effects(run_id)
+        events = await q.events(run_id)
         if as_json:
-            events = await q.events(run_id)
             return await _envelope(
                 env,
                 "inspect",
                 run_id,
                 {
+                    "source": "journal" if note else "postgres",
                     "waits": waits,
-                    "effects": await q.effects(run_id),
+                    "effects": effects,
                     "events": [
                         {"n": e.n, "type": e.type, "at": e.at, "hash": e.hash.hex()} for e in events
                     ],
@@ -240,6 +328,9 @@ def inspect(
                     "cost_usd": row.cost_usd,
                 },
             )
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        out = _describe(row, env)
         if waits:
             out += [
                 "",
@@ -251,7 +342,6 @@ def inspect(
                     ],
                 ),
             ]
-        effects = await q.effects(run_id)
         if effects:
             out += [
                 "",
@@ -269,7 +359,6 @@ def inspect(
                     ],
                 ),
             ]
-        events = await q.events(run_id)
         out += [
             "",
             _table(
@@ -280,13 +369,16 @@ def inspect(
         print("\n".join(out))
         return STATUS_EXIT.get(row.status, EXIT_OK)
 
-    run_command(
+    _cli(
+        "inspect",
+        as_json,
         body,
         nats_flag=nats_url,
         prefix=prefix,
         partitions=partitions,
         postgres=postgres_dsn,
-        needs_postgres=True,
+        wants_postgres=True,
+        verbose=verbose,
     )
 
 
@@ -320,106 +412,38 @@ def logs(
     postgres_dsn: PgOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """A readable timeline of a run's events."""
+    """A readable timeline of a run's events (from the projections; from the journal when
+    no PostgreSQL is configured)."""
 
     async def body(env: Env) -> int:
-        from projections import Queries
-
-        await _run_row(env, run_id)
+        q, note = _queries(env)
+        await _run_row(q, run_id, note is not None)
+        events = await q.events(run_id)
         if as_json:
             timeline = [
                 {"n": e.n, "type": e.type, "at": e.at, "event": msgspec.json.decode(e.data)}
-                for e in await Queries(env.pool).events(run_id)
+                for e in events
             ]
             return await _envelope(env, "logs", run_id, timeline)
-        for e in await Queries(env.pool).events(run_id):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        for e in events:
             print(
                 f"{e.at.strftime('%H:%M:%S.%f')[:-3]}  {e.n:>4}  {e.type:<17} "
                 f"{_timeline_detail(e.data)}"
             )
         return EXIT_OK
 
-    run_command(
+    _cli(
+        "logs",
+        as_json,
         body,
         nats_flag=nats_url,
         prefix=prefix,
         partitions=partitions,
         postgres=postgres_dsn,
-        needs_postgres=True,
+        wants_postgres=True,
+        verbose=verbose,
     )
-
-
-# ---------------------------------------------------------------------- replay
-def replay(
-    run_ids: Annotated[
-        list[str] | None, typer.Argument(help="runs to replay", show_default=False)
-    ] = None,
-    app_spec: Annotated[
-        str, typer.Option("--app", help="today's workflows: 'module:registry'")
-    ] = "",
-    all_runs: Annotated[
-        bool, typer.Option("--all", help="replay every run in the journal")
-    ] = False,
-    workflow: Annotated[str | None, typer.Option(help="with --all: only this workflow")] = None,
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-) -> None:
-    """Re-run today's code against recorded journals; exit 30 if any is incompatible."""
-    from actors import Registry
-    from mainspring._config import load_object
-
-    if not app_spec:
-        raise typer.BadParameter("--app is required (the workflows to check)")
-    registry = load_object(app_spec)
-    if not isinstance(registry, Registry):
-        raise typer.BadParameter(f"{app_spec} is not a Registry")
-
-    async def body(env: Env) -> int:
-        from actors import replay_history
-        from streams import Journal
-
-        journal = Journal(env.nc, env.subjects)
-        ids = list(run_ids or [])
-        if all_runs:
-            ids = await journal.run_ids()
-        if not ids:
-            raise ConfigError("name runs to replay, or pass --all")
-        results = []
-        for rid in ids:
-            events = await journal.load(check_run_id(rid))
-            if not events:
-                raise RunNotFound(f"no journal for run {rid!r}")
-            result = replay_history([e.event for e in events], registry)
-            if workflow and result.workflow != workflow:
-                continue
-            results.append(result)
-            if not as_json:
-                mark = "ok  " if result.ok else "FAIL"
-                print(
-                    f"{mark} {rid} ({result.workflow}, {result.events} events)"
-                    + ("" if result.ok else f"\n     {result.problem}")
-                )
-        bad = [r for r in results if not r.ok]
-        code = EXIT_FAILED if bad else EXIT_OK
-        if as_json:
-            from mainspring._cli_runs import emit
-            from schemas import Envelope
-
-            return emit(
-                Envelope(
-                    ok=not bad,
-                    command="replay",
-                    exit_code=code,
-                    status="incompatible" if bad else "compatible",
-                    problems=[r.problem for r in bad],
-                    details=msgspec.to_builtins(results),
-                ),
-                True,
-            )
-        print(f"{len(results) - len(bad)} compatible, {len(bad)} incompatible")
-        return code
-
-    run_command(body, nats_flag=nats_url, prefix=prefix, partitions=partitions)

@@ -2,7 +2,7 @@
 
 Exit codes (DESIGN.md §11): 0 ok/completed, 10 invalid input, 20 runtime or
 connection error, 30 run failed (or audit/replay found a problem), 40 waiting,
-50 cancelled.
+50 cancelled, 60 still running.
 """
 
 from __future__ import annotations
@@ -16,19 +16,20 @@ import anyio
 import typer
 from nats.aio.client import Client as NATS
 
-from mainspring._config import nats_url, postgres_dsn
+from mainspring._config import Settings, redact, resolve
 from mainspring._logging import configure_logging
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound
 from streams import Subjects, connect
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20
-EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED = 30, 40, 50
+EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED, EXIT_RUNNING = 30, 40, 50, 60
 STATUS_EXIT = {
     "completed": EXIT_OK,
     "failed": EXIT_FAILED,
     "waiting": EXIT_WAITING,
     "cancelled": EXIT_CANCELLED,
     "parked": EXIT_FAILED,
+    "running": EXIT_RUNNING,
 }
 
 # Options every command that talks to a deployment shares.
@@ -49,6 +50,10 @@ PartitionsOpt = Annotated[
     int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON envelope")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="say where each setting came from (on stderr), log more"),
+]
 
 
 @dataclass
@@ -58,16 +63,23 @@ class Env:
     nc: NATS
     subjects: Subjects
     pool: Any = None  # asyncpg.Pool when the command needs Postgres
+    settings: Settings | None = None
 
+    def signer(self) -> Any:
+        """The checkpoint signer (--signing-key, MAINSPRING_SIGNING_KEY or the dev
+        instance's key); None when no key is configured."""
+        from projections import Signer
 
-def signer_from(path: str | None) -> Any:
-    """The checkpoint signer from --signing-key or MAINSPRING_SIGNING_KEY (None if unset)."""
-    import os
+        key = self.settings.signing_key.value if self.settings else None
+        return Signer.load(key) if key else None
 
-    from projections import Signer
+    def verify_key(self) -> Any:
+        """The checkpoint signer's public key (--public-key, MAINSPRING_VERIFY_KEY or the
+        dev instance's key); None when none is configured."""
+        from projections import load_public_key
 
-    key = path or os.environ.get("MAINSPRING_SIGNING_KEY")
-    return Signer.load(key) if key else None
+        key = self.settings.verify_key.value if self.settings else None
+        return load_public_key(key) if key else None
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -75,6 +87,24 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, ConfigError | RunNotFound):
         return EXIT_INVALID
     return EXIT_RUNTIME
+
+
+def report_errors(command: str, as_json: bool) -> Callable[[MainspringError, int], None]:
+    """How a command reports an error: one line on stderr, or an envelope under --json."""
+
+    def report(error: MainspringError, code: int) -> None:
+        if not as_json:
+            print(f"error: {error}", file=sys.stderr)
+            return
+        import msgspec
+
+        from schemas import Envelope, ErrorInfo
+
+        info = ErrorInfo(type=type(error).__name__, message=str(error))
+        envelope = Envelope(ok=False, command=command, status="error", exit_code=code, error=info)
+        print(msgspec.json.encode(envelope).decode())
+
+    return report
 
 
 def has_uvloop() -> bool:
@@ -85,6 +115,12 @@ def has_uvloop() -> bool:
     return True
 
 
+def print_settings(settings: Settings) -> None:
+    """--verbose: where each setting came from, on stderr."""
+    for line in settings.lines():
+        print(f"config: {line}", file=sys.stderr)
+
+
 def run_command(
     body: Callable[[Env], Awaitable[int]],
     *,
@@ -93,24 +129,39 @@ def run_command(
     partitions: int,
     postgres: str | None = None,
     needs_postgres: bool = False,
+    wants_postgres: bool = False,
+    signing_key: str | None = None,
+    verify_key: str | None = None,
+    verbose: bool = False,
     log_level: str = "warning",
     on_error: Callable[[MainspringError, int], None] | None = None,
     service: bool = False,
 ) -> None:
     """Connect, run ``body``, exit with its code; errors become one readable line.
 
-    ``service=True`` (worker, handlers, projector): reconnect to NATS forever, log at
-    info level, and treat Ctrl-C as a clean stop (exit 0).
+    Postgres is connected only for commands that read it (``needs_postgres``: refuse
+    without a DSN; ``wants_postgres``: use it when configured). ``service=True``
+    (worker, handlers, projector): reconnect to NATS forever, log at info level, and
+    treat Ctrl-C as a clean stop (exit 0).
     """
-    configure_logging("info" if service else log_level)
-    url = nats_url(nats_flag)
-    dsn = postgres_dsn(postgres)
+    configure_logging("info" if service or verbose else log_level)
+    settings = resolve(
+        nats_url=nats_flag,
+        postgres_dsn=postgres,
+        signing_key=signing_key,
+        verify_key=verify_key,
+    )
+    if verbose:
+        print_settings(settings)
+    url = settings.nats_url.value or ""
+    dsn = settings.postgres_dsn.value if needs_postgres or wants_postgres else None
 
     async def main() -> int:
         if needs_postgres and not dsn:
             raise ConfigError(
                 "this command reads the Postgres projections: pass --postgres-dsn or set "
-                "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`)"
+                "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`); "
+                "`mainspring config show` says what is configured"
             )
         nc = await connect(url, reconnect_forever=service)
         pool = None
@@ -122,10 +173,9 @@ def run_command(
                     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=5)
                 except (OSError, asyncpg.PostgresError) as e:
                     raise ConnectionFailed(
-                        f"cannot reach PostgreSQL at {_redact(dsn)} ({e}); check "
-                        "MAINSPRING_POSTGRES_DSN / --postgres-dsn"
+                        f"cannot reach PostgreSQL at {redact(dsn)} ({e}); check {_where(settings)}"
                     ) from None
-            return await body(Env(nc, Subjects(prefix, partitions), pool))
+            return await body(Env(nc, Subjects(prefix, partitions), pool, settings))
         finally:
             with anyio.CancelScope(shield=True):
                 if pool is not None:
@@ -145,8 +195,8 @@ def run_command(
     raise SystemExit(code)
 
 
-def _redact(dsn: str) -> str:
-    if "@" not in dsn or ":" not in dsn.split("@")[0]:
-        return dsn
-    scheme_user, rest = dsn.split("@", 1)
-    return scheme_user.rsplit(":", 1)[0] + ":***@" + rest
+def _where(settings: Settings) -> str:
+    dsn = settings.postgres_dsn
+    if dsn.source == "dev":
+        return f"the dev instance at {dsn.origin} (is `mainspring dev` still up?)"
+    return "MAINSPRING_POSTGRES_DSN / --postgres-dsn"

@@ -2,7 +2,7 @@
 
 Human output by default; ``--json`` prints one envelope (``schemas.Envelope``).
 Exit codes: 0 completed/ok, 10 invalid input, 20 runtime or connection error,
-30 run failed, 40 waiting, 50 cancelled.
+30 run failed, 40 waiting, 50 cancelled, 60 still running.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 from mainspring._cli_runner import (
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_RUNNING,
     EXIT_WAITING,
     STATUS_EXIT,
     Env,
@@ -24,6 +25,8 @@ from mainspring._cli_runner import (
     NatsOpt,
     PartitionsOpt,
     PrefixOpt,
+    VerboseOpt,
+    report_errors,
     run_command,
 )
 from schemas import (
@@ -95,9 +98,12 @@ def emit(env: Envelope, as_json: bool) -> int:
 
 
 def _flow_step(events: list[JournalEvent], event_name: str) -> tuple[str | None, dict[str, Any]]:
-    """For declarative runs: the await_event step waiting for ``event_name``."""
+    """For declarative runs recorded before waits carried their step (see ``_wait_shown``):
+    the first await_event step waiting for ``event_name``, as the document has it."""
+    from actors._flows import is_flow
+
     first = events[0]
-    if not isinstance(first, RunStarted) or first.workflow != "flow":
+    if not isinstance(first, RunStarted) or not is_flow(first.workflow):
         return None, {}
     try:
         spec = msgspec.json.decode(first.input)["spec"]
@@ -109,6 +115,26 @@ def _flow_step(events: list[JournalEvent], event_name: str) -> tuple[str | None,
     return None, {}
 
 
+def _wait_shown(events: list[JournalEvent], started: WaitStarted) -> tuple[Any, dict[str, Any]]:
+    """The payload schema a wait accepts, and what to show about it (step id, prompt,
+    summary, audience): declarative waits record these, ``${...}`` filled in, in an
+    annotation of their schema."""
+    from actors._flows import WAIT_ANNOTATION
+
+    schema = msgspec.json.decode(started.schema)
+    if isinstance(schema, dict) and isinstance(schema.get(WAIT_ANNOTATION), dict):
+        shown = schema.pop(WAIT_ANNOTATION)
+        return schema, shown
+    step_id, step = _flow_step(events, started.name)
+    return schema, {**step, "step": step_id} if step_id else {}
+
+
+def print_warnings(warnings: list[Any]) -> None:
+    """Spec warnings on stderr (stdout stays one envelope under --json)."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def envelope_for(command: str, events: list[JournalEvent], env: Env) -> Envelope:
     """The envelope of a run, from its journal (the source of truth)."""
     view = fold(events)
@@ -117,8 +143,8 @@ def envelope_for(command: str, events: list[JournalEvent], env: Env) -> Envelope
     if view.status == "waiting":
         open_wait = view.open_waits[0]
         started = next(e for e in events if isinstance(e, WaitStarted) and e.seq == open_wait.seq)
-        schema = msgspec.json.decode(started.schema)
-        step_id, step = _flow_step(events, open_wait.name)
+        schema, step = _wait_shown(events, started)
+        step_id = step.get("step")
         subject = env.subjects.event(view.run_id, open_wait.name)
         example = "'<json>'"
         wait = WaitInfo(
@@ -134,7 +160,7 @@ def envelope_for(command: str, events: list[JournalEvent], env: Env) -> Envelope
     result = msgspec.json.decode(view.output) if view.output is not None else None
     code = STATUS_EXIT.get(view.status, EXIT_OK)
     return Envelope(
-        ok=code in (EXIT_OK, EXIT_WAITING),
+        ok=code in (EXIT_OK, EXIT_WAITING, EXIT_RUNNING),
         command=command,
         status=view.status,
         exit_code=code,
@@ -186,14 +212,7 @@ def _run_cli(command: str, as_json: bool, body: Any, **conn: Any) -> None:
     async def wrapped(env: Env) -> int:
         return emit(await body(env), as_json)
 
-    def failed(error: MainspringError, code: int) -> None:
-        if not as_json:
-            print(f"error: {error}", file=sys.stderr)
-            return
-        info = ErrorInfo(type=type(error).__name__, message=str(error))
-        emit(Envelope(ok=False, command=command, status="error", exit_code=code, error=info), True)
-
-    run_command(wrapped, on_error=failed, **conn)
+    run_command(wrapped, on_error=report_errors(command, as_json), **conn)
 
 
 def start(
@@ -211,6 +230,7 @@ def start(
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Start a run of a registered workflow."""
     payload = read_json_arg(input, "--input")
@@ -221,7 +241,15 @@ def start(
         rid = await Client(env.nc, env.subjects).start(workflow, payload, run_id=run_id)
         return await _after("start", env, rid, wait, timeout, workflow)
 
-    _run_cli("start", as_json, body, nats_flag=nats_url, prefix=prefix, partitions=partitions)
+    _run_cli(
+        "start",
+        as_json,
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        verbose=verbose,
+    )
 
 
 def run(
@@ -240,17 +268,23 @@ def run(
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Validate a declarative workflow and start it (needs a worker serving `flow`, as
-    `mainspring dev` does). With --wait: exit 40 and a resume command when it waits."""
+    """Validate a declarative workflow and start it as `flow.<document id>` (needs a
+    worker with the spec interpreter, as `mainspring dev` has). With --wait: exit 40 and a
+    resume command when it waits."""
     from actors import load_spec, resolve_refs, validate_spec
+    from actors._flows import flow_name
 
     inputs = read_json_arg(input, "--input") or {}
 
     async def body(env: Env) -> Envelope:
         from actors import Client
 
-        spec = resolve_refs(validate_spec(load_spec(spec_file)))
+        spec = validate_spec(load_spec(spec_file))
+        print_warnings(spec.warnings)
+        spec = resolve_refs(spec)
+        name = flow_name(spec.workflow.get("id"))
         from jsonschema import Draft202012Validator
 
         errors = list(Draft202012Validator(spec.workflow["inputs"]).iter_errors(inputs))
@@ -260,11 +294,19 @@ def run(
                 f"- at `{errors[0].json_path}`"
             )
         rid = await Client(env.nc, env.subjects).start(
-            "flow", {"spec": spec.document, "inputs": inputs}, run_id=run_id
+            name, {"spec": spec.document, "inputs": inputs}, run_id=run_id
         )
-        return await _after("run", env, rid, wait, timeout, "flow")
+        return await _after("run", env, rid, wait, timeout, name)
 
-    _run_cli("run", as_json, body, nats_flag=nats_url, prefix=prefix, partitions=partitions)
+    _run_cli(
+        "run",
+        as_json,
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        verbose=verbose,
+    )
 
 
 def resume(
@@ -280,6 +322,7 @@ def resume(
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Send an event to a run. The payload is checked against the schema the run's
     wait accepts (exit 10 naming the field); same as publishing to ms.event.<run>.<event>."""
@@ -319,7 +362,15 @@ def resume(
             await client.wait_for(run_id, "waiting", after=last)
         return envelope_for("resume", [e.event for e in await client.history(run_id)], env)
 
-    _run_cli("resume", as_json, body, nats_flag=nats_url, prefix=prefix, partitions=partitions)
+    _run_cli(
+        "resume",
+        as_json,
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        verbose=verbose,
+    )
 
 
 def cancel(
@@ -329,6 +380,7 @@ def cancel(
     nats_url: NatsOpt = None,
     prefix: PrefixOpt = "ms",
     partitions: PartitionsOpt = 16,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Cancel a run (its children too); exit 50 once cancelled."""
 
@@ -346,7 +398,15 @@ def cancel(
             env_.ok = True
         return env_
 
-    _run_cli("cancel", as_json, body, nats_flag=nats_url, prefix=prefix, partitions=partitions)
+    _run_cli(
+        "cancel",
+        as_json,
+        body,
+        nats_flag=nats_url,
+        prefix=prefix,
+        partitions=partitions,
+        verbose=verbose,
+    )
 
 
 def validate(
@@ -354,11 +414,14 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a declarative workflow without running it: exit 0 when valid, 10 with every
-    problem at file:line:column otherwise."""
+    problem at file:line:column otherwise. Warnings (valid, but looks unintended) go to
+    stderr with their file:line:column and do not change the exit code."""
     from actors import SpecInvalid, load_spec, resolve_refs, validate_spec
 
     try:
-        spec = resolve_refs(validate_spec(load_spec(spec_file)))
+        spec = validate_spec(load_spec(spec_file))
+        print_warnings(spec.warnings)
+        spec = resolve_refs(spec)
     except SpecInvalid as e:
         env = Envelope(
             ok=False,
@@ -383,6 +446,7 @@ def validate(
             status="valid",
             exit_code=EXIT_OK,
             workflow=str(spec.workflow.get("id")),
+            details={"steps": len(spec.steps), "warnings": [str(w) for w in spec.warnings]},
         )
         if not as_json:
             print(f"{spec_file}: valid ({len(spec.steps)} steps)")

@@ -280,3 +280,46 @@ workflow:
         f"{tmp_path / 'flow.yaml'}:11:11: workflow.steps[0].body[0].kind: unknown step kind "
         "'teleport'; known: api, await_event, cli, end, foreach, parallel, switch, workflow"
     ]
+
+
+FAN_OUT = """\
+schema_version: checkpointflow/v1
+workflow:
+  id: fan
+  inputs: {type: object}
+  steps:
+    - id: both
+      kind: parallel
+      branches:
+        - steps: [{id: a, kind: end, result: left}]
+        - steps: [{id: b, kind: end, result: right}]
+    - id: done
+      kind: end
+      result: ${steps.both.outputs}
+"""
+
+
+async def test_runs_and_children_are_named_by_document(
+    nc: NATS, subjects: Subjects, tmp_path: Path, forced_replay: bool
+) -> None:
+    """A `flow.<id>` run names its child runs by their documents; one recorded as plain
+    `flow` keeps naming them `flow` (so its journal still replays)."""
+    from schemas import ChildStarted
+
+    path = tmp_path / "fan.yaml"
+    path.write_text(FAN_OUT)
+    doc = validate_spec(load_spec(path)).document
+    async with running(
+        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+    ) as h:
+        new = await h.client.start("flow.fan", {"spec": doc, "inputs": {}})
+        old = await h.client.start("flow", {"spec": doc, "inputs": {}})
+        assert await h.client.result(new, timeout=30) == ["left", "right"]
+        assert await h.client.result(old, timeout=30) == ["left", "right"]
+        new_events = [e.event for e in await h.client.history(new)]
+        old_events = [e.event for e in await h.client.history(old)]
+    assert [e.workflow for e in new_events if isinstance(e, ChildStarted)] == [
+        "flow.fan.both.0",
+        "flow.fan.both.1",
+    ]
+    assert [e.workflow for e in old_events if isinstance(e, ChildStarted)] == ["flow", "flow"]
