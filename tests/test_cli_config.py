@@ -184,3 +184,31 @@ async def test_dev_keys_sign_and_verify(
     assert unsigned.returncode == 0, unsigned.stderr
     assert "1 checkpoint(s) were signed" in unsigned.stderr
     assert "UNSIGNED" in unsigned.stderr
+
+
+def test_a_dev_started_with_a_relative_data_dir_lends_its_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mainspring dev` records paths relative to the folder it ran in; found through that
+    folder's .mainspring/dev.json, its keys resolve (through another file, they are not
+    guessed)."""
+    _dev(tmp_path, data_dir=".mainspring", verify_key=".mainspring/keys/signing.pub.pem")
+    monkeypatch.chdir(tmp_path)
+    here = resolve(environ={}, devs=[DevInstance(Path(".mainspring/dev.json"), _info())])
+    assert here.verify_key.value is not None
+    assert Path(here.verify_key.value).resolve() == tmp_path / ".mainspring/keys/signing.pub.pem"
+    assert here.signing_key.value is not None
+    pointer = DevInstance(tmp_path / "home" / ".mainspring-dev.json", _info())
+    elsewhere = resolve(environ={}, devs=[pointer])
+    assert elsewhere.nats_url.value == DEV_NATS
+    assert elsewhere.verify_key.value is None
+
+
+def _info() -> dict[str, object]:
+    return {
+        "pid": os.getpid(),
+        "nats_url": DEV_NATS,
+        "postgres_dsn": DEV_DSN,
+        "data_dir": ".mainspring",
+        "verify_key": ".mainspring/keys/signing.pub.pem",
+    }
