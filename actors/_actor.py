@@ -23,6 +23,7 @@ from actors._context import Context
 from actors._decisions import decision_event, error_info
 from actors._facts import DEADLINE_SEQ, Ignored, fact_for, limit_failure
 from actors._machine import Machine
+from actors._payloads import event_body, resolve_input, too_large
 from actors._runtime import EPOCH, Runtime, utcnow
 from schemas import (
     NULL,
@@ -37,6 +38,7 @@ from schemas import (
     JournalCorrupt,
     JournalEvent,
     NondeterminismError,
+    PayloadTooLarge,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -203,6 +205,7 @@ class RunActor:
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             self.log.error("inbox_message_invalid", subject=msg.subject, error=str(e))
             return Outcome.DROP
+        message = await resolve_input(self.rt.objects, message)  # payloads sent by reference
         if isinstance(message, StartRun):
             return await self._on_start(msg, message)
         if self.started is None:
@@ -279,7 +282,7 @@ class RunActor:
             await self._advance()
             return Outcome.ACK
         cause = f"inbox:{stream_seq(msg)}"
-        data = msg.data or b"null"
+        data = await event_body(self.rt.objects, msg.data or b"null", name)
         try:
             msgspec.json.decode(data)
         except msgspec.DecodeError as e:
@@ -456,7 +459,11 @@ class RunActor:
                 ),
             )
         event = msgspec.structs.replace(event, n=n, at=utcnow())
-        stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
+        try:
+            stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
+        except PayloadTooLarge as e:  # a value over the cap ends the run, never a retry loop
+            event = too_large(event, e)
+            stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
         self.n, self.last_seq, self.head = n, stored.seq, stored.hash
         self.last_type = type(event).__struct_config__.tag  # type: ignore[assignment]
         if isinstance(event, EffectCompleted):

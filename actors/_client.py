@@ -32,6 +32,8 @@ from schemas import ErrorInfo as _ErrorInfo
 from streams import (
     HDR_TYPE,
     Journal,
+    Objects,
+    PayloadLimits,
     StoredEvent,
     Subjects,
     connect,
@@ -78,10 +80,18 @@ def status_from_journal(events: list[JournalEvent]) -> RunStatus:
 class Client:
     """Talk to a Mainspring deployment. ``async with await Client.connect(url) as c: ...``"""
 
-    def __init__(self, nc: NATS, subjects: Subjects | None = None, *, owns_nc: bool = False):
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects | None = None,
+        *,
+        owns_nc: bool = False,
+        payloads: PayloadLimits | None = None,
+    ):
         self.nc = nc
         self.subjects = subjects or Subjects()
-        self.journal = Journal(nc, self.subjects)
+        self.objects = Objects(nc, self.subjects, payloads)
+        self.journal = Journal(nc, self.subjects, objects=self.objects)
         self._owns = owns_nc
         self._ready = False
 
@@ -128,10 +138,13 @@ class Client:
         """
         check_workflow_name(workflow)
         rid = check_run_id(run_id) if run_id else str(ULID())
+        data = msgspec.json.encode(input)
+        self.objects.check_size(len(data), f"the input of run {rid}")  # before anything is sent
+        await self._ensure()
         body = StartRun(
             run_id=rid,
             workflow=workflow,
-            input=msgspec.Raw(msgspec.json.encode(input)),
+            input=await self.objects.outgoing(data, f"the input of run {rid}"),
             max_cost_usd=max_cost_usd,
             max_duration_s=max_duration_s,
         )
@@ -151,9 +164,12 @@ class Client:
         check_run_id(run_id)
         check_event_name(name)
         headers = {"Nats-Msg-Id": event_id or f"ev-{ULID()}"}
-        await self._publish(
-            self.subjects.event(run_id, name), msgspec.json.encode(payload), headers
-        )
+        data = msgspec.json.encode(payload)
+        what = f"the payload of event {name!r} for run {run_id}"
+        self.objects.check_size(len(data), what)  # before anything is sent
+        await self._ensure()
+        body = await self.objects.outgoing(data, what)  # a large one goes by reference
+        await self._publish(self.subjects.event(run_id, name), bytes(body), headers)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         check_run_id(run_id)

@@ -28,6 +28,7 @@ from schemas import (
     MainspringError,
     MarkerRecorded,
     ParentRef,
+    PayloadTooLarge,
     RunFailed,
     StartRun,
     StepCompleted,
@@ -59,6 +60,7 @@ async def decision_event(cmd: Command, run: RunActor) -> JournalEvent:
             if inspect.isawaitable(value):
                 value = await value
             result = msgspec.json.encode(value)
+            run.rt.objects.check_size(len(result), f"the result of step {cmd.name!r}")
         except Exception as exc:  # the step's own failure is a journaled fact
             return StepFailed(
                 run_id=rid, n=0, at=_EPOCH, seq=cmd.seq, name=cmd.name, error=error_info(exc)
@@ -97,6 +99,10 @@ async def decision_event(cmd: Command, run: RunActor) -> JournalEvent:
         )
     if isinstance(cmd, ChildCmd):
         assert run.started is not None
+        try:  # checked here: the child's start is sent before the fact is journaled
+            run.rt.objects.check_size(len(cmd.input), f"the input of child {cmd.child_run_id}")
+        except PayloadTooLarge as e:
+            return RunFailed(run_id=rid, n=0, at=_EPOCH, error=e.info)
         depth = run.started.depth + 1
         if depth > run.started.max_depth:
             return RunFailed(

@@ -32,9 +32,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import (
+    NULL,
     EffectRequested,
     EffectResult,
     ErrorInfo,
+    PayloadTooLarge,
     TerminalError,
     check_effect_kind,
     decode_event,
@@ -43,6 +45,8 @@ from schemas import (
 from streams import (
     ConsumerSpec,
     EffectMarkers,
+    Objects,
+    PayloadLimits,
     Subjects,
     ensure_consumer,
     ensure_topology,
@@ -124,11 +128,19 @@ class Handlers:
 class HandlerService:
     """Serves every handler of a ``Handlers`` registry until cancelled."""
 
-    def __init__(self, nc: NATS, handlers: Handlers, *, subjects: Subjects | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        handlers: Handlers,
+        *,
+        subjects: Subjects | None = None,
+        payloads: PayloadLimits | None = None,
+    ) -> None:
         self.nc = nc
         self.handlers = handlers
         self.subjects = subjects or Subjects()
         self.markers = EffectMarkers(nc, self.subjects)
+        self.objects = Objects(nc, self.subjects, payloads)  # large payloads (DESIGN.md §10)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await ensure_topology(self.nc, self.subjects)
@@ -249,7 +261,9 @@ class HandlerService:
 
     async def _attempt(self, hdef: HandlerDef, req: EffectRequested, ctx: EffectContext) -> Any:
         try:
-            payload = msgspec.json.decode(req.payload, type=hdef.payload_type)
+            what = f"the payload of effect {req.effect_id}"
+            raw = await self.objects.resolve(req.payload, what)  # when sent by reference
+            payload = msgspec.json.decode(raw, type=hdef.payload_type)
         except msgspec.ValidationError as e:
             raise TerminalError(f"payload of {req.kind}: {e}", type="payload.invalid") from e
         failure: Exception | None = None
@@ -277,12 +291,16 @@ class HandlerService:
         result: bytes = b"null",
         error: ErrorInfo | None = None,
     ) -> None:
+        try:  # a large result goes by reference; one over the cap fails the effect for good
+            value = await self.objects.outgoing(result, f"the result of effect {req.effect_id}")
+        except PayloadTooLarge as e:
+            ok, value, error = False, NULL, e.info
         reply = EffectResult(
             run_id=req.run_id,
             seq=req.seq,
             effect_id=req.effect_id,
             ok=ok,
-            result=msgspec.Raw(result),
+            result=value,
             error=error,
             attempts=attempts,
         )

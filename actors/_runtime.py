@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 
 from actors._registry import Registry
 from schemas import InboxUnion, encode_inbox
-from streams import Journal, Subjects, publish_checked
+from streams import Journal, Objects, PayloadLimits, Subjects, publish_checked
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class WorkerOptions:
     ack_wait_s: float = 30.0
     forced_replay: bool = False
     """drop each run from memory after every journal append (test mode to find nondeterminism)"""
+    payloads: PayloadLimits = field(default_factory=PayloadLimits)
+    """values over ``threshold`` go to the object store; over ``cap``: payload_too_large"""
 
 
 def utcnow() -> datetime:
@@ -51,7 +53,8 @@ class Runtime:
         self.subjects = subjects
         self.registry = registry
         self.options = options
-        self.journal = Journal(nc, subjects)
+        self.objects = Objects(nc, subjects, options.payloads)
+        self.journal = Journal(nc, subjects, objects=self.objects)
 
     async def publish_js(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
@@ -60,6 +63,7 @@ class Runtime:
         await publish_checked(self.nc, subject, data, headers)
 
     async def send_inbox(self, run_id: str, message: InboxUnion, kind: str, msg_id: str) -> None:
+        message = await self.objects.store_fields(message)  # a large value goes by reference
         await self.publish_js(
             self.subjects.inbox(run_id, kind), encode_inbox(message), {"Nats-Msg-Id": msg_id}
         )

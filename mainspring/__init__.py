@@ -35,6 +35,7 @@ from schemas import (
     InvalidNameError,
     MainspringError,
     NondeterminismError,
+    PayloadTooLarge,
     RetryPolicy,
     RunCancelledError,
     RunFailedError,
@@ -44,7 +45,7 @@ from schemas import (
     WaitTimeoutError,
     WorkflowNotFound,
 )
-from streams import Subjects
+from streams import PayloadLimits, Subjects
 
 __all__ = [
     "ChildFailedError",
@@ -61,6 +62,8 @@ __all__ = [
     "MainspringError",
     "NatsServer",
     "NondeterminismError",
+    "PayloadLimits",
+    "PayloadTooLarge",
     "Registry",
     "RetryPolicy",
     "RunCancelledError",

@@ -23,7 +23,8 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from projections._checkpoints import verify_signature
-from streams import GENESIS, HDR_HASH, HDR_N, HDR_PREV, Subjects, chain, read_records
+from schemas import PayloadRef, stored_refs
+from streams import GENESIS, HDR_HASH, HDR_N, HDR_PREV, Objects, Subjects, chain, read_records
 
 if TYPE_CHECKING:
     from projections._schema import Conn
@@ -53,7 +54,7 @@ class Problem:
 class ChainChecker:
     """Checks one run's events, fed in storage order; remembers the first problem."""
 
-    __slots__ = ("hash", "n", "problem", "run_id", "source")
+    __slots__ = ("hash", "n", "problem", "refs", "run_id", "source")
 
     def __init__(self, run_id: str, source: str) -> None:
         self.run_id = run_id
@@ -61,6 +62,8 @@ class ChainChecker:
         self.n = 0
         self.hash = GENESIS
         self.problem: Problem | None = None
+        self.refs: list[tuple[int, PayloadRef]] = []
+        """payloads stored by reference, by event: their objects are checked too"""
 
     def add(self, n: int, prev: bytes, link: bytes, data: bytes) -> None:
         if self.problem is not None:
@@ -87,6 +90,7 @@ class ChainChecker:
             )
         else:
             self.n, self.hash = n, link
+            self.refs += [(n, ref) for ref in stored_refs(data)]
 
     def _fail(self, n: int, kind: str, detail: str) -> None:
         self.problem = Problem(self.run_id, self.source, n, kind, detail)
@@ -321,6 +325,23 @@ async def audit(
     else:
         report.notes.append("no Postgres DSN: only the stream was verified")
     report.problems = [c.problem for c in stream.values() if c.problem] + report.problems
+    report.problems += await check_objects(Objects(nc, subjects), stream)
     if run_id is not None and not stream:
         report.problems.append(Problem(run_id, "stream", 1, "missing", "no journal for this run"))
     return report
+
+
+async def check_objects(objects: Objects, checkers: dict[str, ChainChecker]) -> list[Problem]:
+    """Every payload stored by reference is in the bucket, byte for byte what its digest
+    (covered by the chain) says: a replaced or missing object is reported at the event
+    that references it. Each object is read once."""
+    problems: list[Problem] = []
+    verdicts: dict[str, tuple[str, str] | None] = {}
+    for rid in sorted(checkers):
+        for n, ref in checkers[rid].refs:
+            if ref.digest not in verdicts:
+                verdicts[ref.digest] = await objects.verify(ref)
+            found = verdicts[ref.digest]
+            if found is not None:
+                problems.append(Problem(rid, checkers[rid].source, n, found[0], found[1]))
+    return problems

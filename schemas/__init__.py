@@ -16,6 +16,8 @@ from schemas._errors import (
     JournalError,
     MainspringError,
     NondeterminismError,
+    PayloadTooLarge,
+    PayloadUnavailable,
     RunCancelledError,
     RunFailedError,
     RunNotFound,
@@ -73,6 +75,15 @@ from schemas._names import (
     check_run_id,
     check_workflow_name,
 )
+from schemas._payloads import (
+    PAYLOAD_FIELDS,
+    PayloadRef,
+    is_ref,
+    parse_ref,
+    ref_json,
+    ref_of,
+    stored_refs,
+)
 from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
 
 __all__ = [
@@ -107,7 +118,11 @@ __all__ = [
     "MarkerRecorded",
     "NULL",
     "NondeterminismError",
+    "PAYLOAD_FIELDS",
     "ParentRef",
+    "PayloadRef",
+    "PayloadTooLarge",
+    "PayloadUnavailable",
     "RetryPolicy",
     "RunCancelled",
     "RunCancelledError",
@@ -147,5 +162,10 @@ __all__ = [
     "event_type",
     "fold",
     "inbox_kind",
+    "is_ref",
+    "parse_ref",
+    "ref_json",
+    "ref_of",
+    "stored_refs",
     "usage_of",
 ]

@@ -4,7 +4,8 @@
 
     MainspringError
     ├── ConfigError                 bad configuration or arguments (exit 10)
-    │   └── InvalidNameError*       a run id / event name / kind that cannot be a subject
+    │   ├── InvalidNameError*       a run id / event name / kind that cannot be a subject
+    │   └── PayloadTooLarge**       a value over the payload cap (payload_too_large)
     ├── ConnectionFailed            NATS (or Postgres) unreachable (exit 20)
     ├── ServerUnsupported           nats-server too old / stream lacks a needed feature
     ├── JournalError
@@ -16,11 +17,13 @@
     ├── RunCancelledError           awaited run was cancelled
     ├── NondeterminismError         code no longer matches the journal; the run is parked
     ├── TerminalError               raised by user code: never retried
+    ├── PayloadUnavailable          a referenced payload object is missing or altered
     ├── EffectFailedError           an effect failed after its retries (raised in workflow code)
     ├── ChildFailedError            a child run failed (raised in workflow code)
     └── WaitTimeoutError            wait_event deadline passed (raised in workflow code)
 
-(*InvalidNameError also derives from ValueError.)
+(*InvalidNameError also derives from ValueError; **PayloadTooLarge also from
+TerminalError: a step or handler that produces one fails at once.)
 """
 
 from __future__ import annotations
@@ -142,3 +145,40 @@ class WaitTimeoutError(MainspringError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no valid '{name}' event arrived before the wait's deadline")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.1f} KiB"
+
+
+class PayloadTooLarge(TerminalError, ConfigError):
+    """A value is larger than the payload cap: refused before it is stored or sent."""
+
+    def __init__(self, what: str, size: int, cap: int) -> None:
+        self.what = what
+        self.size = size
+        self.cap = cap
+        super().__init__(
+            f"{what} is {size:,} bytes ({_mib(size)}), over the payload cap of {cap:,} bytes "
+            f"({_mib(cap)}): pass a reference to where the data lives instead, or raise the "
+            "cap (PayloadLimits.cap)",
+            type="payload_too_large",
+        )
+
+    @property
+    def info(self) -> ErrorInfo:
+        """The terminal error a run, step or effect ends with."""
+        return ErrorInfo(
+            type="payload_too_large",
+            message=str(self),
+            details={"size": self.size, "cap": self.cap},
+        )
+
+
+class PayloadUnavailable(MainspringError):
+    """A payload reference names an object that is missing, altered or unreadable."""
+
+    def __init__(self, ref: str, problem: str) -> None:
+        self.ref = ref
+        self.problem = problem
+        super().__init__(f"payload object {ref}: {problem}")

@@ -26,6 +26,7 @@ from streams._journal import (
 from streams._jsapi import ApiError, api_request, connect
 from streams._leases import Lease, Leases
 from streams._markers import EffectMarkers
+from streams._objects import Objects, PayloadLimits, object_problem
 from streams._publish import PubAck, publish, publish_checked, retrying
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
@@ -52,6 +53,8 @@ __all__ = [
     "MIN_API_LEVEL",
     "MIN_SERVER",
     "MsgSink",
+    "Objects",
+    "PayloadLimits",
     "PubAck",
     "Record",
     "ServerFeatures",
@@ -67,6 +70,7 @@ __all__ = [
     "ensure_consumer",
     "ensure_topology",
     "num_delivered",
+    "object_problem",
     "partition_of",
     "publish",
     "publish_checked",

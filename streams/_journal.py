@@ -14,14 +14,11 @@ hashed bytes, so verification never re-encodes anything.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import anyio
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -31,12 +28,18 @@ from schemas import (
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
+    PayloadUnavailable,
     decode_event,
     encode_event,
     event_type,
 )
 from streams._jsapi import api_request
-from streams._publish import Unavailable, publish, retrying
+from streams._objects import Objects
+from streams._publish import publish, retrying
+
+# re-exported: they lived here, and readers import them from here
+from streams._records import Record as Record
+from streams._records import read_records as read_records
 from streams._subjects import Subjects
 
 GENESIS = bytes(32)
@@ -67,12 +70,25 @@ class StoredEvent:
 
 
 class Journal:
-    """Append to and read run journals."""
+    """Append to and read run journals.
 
-    def __init__(self, nc: NATS, subjects: Subjects, *, timeout: float = 5.0) -> None:
+    Large payloads (over ``objects.limits.threshold``) are stored in the object store
+    at append and journaled as references (DESIGN.md §10); ``load`` and ``last`` give
+    them back resolved, so readers see the values (the stored bytes keep the refs).
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        *,
+        timeout: float = 5.0,
+        objects: Objects | None = None,
+    ) -> None:
         self._nc = nc
         self._s = subjects
         self._timeout = timeout
+        self.objects = objects or Objects(nc, subjects, timeout=timeout)
 
     def subject_for(self, event: JournalEvent) -> str:
         if isinstance(event, EffectRequested):
@@ -82,10 +98,13 @@ class Journal:
     async def append(self, event: JournalEvent, *, expected_seq: int, prev: bytes) -> StoredEvent:
         """Store ``event`` as event ``event.n`` if the run's journal ends at ``expected_seq``.
 
-        Raises ``JournalConflict`` if another writer got there first.
+        Raises ``JournalConflict`` if another writer got there first, and
+        ``PayloadTooLarge`` (nothing stored) for a payload over the cap. The returned
+        ``StoredEvent.event`` is ``event`` as given (values inline); its ``data`` holds
+        the references of large values.
         """
         run_id = event.run_id
-        data = encode_event(event)
+        data = encode_event(await self.objects.store_fields(event))
         link = chain(prev, data)
         subject = self.subject_for(event)
         headers = {
@@ -149,9 +168,10 @@ class Journal:
         """The journal message at stream sequence ``seq`` (direct get)."""
         return await self._direct_one({"seq": seq})
 
-    async def last(self, run_id: str) -> StoredEvent | None:
+    async def last(self, run_id: str, *, resolve: bool = True) -> StoredEvent | None:
         """The newest non-effect event of a run (its terminal event when it ended)."""
-        return await self._direct_one({"last_by_subj": self._s.journal(run_id)})
+        stored = await self._direct_one({"last_by_subj": self._s.journal(run_id)})
+        return await self._resolved(stored) if resolve and stored is not None else stored
 
     async def _direct_one(self, req: dict[str, object]) -> StoredEvent | None:
         subject = f"$JS.API.DIRECT.GET.{self._s.journal_stream}"
@@ -164,8 +184,14 @@ class Journal:
             return None
         return _stored_from_msg(msg)
 
-    async def load(self, run_id: str, *, verify: bool = True) -> list[StoredEvent]:
-        """All events of a run in order (batched direct get), chain-verified."""
+    async def load(
+        self, run_id: str, *, verify: bool = True, resolve: bool = True
+    ) -> list[StoredEvent]:
+        """All events of a run in order (batched direct get), chain-verified.
+
+        With ``resolve``, payloads stored by reference are fetched (and checked against
+        their digests) into ``.event``; a missing or altered object is ``JournalCorrupt``.
+        """
         filt = self._s.journal_run_filter(run_id)
         events: list[StoredEvent] = []
         start = 1
@@ -179,82 +205,17 @@ class Journal:
             start = records[-1].seq + 1
         if verify:
             verify_chain(run_id, events)
+        if resolve:
+            events = [await self._resolved(e) for e in events]
         return events
 
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A stored stream message, undecoded: what audits and the projector read."""
-
-    seq: int
-    subject: str
-    headers: dict[str, str]
-    data: bytes
-
-    @property
-    def run_id(self) -> str:
-        tokens = self.subject.split(".")
-        return tokens[2] if len(tokens) > 3 else "?"
-
-
-async def read_records(
-    nc: NATS, stream: str, filt: str, start: int, *, size: int = 1000, timeout: float = 5.0
-) -> tuple[list[Record], int]:
-    """Up to ``size`` messages matching ``filt`` from stream sequence ``start`` on, in
-    order, and how many more match after them (one batched direct-get request)."""
-
-    async def once() -> tuple[list[Record], int]:
-        return await _read_once(nc, stream, filt, start, size, timeout)
-
-    return await retrying(once, f"reading {stream} ({filt})")
-
-
-async def _read_once(
-    nc: NATS, stream: str, filt: str, start: int, size: int, timeout: float
-) -> tuple[list[Record], int]:
-    api = f"$JS.API.DIRECT.GET.{stream}"
-    out: list[Record] = []
-    done = anyio.Event()
-    outcome: list[int | str] = []
-
-    async def collect(msg: Msg) -> None:  # a callback: no task per message
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status is None:
-            out.append(
-                Record(
-                    int(headers.get("Nats-Sequence", "0")),
-                    headers.get("Nats-Subject", ""),
-                    headers,
-                    msg.data,
-                )
-            )
-            return
-        if status == "404":
-            outcome.append(0)
-        elif status == "204":  # end of batch
-            outcome.append(int(headers.get("Nats-Num-Pending", "0")))
-        elif status == "503":
-            outcome.append("unavailable")
-        else:
-            outcome.append(f"status {status}")
-        done.set()
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=collect, pending_msgs_limit=size + 16)
-    try:
-        req = {"seq": start, "next_by_subj": filt, "batch": size}
-        await nc.publish(api, msgspec.json.encode(req), reply=inbox)
-        with anyio.move_on_after(timeout):
-            await done.wait()
-    finally:
-        with contextlib.suppress(nats.errors.ConnectionClosedError):
-            await sub.unsubscribe()
-    if not outcome or outcome[0] == "unavailable":
-        raise Unavailable(f"stream {stream} did not answer (does it exist yet? start a worker)")
-    if isinstance(outcome[0], str):
-        raise ConnectionFailed(f"reading {stream} ({filt}): {outcome[0]}")
-    return out, outcome[0]
+    async def _resolved(self, stored: StoredEvent) -> StoredEvent:
+        """``stored`` with its referenced payload (if any) in ``.event``."""
+        try:
+            event = await self.objects.resolve_fields(stored.event)
+        except PayloadUnavailable as e:
+            raise JournalCorrupt(stored.event.run_id, stored.n, str(e)) from e
+        return stored if event is stored.event else replace(stored, event=event)
 
 
 def decode_record(rec: Record) -> StoredEvent:

@@ -14,6 +14,7 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
 
 from __future__ import annotations
 
+import base64
 import re
 
 from schemas import ConfigError
@@ -123,3 +124,21 @@ class Subjects:
 
     def lease_key(self, partition: int) -> str:
         return f"p{partition}"
+
+    # object store (large payloads, NATS's object-store layout) ----------------------
+    @property
+    def object_bucket(self) -> str:
+        return f"{self.prefix.replace('-', '_')}_objects"
+
+    @property
+    def object_stream(self) -> str:
+        return f"OBJ_{self.object_bucket}"
+
+    def object_chunks(self, nuid: str) -> str:
+        return f"$O.{self.object_bucket}.C.{nuid}"
+
+    def object_meta(self, name: str) -> str:
+        return f"$O.{self.object_bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+    def object_all(self) -> list[str]:
+        return [f"$O.{self.object_bucket}.C.>", f"$O.{self.object_bucket}.M.>"]

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import ServerUnsupported
 from streams._jsapi import ApiError, api_request
+from streams._objects import object_stream_config
 from streams._subjects import Subjects
 
 log = structlog.get_logger()
@@ -175,4 +176,15 @@ async def ensure_topology(
         inbox,
         ("allow_msg_schedules", "subject_transform", "retention"),
     )
+    await _ensure_objects(nc, subjects, cfg)
     return features
+
+
+async def _ensure_objects(nc: NATS, subjects: Subjects, cfg: TopologyConfig) -> None:
+    """The object store of large payloads (DESIGN.md §10), as replicated as the journal."""
+    replicas = cfg.replicas
+    if replicas is None:
+        info = await api_request(nc, f"$JS.API.STREAM.INFO.{subjects.journal_stream}")
+        replicas = int(info["config"].get("num_replicas", 1))
+    config = object_stream_config(subjects, replicas, cfg.storage)
+    _require(await _create_or_update(nc, config), config, ("allow_rollup_hdrs", "allow_direct"))
