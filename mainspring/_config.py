@@ -172,7 +172,11 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return {
             "settings": {
-                s.name: {"value": s.shown, "source": s.source, "origin": s.origin or None}
+                s.name: {
+                    "value": None if s.value is None else s.shown,
+                    "source": s.source,
+                    "origin": s.origin or None,
+                }
                 for s in self.all()
             },
             "dev_instance": None

@@ -112,7 +112,7 @@ def test_config_show_names_each_source(tmp_path: Path) -> None:
         "source": "flag",
         "origin": "--nats-url",
     }
-    assert settings["postgres_dsn"]["source"] == "unset"
+    assert settings["postgres_dsn"] == {"value": None, "source": "unset", "origin": None}
     assert json.loads(out.stdout)["details"]["dev_instance"] is None
 
 
