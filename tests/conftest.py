@@ -65,7 +65,7 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     server = PostgresServer(tmp_path_factory.mktemp("pg") / "data").start()
     yield server.dsn
-    server.stop()
+    server.destroy()  # as root the cluster may live outside the temp dir
 
 
 @pytest.fixture

@@ -92,4 +92,4 @@ async def test_postgres_restart_under_load(nc: NATS, subjects: Subjects, tmp_pat
             assert report.ok, report.problems
     finally:
         await pool.close()
-        pg.stop()
+        pg.destroy()  # as root the cluster may live outside tmp_path
