@@ -99,6 +99,13 @@ async def lookalike(ctx: ms.Context, value: dict[str, Any]) -> dict[str, Any]:
     return echoed
 
 
+@registry.workflow
+async def parent(ctx: ms.Context, blob: str) -> dict[str, Any]:
+    """Hands a large input to a child run and returns the child's (large) output."""
+    out: dict[str, Any] = await ctx.child("lookalike", {"blob": blob})
+    return out
+
+
 @handlers.handler("blob.make")
 async def make(payload: dict[str, Any]) -> str:
     data: str = payload["data"]
@@ -169,6 +176,20 @@ async def test_large_values_round_trip_by_reference(
     completed = resolved[-1].event
     assert isinstance(completed, RunCompleted)
     assert msgspec.json.decode(completed.output) == out
+
+
+async def test_child_input_and_output_go_by_reference(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
+    """A large child input and output round-trip; the parent's journal and the messages
+    between the runs hold references."""
+    blob = "c" * (2 * MB)
+    async with serving(nc, subjects, forced_replay=forced_replay) as client:
+        rid = await client.start("parent", blob, run_id="r-parent")
+        assert await client.result(rid, timeout=60) == {"blob": blob}
+    stored = await Journal(nc, subjects).load(rid, resolve=False)
+    for tag in ("child.started", "child.completed"):
+        assert stored_refs(_stored(stored, tag).data), f"{tag} holds no reference"
 
 
 async def test_same_value_is_stored_once(nc: NATS, subjects: Subjects) -> None:
