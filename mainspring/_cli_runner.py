@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 
 from mainspring._config import Settings, redact, resolve
 from mainspring._logging import configure_logging
+from mainspring._shutdown import until_signalled
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound
 from streams import Subjects, connect
 
@@ -142,7 +143,7 @@ def run_command(
     Postgres is connected only for commands that read it (``needs_postgres``: refuse
     without a DSN; ``wants_postgres``: use it when configured). ``service=True``
     (worker, handlers, projector): reconnect to NATS forever, log at info level, and
-    treat Ctrl-C as a clean stop (exit 0).
+    stop cleanly on SIGINT or SIGTERM (exit 0).
     """
     configure_logging("info" if service or verbose else log_level)
     settings = resolve(
@@ -182,8 +183,13 @@ def run_command(
                     await pool.close()
                 await nc.close()
 
+    async def serve() -> int:
+        """Services stop on SIGINT and SIGTERM within seconds, busy or not (_shutdown)."""
+        code = await until_signalled(main)
+        return EXIT_OK if code is None else code
+
     try:
-        code = anyio.run(main, backend_options={"use_uvloop": has_uvloop()})
+        code = anyio.run(serve if service else main, backend_options={"use_uvloop": has_uvloop()})
     except KeyboardInterrupt:
         code = EXIT_OK if service else 130
     except MainspringError as e:

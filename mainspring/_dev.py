@@ -2,9 +2,13 @@
 
 Starts an embedded nats-server and PostgreSQL (data in ``.mainspring/``, kept
 between runs), a worker, the built-in handlers (plus yours), and the projector;
-shows one status line; Ctrl-C stops everything cleanly. While it runs, other
-``mainspring`` commands find it through ``.mainspring/dev.json`` (and
-``~/.mainspring-dev.json``) with no configuration.
+shows one status line. While it runs, other ``mainspring`` commands find it through
+``.mainspring/dev.json`` (and ``~/.mainspring-dev.json``) with no configuration.
+
+Ctrl-C or SIGTERM stops everything within seconds, busy or not; a second signal (or
+a stop that overruns its grace period) kills the servers and exits at once. The
+servers also die with this process if it is killed outright (a parent-death signal
+on Linux), so no nats-server or PostgreSQL is ever left behind.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from pathlib import Path
 import anyio
 import asyncpg
 import structlog
+from nats.aio.client import Client as NATS
 
 from actors import Handlers, HandlerService, Registry, Worker
 from actors._builtins import builtin_handlers
 from mainspring._config import DEV_POINTER
 from mainspring._natsserver import NatsServer
 from mainspring._pgserver import PostgresServer
+from mainspring._shutdown import until_signalled
 from projections import Projector, Signer
 from streams import Subjects, connect
 
@@ -56,63 +62,123 @@ async def run_dev(
     partitions: int = 16,
     nats_port: int = 4222,
     status_every: float = 2.0,
+    grace_s: float = 10.0,
 ) -> None:
-    """Run until cancelled; ``data_dir`` must exist (absolute path)."""
+    """Run until SIGINT or SIGTERM (or cancelled); ``data_dir`` must exist."""
     nats_server = NatsServer(data_dir / "nats", port=nats_port if _port_free(nats_port) else None)
     pg = PostgresServer(data_dir / "postgres")
-    info_files = [data_dir / "dev.json", DEV_POINTER]
-    try:
-        await anyio.to_thread.run_sync(nats_server.start)
-        await anyio.to_thread.run_sync(pg.start)
+
+    def kill_servers() -> None:  # the clean stop is stuck: do not leave servers behind
+        pg.kill()
+        nats_server.kill()
+
+    serve = _Dev(data_dir, registry, handlers, nats_server, pg, prefix, partitions, status_every)
+    await until_signalled(serve.run, grace_s=grace_s, on_force=kill_servers)
+
+
+class _Dev:
+    def __init__(
+        self,
+        data_dir: Path,
+        registry: Registry,
+        handlers: Handlers | None,
+        nats_server: NatsServer,
+        pg: PostgresServer,
+        prefix: str,
+        partitions: int,
+        status_every: float,
+    ) -> None:
+        self.data_dir = data_dir
+        self.registry = registry
+        self.handlers = handlers
+        self.nats_server = nats_server
+        self.pg = pg
+        self.prefix = prefix
+        self.partitions = partitions
+        self.status_every = status_every
+        self.info_files = [data_dir / "dev.json", DEV_POINTER]
+
+    async def run(self) -> None:
+        try:
+            await self.nats_server.start_async()
+            await self.pg.start_async()
+            self._write_info()
+            await self._serve()
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._remove_info()
+                await anyio.to_thread.run_sync(self._stop_servers)
+            print("\nmainspring dev stopped; data kept in", self.data_dir, flush=True)
+
+    def _write_info(self) -> None:
         info = {
             "pid": os.getpid(),
-            "nats_url": nats_server.url,
-            "postgres_dsn": pg.dsn,
-            "prefix": prefix,
-            "partitions": partitions,
-            "data_dir": str(data_dir),
-            "verify_key": str(data_dir / "keys" / "signing.pub.pem"),
+            "nats_url": self.nats_server.url,
+            "postgres_dsn": self.pg.dsn,
+            "prefix": self.prefix,
+            "partitions": self.partitions,
+            "data_dir": str(self.data_dir),
+            "verify_key": str(self.data_dir / "keys" / "signing.pub.pem"),
+            "nats_pid": self.nats_server.pid,
+            "postgres_pid": self.pg.pid,
+            "postgres_data_dir": str(self.pg.data_dir),
         }
-        for path in info_files:
+        for path in self.info_files:
             path.write_text(json.dumps(info, indent=2))
-        signer = _signer(data_dir / "keys")
+
+    def _remove_info(self) -> None:
+        for path in self.info_files:
+            try:
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+
+    def _stop_servers(self) -> None:
+        self.pg.stop(timeout=5)
+        self.nats_server.stop(timeout=3)
+
+    async def _serve(self) -> None:
+        nats_server, pg, registry = self.nats_server, self.pg, self.registry
+        signer = _signer(self.data_dir / "keys")
         nc = await connect(nats_server.url, reconnect_forever=True)
-        pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=6)
-        subjects = Subjects(prefix, partitions)
-        all_handlers = builtin_handlers()
-        if handlers is not None:
-            all_handlers.include(handlers)
-        worker = Worker(nc, registry, subjects=subjects)
-        projector = Projector(nc, pool, subjects, signer=signer)
+        pool = None
         try:
+            pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=6)
+            subjects = Subjects(self.prefix, self.partitions)
+            all_handlers = builtin_handlers()
+            if self.handlers is not None:
+                all_handlers.include(self.handlers)
+            worker = Worker(nc, registry, subjects=subjects)
+            projector = Projector(nc, pool, subjects, signer=signer)
             async with anyio.create_task_group() as tg:
                 await tg.start(worker.run)
                 await tg.start(HandlerService(nc, all_handlers, subjects=subjects).run)
                 await tg.start(projector.run)
                 print(
                     f"mainspring dev is up: NATS {nats_server.url}, PostgreSQL {pg.dsn}\n"
-                    f"  data in {data_dir} (kept between runs)\n"
+                    f"  data in {self.data_dir} (kept between runs)\n"
                     f"  workflows: {', '.join(registry.names()) or 'none'}; "
                     f"handlers: {', '.join(all_handlers.kinds())}\n"
                     "  other mainspring commands in this folder find it automatically; "
                     "Ctrl-C stops everything",
                     flush=True,
                 )
-                tg.start_soon(_status_line, worker, projector, pool, status_every)
+                tg.start_soon(_status_line, worker, projector, pool, self.status_every)
         finally:
             with anyio.CancelScope(shield=True):
-                await pool.close()
-                await nc.close()
-    finally:
-        for path in info_files:
-            try:
-                if json.loads(path.read_text()).get("pid") == os.getpid():
-                    path.unlink()
-            except (OSError, ValueError):
-                pass
-        pg.stop()
-        nats_server.stop()
-        print("\nmainspring dev stopped; data kept in", data_dir, flush=True)
+                await _close(pool, nc)
+
+
+async def _close(pool: asyncpg.Pool | None, nc: NATS) -> None:
+    """Close connections, bounded: a stop must not wait on a busy or vanished server."""
+    if pool is not None:
+        with anyio.move_on_after(3) as waited:
+            await pool.close()
+        if waited.cancelled_caught:
+            pool.terminate()
+    with anyio.move_on_after(3):
+        await nc.close()
 
 
 async def _status_line(

@@ -10,7 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
+import nats
+import pytest
+
+import mainspring as ms
 from mainspring._natsserver import free_port
+from mainspring._pgserver import PostgresServer
+from streams import Subjects
 from tests.procs import ROOT, cli
 
 EXAMPLE = ROOT / "examples" / "flows" / "tag_release.yaml"
@@ -21,14 +28,22 @@ def _env(home: Path) -> dict[str, str]:
     return {**clean, "HOME": str(home), "PYTHONPATH": str(ROOT)}
 
 
-def _start_dev(work: Path, env: dict[str, str], port: int) -> subprocess.Popen[str]:
+def _as_background_job() -> None:
+    """What a shell does to a script's `cmd &`: the job ignores SIGINT from the start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_dev(
+    work: Path, env: dict[str, str], port: int, *extra: str, background: bool = False
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mainspring", "dev", "--nats-port", str(port)],
+        [sys.executable, "-m", "mainspring", "dev", "--nats-port", str(port), *extra],
         cwd=work,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_as_background_job if background else None,
     )
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
@@ -115,3 +130,113 @@ def test_dev_serves_other_commands_and_keeps_data(tmp_path: Path) -> None:
         assert audit.returncode == 0, audit.stdout + audit.stderr
     finally:
         assert _stop(dev) == 0
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs (absent, or a zombie nobody has reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _servers_of(pid: int) -> list[int]:
+    """The nats-server and postgres processes ``pid`` started (its direct children)."""
+    children = [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+    names = {c: Path(f"/proc/{c}/comm").read_text().strip() for c in children}
+    found = [c for c, name in names.items() if name in ("nats-server", "postgres")]
+    assert len(found) == 2, f"expected a nats-server and a postgres among {names}"
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """The pids still running after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if not _gone(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # re-checking a condition with a deadline
+    return alive
+
+
+async def _flood(info: dict[str, object], runs: int) -> None:
+    """Start many effect-heavy runs and return once some, not all, have finished."""
+    nc = await nats.connect(str(info["nats_url"]))
+    try:
+        client = ms.Client(nc, Subjects(str(info["prefix"]), int(str(info["partitions"]))))
+        ids = [await client.start("fanout", 20) for _ in range(runs)]
+        with anyio.fail_after(60):
+            await client.result(ids[0])
+        try:
+            last = (await client.status(ids[-1])).status
+        except ms.MainspringError:
+            last = "not started yet"
+        assert last != "completed", "every run finished: no load left to stop under"
+    finally:
+        await nc.close()
+
+
+def _dev_under_load(
+    tmp_path: Path, *, background: bool = False
+) -> tuple[subprocess.Popen[str], list[int], Path]:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    apps = ("--app", "tests.apps:registry", "--handlers", "tests.apps:handlers")
+    dev = _start_dev(work, _env(home), free_port(), *apps, background=background)
+    info = json.loads((work / ".mainspring" / "dev.json").read_text())
+    try:
+        servers = _servers_of(dev.pid)
+        anyio.run(_flood, info, 200)
+    except BaseException:
+        _stop(dev)
+        raise
+    return dev, servers, work
+
+
+@pytest.mark.parametrize(
+    ("sig", "background"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["SIGINT", "SIGINT-background-job", "SIGTERM"],
+)
+def test_dev_stops_within_seconds_under_load(
+    tmp_path: Path, sig: signal.Signals, background: bool
+) -> None:
+    """SIGINT (also to a script's background job) or SIGTERM stops `mainspring dev` within
+    seconds while hundreds of runs and thousands of effects are in flight, and its
+    nats-server and PostgreSQL are gone."""
+    dev, servers, work = _dev_under_load(tmp_path, background=background)
+    try:
+        began = time.monotonic()
+        dev.send_signal(sig)
+        dev.communicate(timeout=15)
+        took = time.monotonic() - began
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.communicate()
+        alive = _wait_gone(servers, 10)
+        for pid in alive:  # do not leave them behind even when the test fails
+            os.kill(pid, signal.SIGKILL)
+        PostgresServer(work / ".mainspring" / "postgres").destroy()
+    assert dev.returncode == 0
+    assert took < 8, f"stopping took {took:.1f}s"
+    assert alive == [], "servers outlived mainspring dev"
+    assert not (work / ".mainspring" / "dev.json").exists()
+
+
+def test_dev_sigkilled_leaves_no_server(tmp_path: Path) -> None:
+    """kill -9 of `mainspring dev` under load: its nats-server and PostgreSQL die with it."""
+    dev, servers, work = _dev_under_load(tmp_path)
+    try:
+        dev.kill()
+        dev.communicate()
+    finally:
+        alive = _wait_gone(servers, 10)
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        PostgresServer(work / ".mainspring" / "postgres").destroy()
+    assert alive == [], "servers outlived a SIGKILLed mainspring dev"
