@@ -10,8 +10,10 @@ Against your own server: `MAINSPRING_NATS_URL=nats://host:4222 python examples/a
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import anyio
@@ -20,6 +22,7 @@ import nats
 
 import mainspring as ms
 from mainspring._logging import configure_logging
+from mainspring._shutdown import until_signalled
 
 registry = ms.Registry()
 handlers = ms.Handlers()
@@ -67,52 +70,72 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def main() -> None:
+async def main() -> int:
     configure_logging("warning")
     url = os.environ.get("MAINSPRING_NATS_URL")
-    server = None
-    if url is None:
-        server = ms.NatsServer(tempfile.mkdtemp(prefix="mainspring-example-"))
-        server.start()
-        url = server.url
-        say(f"started an embedded nats-server at {url} (data in {server.store_dir})")
-    try:
-        await run_example(url)
-    finally:
-        if server is not None:
+    if url is not None:
+        return await stoppable(run_example, url)
+    # The embedded server's data lives as long as the example: the directory goes on
+    # success, on failure and on Ctrl-C or SIGTERM (the server is stopped first).
+    with tempfile.TemporaryDirectory(prefix="mainspring-example-") as store:
+        server = ms.NatsServer(store)
+
+        def force() -> None:  # a second Ctrl-C: no time for a clean stop
+            server.kill()
+            shutil.rmtree(store, ignore_errors=True)
+
+        try:
+            server.start()
+            say(f"started an embedded nats-server at {server.url} (data in {store})")
+            return await stoppable(run_example, server.url, on_force=force)
+        finally:
             server.stop()
 
 
-async def run_example(url: str) -> None:
+async def stoppable(
+    body: Callable[[str], Awaitable[bool]], url: str, on_force: Callable[[], None] | None = None
+) -> int:
+    """Run ``body(url)``; SIGINT or SIGTERM cancels it cleanly (exit code 130)."""
+    finished = await until_signalled(lambda: body(url), on_force=on_force)
+    return 130 if finished is None else 0
+
+
+async def run_example(url: str) -> bool:
     nc = await nats.connect(url)
     client = ms.Client(nc)
-    async with anyio.create_task_group() as tg:
-        await tg.start(ms.Worker(nc, registry).run)
-        await tg.start(ms.HandlerService(nc, handlers).run)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(ms.Worker(nc, registry).run)
+            await tg.start(ms.HandlerService(nc, handlers).run)
 
-        run_id = await client.start("write_report", "sea otters")
-        say(f"started run {run_id}")
-        status = await client.wait_for(run_id, "waiting", timeout=30)
-        say(f"run {run_id} is {status.status} for {status.waiting_for}")
-        subject = client.subjects.event(run_id, "approval")
-        say("anyone can resume it, e.g. with the nats CLI:")
-        say(f'    nats pub {subject} \'{{"approved": true, "by": "ada"}}\'')
-        say("approving it now from this process...")
-        await client.send_event(run_id, "approval", {"approved": True, "by": "ada"})
-        report = await client.result(run_id, timeout=30, output_type=Report)
-        say(f"completed: published={report.published} reviewer={report.reviewer}")
-        say(f"draft: {report.draft}")
-        say("journal (the source of truth, hash-chained):")
-        for stored in await client.history(run_id):
-            tag = type(stored.event).__struct_config__.tag
-            say(f"  {stored.n:>2}  {tag:<18} h={stored.hash.hex()[:16]}…")
-        tg.cancel_scope.cancel()
-    await nc.close()
+            run_id = await client.start("write_report", "sea otters")
+            say(f"started run {run_id}")
+            status = await client.wait_for(run_id, "waiting", timeout=30)
+            say(f"run {run_id} is {status.status} for {status.waiting_for}")
+            subject = client.subjects.event(run_id, "approval")
+            say("anyone can resume it, e.g. with the nats CLI:")
+            say(f'    nats pub {subject} \'{{"approved": true, "by": "ada"}}\'')
+            say("approving it now from this process...")
+            await client.send_event(run_id, "approval", {"approved": True, "by": "ada"})
+            report = await client.result(run_id, timeout=30, output_type=Report)
+            say(f"completed: published={report.published} reviewer={report.reviewer}")
+            say(f"draft: {report.draft}")
+            say("journal (the source of truth, hash-chained):")
+            for stored in await client.history(run_id):
+                tag = type(stored.event).__struct_config__.tag
+                say(f"  {stored.n:>2}  {tag:<18} h={stored.hash.hex()[:16]}…")
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+    return True
 
 
 if __name__ == "__main__":
     try:
-        anyio.run(main)
+        sys.exit(anyio.run(main))
     except ms.MainspringError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(20)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        sys.exit(130)
