@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,6 +22,16 @@ from streams import Subjects
 from tests.procs import ROOT, cli
 
 EXAMPLE = ROOT / "examples" / "flows" / "tag_release.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _drop_cluster(tmp_path: Path) -> Iterator[None]:
+    """Delete the dev PostgreSQL cluster after each test: as root it may live outside
+    tmp_path (see mainspring/_pgserver.py)."""
+    yield
+    data = tmp_path / "work" / ".mainspring" / "postgres"
+    if data.exists():
+        PostgresServer(data).destroy()
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -221,7 +232,6 @@ def test_dev_stops_within_seconds_under_load(
         alive = _wait_gone(servers, 10)
         for pid in alive:  # do not leave them behind even when the test fails
             os.kill(pid, signal.SIGKILL)
-        PostgresServer(work / ".mainspring" / "postgres").destroy()
     assert dev.returncode == 0
     assert took < 8, f"stopping took {took:.1f}s"
     assert alive == [], "servers outlived mainspring dev"
@@ -230,7 +240,7 @@ def test_dev_stops_within_seconds_under_load(
 
 def test_dev_sigkilled_leaves_no_server(tmp_path: Path) -> None:
     """kill -9 of `mainspring dev` under load: its nats-server and PostgreSQL die with it."""
-    dev, servers, work = _dev_under_load(tmp_path)
+    dev, servers, _ = _dev_under_load(tmp_path)
     try:
         dev.kill()
         dev.communicate()
@@ -238,5 +248,4 @@ def test_dev_sigkilled_leaves_no_server(tmp_path: Path) -> None:
         alive = _wait_gone(servers, 10)
         for pid in alive:
             os.kill(pid, signal.SIGKILL)
-        PostgresServer(work / ".mainspring" / "postgres").destroy()
     assert alive == [], "servers outlived a SIGKILLed mainspring dev"
