@@ -11,6 +11,7 @@ fact that records them, with deterministic ids, so a crash never loses them.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -34,6 +35,7 @@ from schemas import (
     ErrorInfo,
     EventReceived,
     EventRejected,
+    InvalidNameError,
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
@@ -48,6 +50,7 @@ from schemas import (
     TimerFire,
     WakeRun,
     WorkflowNotFound,
+    check_event_name,
     decode_inbox,
     encode_inbox,
     usage_of,
@@ -62,19 +65,17 @@ _MAX_CONFLICT_RETRIES = 5
 class Outcome(Enum):
     ACK = "ack"
     RETRY = "retry"  # nak with a growing delay: try again later
-    DROP = "drop"  # poison: terminate, never redeliver
 
 
-# Inputs for a run that does not exist yet are kept this many deliveries
-# (backoff 0.5 s doubling to 30 s: about an hour), then dropped with an error log.
-ORPHAN_DELIVERIES = 130
+# Inputs for a run that does not exist yet are kept this many deliveries (backoff
+# 0.5 s doubling: about a minute), then moved to the dead-letter stream. Kept
+# unacknowledged longer, a flood of them would fill the partition's ack window.
+ORPHAN_DELIVERIES = 7
 
 
-def _orphan(msg: Msg, log: Any, what: str) -> Outcome:
-    if num_delivered(msg) < ORPHAN_DELIVERIES:
-        return Outcome.RETRY
-    log.error("input_dropped_no_such_run", input=what, subject=msg.subject)
-    return Outcome.DROP
+def junk_weight(ev: EventRejected) -> int:
+    """Journal events a rejection cost: its own, plus the event.received it refused."""
+    return 1 if ev.seq == 0 else 2
 
 
 def _at_spec(when: datetime) -> str:
@@ -89,6 +90,7 @@ class RunActor:
         self.mailbox: deque[Msg] = deque()
         self.busy = False
         self.retired = False
+        self.junk_dead_lettered = 0
         self.log = log.bind(run_id=run_id)
         self._reset()
 
@@ -103,6 +105,11 @@ class RunActor:
         self.last_seq = 0
         self.head = GENESIS
         self.cost_usd = 0.0
+        self._declared: Collection[str] | None = None
+        self._declared_known = False
+        self.rejections = 0
+        self.junk_events = 0
+        """journal events spent on rejected input: not counted against max_events"""
 
     def evict(self) -> None:
         """Forget everything in memory; the next input replays from the journal."""
@@ -154,11 +161,12 @@ class RunActor:
         self.loaded = True
         if not events:
             return
-        self.cost_usd = sum(
-            usage_of(e.event.result).cost_usd
-            for e in events
-            if isinstance(e.event, EffectCompleted)
-        )
+        for e in events:
+            if isinstance(e.event, EffectCompleted):
+                self.cost_usd += usage_of(e.event.result).cost_usd
+            elif isinstance(e.event, EventRejected):
+                self.rejections += 1
+                self.junk_events += junk_weight(e.event)
         last = events[-1]
         self.n, self.last_seq, self.head = last.n, last.seq, last.hash
         self.last_type = type(last.event).__struct_config__.tag  # type: ignore[assignment]
@@ -203,15 +211,16 @@ class RunActor:
         try:
             message = decode_inbox(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            self.log.error("inbox_message_invalid", subject=msg.subject, error=str(e))
-            return Outcome.DROP
+            return await self._dead_letter(
+                msg, "inbox", f"not a Mainspring inbox message ({msg.subject}): {e}"
+            )
         message = await resolve_input(self.rt.objects, message)  # payloads sent by reference
         if isinstance(message, StartRun):
             return await self._on_start(msg, message)
         if self.started is None:
             if isinstance(message, CancelRun):
                 return Outcome.ACK
-            return _orphan(msg, self.log, type(message).__name__)
+            return await self._orphan(msg, type(message).__name__)
         if self.terminal is not None:
             self.log.info(
                 "input_ignored",
@@ -269,48 +278,107 @@ class RunActor:
 
     async def _on_event(self, msg: Msg, name: str) -> Outcome:
         headers = msg.headers or {}
-        event_id = headers.get("Nats-Msg-Id") or f"in-{stream_seq(msg)}"
+        event_id = (
+            headers.get("Ms-Event-Id") or headers.get("Nats-Msg-Id") or f"in-{stream_seq(msg)}"
+        )
+        try:
+            check_event_name(name)
+        except InvalidNameError as e:  # a raw publisher's subject: never journaled
+            return await self._dead_letter(msg, "junk", str(e))
         if self.started is None:
-            # Published before the run started: keep it until the run exists.
-            return _orphan(msg, self.log, f"event {name}")
+            # Published before the run started: keep it a while for the run to exist.
+            return await self._orphan(msg, f"event {name}")
         if self.terminal is not None:
-            self.log.info("event_after_end", event=name)
-            return Outcome.ACK
+            return await self._dead_letter(
+                msg, "late", f"event {name!r} arrived after the run ended ({self.last_type})"
+            )
         if self.parked or self.machine is None:
             return Outcome.RETRY
         if event_id in self.machine.seen_events or event_id in self.machine.rejected:
+            self.log.info("input_ignored", event=name, reason=f"duplicate event {event_id}")
             await self._advance()
             return Outcome.ACK
-        cause = f"inbox:{stream_seq(msg)}"
         data = await event_body(self.rt.objects, msg.data or b"null", name)
-        try:
-            msgspec.json.decode(data)
-        except msgspec.DecodeError as e:
-            await self._append(
-                EventRejected(
-                    run_id=self.run_id,
-                    n=0,
-                    at=_EPOCH,
-                    cause=cause,
-                    event_id=event_id,
-                    name=name,
-                    seq=0,
-                    reason=f"payload is not valid JSON: {e}",
-                )
-            )
-            return Outcome.ACK
+        reason = self._refusal(name, data)
+        if reason is not None:
+            return await self._reject(msg, name, event_id, reason)
         await self._append(
             EventReceived(
                 run_id=self.run_id,
                 n=0,
                 at=_EPOCH,
-                cause=cause,
+                cause=f"inbox:{stream_seq(msg)}",
                 name=name,
                 event_id=event_id,
                 payload=msgspec.Raw(data),
             )
         )
         await self._advance()
+        return Outcome.ACK
+
+    def _refusal(self, name: str, data: bytes) -> str | None:
+        """Why a resume event cannot be accepted on arrival (None: journal it)."""
+        assert self.started is not None
+        assert self.machine is not None
+        try:
+            msgspec.json.decode(data)
+        except msgspec.DecodeError as e:
+            return f"payload is not valid JSON: {e}"
+        if not self._declared_known:
+            wf = self.rt.registry.find(self.started.workflow)
+            self._declared = wf.declared_events(self.started.input) if wf is not None else None
+            self._declared_known = True
+        declared = self._declared
+        if declared is not None and name not in declared:
+            accepted = ", ".join(sorted(declared)) or "none"
+            return f"the workflow declares no event {name!r} (it accepts: {accepted})"
+        if self.rejections >= self.started.max_rejections:
+            # over the bound, junk is judged before it is journaled at all
+            return self.machine.would_reject(name, data)
+        return None
+
+    async def _reject(self, msg: Msg, name: str, event_id: str, reason: str) -> Outcome:
+        assert self.started is not None
+        if self.rejections >= self.started.max_rejections:
+            self.junk_dead_lettered += 1
+            return await self._dead_letter(
+                msg,
+                "junk",
+                f"{reason}; run {self.run_id} has rejected {self.rejections} events, its "
+                f"limit, so further junk is dead-lettered instead of journaled",
+                dead_lettered=self.junk_dead_lettered,
+            )
+        await self._append(
+            EventRejected(
+                run_id=self.run_id,
+                n=0,
+                at=_EPOCH,
+                cause=f"inbox:{stream_seq(msg)}",
+                event_id=event_id,
+                name=name,
+                seq=0,
+                reason=reason,
+            )
+        )
+        return Outcome.ACK
+
+    async def _orphan(self, msg: Msg, what: str) -> Outcome:
+        if num_delivered(msg) < ORPHAN_DELIVERIES:
+            return Outcome.RETRY
+        return await self._dead_letter(
+            msg, "inbox", f"{what} for run {self.run_id}, which does not exist (kept ~1 min)"
+        )
+
+    async def _dead_letter(self, msg: Msg, source: str, reason: str, **log_kw: Any) -> Outcome:
+        """Keep an input that cannot be applied in the dead-letter stream, then ack it."""
+        self.log.warning(
+            "input_dead_lettered",
+            source=source,
+            reason=reason,
+            inbox_seq=stream_seq(msg),
+            **log_kw,
+        )
+        await self.rt.dead_letter(msg, source=source, reason=reason, run_id=self.run_id)
         return Outcome.ACK
 
     async def _on_start(self, msg: Msg, start: StartRun) -> Outcome:
@@ -338,6 +406,7 @@ class RunActor:
             depth=start.depth,
             max_events=opts.max_events,
             max_depth=opts.max_depth,
+            max_rejections=opts.max_rejections,
             max_cost_usd=opts.max_cost_usd if start.max_cost_usd is None else start.max_cost_usd,
             max_duration_s=(
                 opts.max_duration_s if start.max_duration_s is None else start.max_duration_s
@@ -444,9 +513,12 @@ class RunActor:
     async def _append(self, event: JournalEvent) -> StoredEvent:
         n = self.n + 1
         started = self.started
+        if isinstance(event, EventRejected):
+            self.rejections += 1
+            self.junk_events += junk_weight(event)
         if (
             started is not None
-            and n >= started.max_events
+            and n - self.junk_events >= started.max_events
             and not isinstance(event, TERMINAL_EVENTS)
         ):
             event = RunFailed(

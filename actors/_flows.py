@@ -251,6 +251,19 @@ class FlowRegistry(Registry):
         return super().__contains__(name)
 
 
+def declared_events(inp: FlowInput) -> set[str]:
+    """The resume events a spec run can wait for: its await_event steps' names (the
+    worker rejects any other name on arrival, with the list)."""
+    steps = (inp.spec.get("workflow") or {}).get("steps") or []
+    return {
+        step["event_name"]
+        for step in steps
+        if isinstance(step, dict)
+        and step.get("kind") == "await_event"
+        and isinstance(step.get("event_name"), str)
+    }
+
+
 def flow_registry(registry: Registry | None = None) -> Registry:
     """A new registry with ``registry``'s workflows and the declarative-spec interpreter
     (``flow`` and every ``flow.<document id>``)."""
@@ -258,5 +271,5 @@ def flow_registry(registry: Registry | None = None) -> Registry:
     if registry is not None:
         reg._workflows.update(registry._workflows)
     if FLOW_WORKFLOW not in reg._workflows:
-        reg.workflow(name=FLOW_WORKFLOW, version="1")(run_flow)
+        reg.workflow(name=FLOW_WORKFLOW, version="1", events=declared_events)(run_flow)
     return reg

@@ -48,12 +48,14 @@ from streams import (
     Objects,
     PayloadLimits,
     Subjects,
+    dead_letter,
     ensure_consumer,
     ensure_topology,
     num_delivered,
     publish_checked,
     pull_loop,
     retrying,
+    stream_seq,
 )
 
 log = structlog.get_logger()
@@ -86,6 +88,9 @@ class HandlerDef:
     wants_ctx: bool
     concurrency: int
     ack_wait_s: float
+    max_deliveries: int = 10
+    """deliveries of one request without a result (handlers crashing on it, results
+    that cannot be published) before the effect fails with effect.delivery_limit"""
 
 
 class Handlers:
@@ -95,7 +100,12 @@ class Handlers:
         self._defs: dict[str, HandlerDef] = {}
 
     def handler(
-        self, kind: str, *, concurrency: int = 64, ack_wait_s: float = 30.0
+        self,
+        kind: str,
+        *,
+        concurrency: int = 64,
+        ack_wait_s: float = 30.0,
+        max_deliveries: int = 10,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Register ``async def h(payload[, ctx: EffectContext]) -> result`` for ``kind``."""
         check_effect_kind(kind)
@@ -107,7 +117,7 @@ class Handlers:
             hints = get_type_hints(fn)
             payload_type = hints.get(params[0], Any) if params else Any
             self._defs[kind] = HandlerDef(
-                kind, fn, payload_type, len(params) > 1, concurrency, ack_wait_s
+                kind, fn, payload_type, len(params) > 1, concurrency, ack_wait_s, max_deliveries
             )
             return fn
 
@@ -184,7 +194,7 @@ class HandlerService:
         except Exception as exc:  # reply could not be published: let JetStream redeliver
             log.warning("effect_reply_failed", kind=hdef.kind, error=str(exc))
             with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=min(2.0 ** num_delivered(msg), 30.0))
         finally:
             limiter.release()
 
@@ -192,12 +202,15 @@ class HandlerService:
         try:
             req = decode_event(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            log.error("effect_request_invalid", subject=msg.subject, error=str(e))
+            await self._dead_letter(msg, f"not a Mainspring effect request: {e}", "")
             await msg.term()
             return
         assert isinstance(req, EffectRequested)
         delivery = num_delivered(msg)
         bound = log.bind(run_id=req.run_id, effect_id=req.effect_id, kind=req.kind)
+        if delivery > hdef.max_deliveries:
+            await self._give_up(hdef, req, msg, delivery)
+            return
         if req.at_most_once and not await self._first_start(req, delivery):
             bound.warning("effect_interrupted", delivery=delivery)
             await self._reply(
@@ -247,6 +260,41 @@ class HandlerService:
                 return
             await self._reply(req, msg, ok=True, attempts=attempts, result=data)
             return
+
+    async def _give_up(
+        self, hdef: HandlerDef, req: EffectRequested, msg: Msg, delivery: int
+    ) -> None:
+        """A request that came back too often: fail the effect (the run decides what
+        next) and keep the request as evidence in the dead-letter stream."""
+        message = (
+            f"effect {req.effect_id} ({req.kind}) was delivered {delivery - 1} times "
+            "without a result: handlers crashed on it or could not publish its result "
+            f"(limit: {hdef.max_deliveries} deliveries)"
+        )
+        await self._dead_letter(msg, message, req.run_id)
+        await self._reply(
+            req,
+            msg,
+            ok=False,
+            attempts=delivery - 1,
+            error=ErrorInfo(type="effect.delivery_limit", message=message),
+        )
+
+    async def _dead_letter(self, msg: Msg, reason: str, run_id: str) -> None:
+        log.error("effect_request_dead_lettered", subject=msg.subject, reason=reason)
+        await dead_letter(
+            self.nc,
+            self.subjects,
+            source="fx",
+            reason=reason,
+            subject=msg.subject,
+            data=msg.data,
+            headers=msg.headers,
+            stream=self.subjects.journal_stream,
+            seq=stream_seq(msg),
+            deliveries=num_delivered(msg),
+            run_id=run_id,
+        )
 
     async def _first_start(self, req: EffectRequested, delivery: int) -> bool:
         """At-most-once: may this delivery run the effect? Only if it is the first

@@ -295,6 +295,18 @@ class Machine:
             self.resolved.add(wait.seq)
             wait.future.set_result(value)
 
+    def would_reject(self, name: str, payload: bytes) -> str | None:
+        """Why the run's open wait for ``name`` would reject ``payload`` (None: it
+        would take it, or no wait is open so the event would be kept for later)."""
+        waits = self.waits.get(name)
+        if not waits or self.buffered.get(name):
+            return None
+        try:
+            decode_payload(msgspec.Raw(payload), waits[0].type)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
+            return str(e)
+        return None
+
     # ----------------------------------------------------------------- commands
     def issue(self, cmd: Command, result_type: Any = Any, label: str = "") -> DFuture[Any]:
         """Called by ctx.* from workflow code: record or match a decision."""

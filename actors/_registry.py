@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints, overload
+
+import msgspec
 
 from schemas import WorkflowNotFound, check_workflow_name
 
@@ -19,6 +21,18 @@ class WorkflowDef:
     fn: Callable[..., Coroutine[Any, Any, Any]]
     input_type: Any
     output_type: Any
+    events: Callable[[Any], Collection[str] | None] | None = None
+    """the resume-event names a run accepts, from its input (None: any valid name)"""
+
+    def declared_events(self, raw_input: msgspec.Raw) -> Collection[str] | None:
+        """Event names a run with this input declares; None when it declares none."""
+        if self.events is None:
+            return None
+        try:
+            value = msgspec.json.decode(raw_input, type=self.input_type)
+        except msgspec.ValidationError:
+            return None
+        return self.events(value)
 
 
 class Registry:
@@ -31,14 +45,27 @@ class Registry:
     def workflow(self, fn: F, /) -> F: ...
 
     @overload
-    def workflow(self, *, name: str | None = None, version: str = "1") -> Callable[[F], F]: ...
+    def workflow(
+        self,
+        *,
+        name: str | None = None,
+        version: str = "1",
+        events: Callable[[Any], Collection[str] | None] | None = None,
+    ) -> Callable[[F], F]: ...
 
     def workflow(
-        self, fn: F | None = None, *, name: str | None = None, version: str = "1"
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        version: str = "1",
+        events: Callable[[Any], Collection[str] | None] | None = None,
     ) -> F | Callable[[F], F]:
         """Register ``async def f(ctx, input) -> output`` (usable bare or with arguments).
 
-        ``version`` is recorded in every run the workflow starts.
+        ``version`` is recorded in every run the workflow starts. ``events``, given a
+        run's input, names the resume events such a run can ever wait for; the worker
+        then rejects others on arrival (declarative workflows declare theirs).
         """
 
         def register(func: F) -> F:
@@ -51,7 +78,7 @@ class Registry:
             hints = get_type_hints(func)
             input_type = hints.get(params[1], Any) if len(params) > 1 else Any
             self._workflows[wf_name] = WorkflowDef(
-                wf_name, version, func, input_type, hints.get("return", Any)
+                wf_name, version, func, input_type, hints.get("return", Any), events
             )
             return func
 
@@ -67,6 +94,9 @@ class Registry:
             raise WorkflowNotFound(
                 f"no workflow named {name!r} is registered on this worker (known: {known})"
             ) from None
+
+    def find(self, name: str) -> WorkflowDef | None:
+        return self.get(name) if name in self else None
 
     def names(self) -> list[str]:
         return sorted(self._workflows)

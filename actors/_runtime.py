@@ -6,10 +6,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from actors._registry import Registry
 from schemas import InboxUnion, encode_inbox
-from streams import Journal, Objects, PayloadLimits, Subjects, publish_checked
+from streams import (
+    Journal,
+    Objects,
+    PayloadLimits,
+    Subjects,
+    dead_letter,
+    num_delivered,
+    publish_checked,
+    stream_seq,
+)
 
 
 @dataclass(frozen=True)
@@ -24,11 +34,16 @@ class WorkerOptions:
     """journal events per run before it fails with limit.events"""
     max_depth: int = 8
     """child-run nesting before the parent fails with limit.child_depth"""
+    max_rejections: int = 100
+    """resume events a run journals as rejected (bad JSON, undeclared name, payload the
+    wait refuses); later junk for that run is dead-lettered instead of journaled"""
+    poison_deliveries: int = 5
+    """deliveries of an inbox message whose activation keeps failing (a bug, not an
+    outage) before it is moved to the dead-letter stream"""
     max_cost_usd: float = 0.0
     """default cost budget per run (USD reported by effect results; 0: none) -> limit.cost"""
     max_duration_s: float = 0.0
     """default wall-time limit per run in seconds (0: none) -> limit.wall_time"""
-    """child-run nesting before the parent fails with limit.child_depth"""
     lease_ttl_s: float = 10.0
     ack_wait_s: float = 30.0
     forced_replay: bool = False
@@ -61,6 +76,22 @@ class Runtime:
     ) -> None:
         """Publish into a stream and wait for its ack (raise if it refused)."""
         await publish_checked(self.nc, subject, data, headers)
+
+    async def dead_letter(self, msg: Msg, *, source: str, reason: str, run_id: str) -> None:
+        """Move an inbox message that cannot be applied to the dead-letter stream."""
+        await dead_letter(
+            self.nc,
+            self.subjects,
+            source=source,
+            reason=reason,
+            subject=msg.subject,
+            data=msg.data,
+            headers=msg.headers,
+            stream=self.subjects.inbox_stream,
+            seq=stream_seq(msg),
+            deliveries=num_delivered(msg),
+            run_id=run_id,
+        )
 
     async def send_inbox(self, run_id: str, message: InboxUnion, kind: str, msg_id: str) -> None:
         message = await self.objects.store_fields(message)  # a large value goes by reference

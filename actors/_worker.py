@@ -21,7 +21,7 @@ from ulid import ULID
 from actors._actor import Outcome, RunActor
 from actors._registry import Registry
 from actors._runtime import Runtime, WorkerOptions
-from schemas import MainspringError
+from schemas import ConnectionFailed, MainspringError
 from streams import (
     ConsumerSpec,
     Lease,
@@ -157,35 +157,58 @@ class Worker:
             # Nothing remembered from an earlier time we held p may be used now:
             # another worker may have advanced its runs meanwhile.
             self._drop_partition(p)
-            spec = self._spec(p)
-            # Recreate the consumer: whatever the previous owner left unacked is
-            # delivered again now, not after an ack-wait.
-            await ensure_consumer(self.rt.nc, spec, recreate=True)
+            specs = self._specs(p)
+            for spec in specs:
+                # Recreate the consumer: whatever the previous owner left unacked is
+                # delivered again now, not after an ack-wait.
+                await ensure_consumer(self.rt.nc, spec, recreate=True)
             generation = next(self._generations)
-            scope = await tg.start(self._consume, spec, _TagSink(send, generation))
+            scope = await tg.start(self._consume, specs, _TagSink(send, generation))
             self._held[p] = _Held(lease, scope, generation, sent_at)
             acquired.append(p)
         if acquired:
             self.log.info("partitions_acquired", partitions=acquired)
 
-    def _spec(self, partition: int) -> ConsumerSpec:
+    def _specs(self, partition: int) -> list[ConsumerSpec]:
+        """The inbox consumers of a partition. Partition 0's owner also sweeps events
+        the stream could not route to any partition (published with a wildcard in
+        the subject, which the ingest transform leaves as it is)."""
         s = self.subjects
-        return ConsumerSpec(
-            stream=s.inbox_stream,
-            durable=s.inbox_consumer(partition),
-            filter_subject=s.inbox_partition(partition),
-            ack_wait_s=self.options.ack_wait_s,
-        )
+        specs = [
+            ConsumerSpec(
+                stream=s.inbox_stream,
+                durable=s.inbox_consumer(partition),
+                filter_subject=s.inbox_partition(partition),
+                ack_wait_s=self.options.ack_wait_s,
+            )
+        ]
+        if partition == 0:
+            specs.append(
+                ConsumerSpec(
+                    stream=s.inbox_stream,
+                    durable=s.unrouted_consumer(),
+                    filter_subject=s.event_unrouted(),
+                    ack_wait_s=self.options.ack_wait_s,
+                )
+            )
+        return specs
 
     async def _consume(
         self,
-        spec: ConsumerSpec,
+        specs: list[ConsumerSpec],
         out: _TagSink,
         *,
         task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         with anyio.CancelScope() as scope:
-            await pull_loop(self.rt.nc, spec, out, task_status=_Relay(task_status, scope))
+            async with anyio.create_task_group() as tg:
+                for spec in specs:
+                    await tg.start(
+                        lambda task_status, spec=spec: pull_loop(
+                            self.rt.nc, spec, out, task_status=task_status
+                        )
+                    )
+                task_status.started(scope)
 
     async def _lease_loop(self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged]) -> None:
         period = self.options.lease_ttl_s / 3
@@ -280,11 +303,15 @@ class Worker:
     async def _dispatch(self, recv: MemoryObjectReceiveStream[Tagged], tg: TaskGroup) -> None:
         async with recv:
             async for generation, msg in recv:
-                run_id, _ = self.subjects.parse_inbox(msg.subject)
-                held = self._held.get(self.subjects.partition(run_id))
+                unrouted = self.subjects.is_unrouted(msg.subject)
+                run_id = "" if unrouted else self.subjects.parse_inbox(msg.subject)[0]
+                held = self._held.get(0 if unrouted else self.subjects.partition(run_id))
                 if held is None or held.generation != generation:
                     # Fetched before this worker let the partition go: left unacked, the
                     # current owner's consumer delivers it (again).
+                    continue
+                if unrouted:
+                    tg.start_soon(self._unroutable, msg)
                     continue
                 actor = self.actors.get(run_id)
                 if actor is None:
@@ -309,7 +336,7 @@ class Worker:
                 except Exception as exc:
                     actor.log.exception("activation_failed", error=str(exc))
                     actor.evict()
-                    outcome = Outcome.RETRY
+                    outcome = await self._after_failure(actor, msg, exc)
                 finally:
                     self._inflight.pop(key, None)
                 await _settle(msg, outcome)
@@ -318,6 +345,37 @@ class Worker:
             if actor.retired:
                 actor.evict()
             self._evict_overflow()
+
+    async def _unroutable(self, msg: Msg) -> None:
+        reason = (
+            f"event subject {msg.subject!r} names no run and event (a wildcard in a "
+            "published subject): it cannot reach any run"
+        )
+        self.log.warning("input_dead_lettered", source="junk", reason=reason)
+        try:
+            await self.rt.dead_letter(msg, source="junk", reason=reason, run_id="")
+        except (nats.errors.Error, MainspringError) as e:
+            self.log.warning("dead_letter_failed", error=str(e))
+            await _settle(msg, Outcome.RETRY)
+            return
+        await _settle(msg, Outcome.ACK)
+
+    async def _after_failure(self, actor: RunActor, msg: Msg, exc: Exception) -> Outcome:
+        """An activation raised: retry later, but not forever. An outage (NATS gone)
+        is waited out; anything else is a bug a message keeps triggering, so after
+        ``poison_deliveries`` the message goes to the dead-letter stream."""
+        if _is_outage(exc) or num_delivered(msg) < self.options.poison_deliveries:
+            return Outcome.RETRY
+        reason = (
+            f"activation failed {num_delivered(msg)} times, last with {type(exc).__name__}: {exc}"
+        )
+        actor.log.error("input_dead_lettered", source="inbox", reason=reason)
+        try:
+            await self.rt.dead_letter(msg, source="inbox", reason=reason, run_id=actor.run_id)
+        except (nats.errors.Error, MainspringError) as e:
+            actor.log.warning("dead_letter_failed", error=str(e))
+            return Outcome.RETRY
+        return Outcome.ACK
 
     def _evict_overflow(self) -> None:
         excess = len(self.actors) - self.options.max_actors
@@ -334,14 +392,16 @@ class Worker:
             excess -= 1
 
 
+def _is_outage(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.Error | ConnectionFailed | TimeoutError | OSError)
+
+
 async def _settle(msg: Msg, outcome: Outcome) -> None:
     try:
         if outcome is Outcome.ACK:
             await msg.ack()
-        elif outcome is Outcome.RETRY:
-            await msg.nak(delay=retry_delay(num_delivered(msg)))
         else:
-            await msg.term()
+            await msg.nak(delay=retry_delay(num_delivered(msg)))
     except Exception as exc:  # connection trouble: JetStream redelivers; journal dedupes
         log.warning("settle_failed", error=str(exc))
 
@@ -349,14 +409,3 @@ async def _settle(msg: Msg, outcome: Outcome) -> None:
 def retry_delay(delivered: int) -> float:
     """Seconds before a retried input comes back: 0.5 s doubling, capped at 30 s."""
     return float(min(0.5 * 2 ** max(delivered - 1, 0), 30.0))
-
-
-class _Relay:
-    """Passes ``started()`` of the pull loop up as the partition's cancel scope."""
-
-    def __init__(self, outer: TaskStatus[anyio.CancelScope], scope: anyio.CancelScope) -> None:
-        self._outer = outer
-        self._scope = scope
-
-    def started(self, value: object = None) -> None:
-        self._outer.started(self._scope)

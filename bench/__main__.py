@@ -1,4 +1,4 @@
-"""``python -m bench <w1|...|w6> [--fsync-always] [...]``: one benchmark, one JSON line."""
+"""``python -m bench <workload> [--fsync-always] [...]``: one benchmark, one JSON line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from types import ModuleType
 
 import anyio
 
-from bench import w1, w2, w3, w4, w5, w6
+from bench import late, w1, w2, w3, w4, w5, w6
 from bench._env import Environment
 from mainspring._logging import configure_logging
 
@@ -24,6 +24,7 @@ WORKLOADS: dict[str, tuple[ModuleType, str]] = {
     "w4": (w4, "crash recovery: SIGKILL a worker mid-flight, time a replacement"),
     "w5": (w5, "audit replay speed: events/s whose hash chains are verified from the stream"),
     "w6": (w6, "projection lag under W1 load, and projector throughput rebuilding"),
+    "late": (late, "resume latency of live runs while late events flood an ended run"),
 }
 
 

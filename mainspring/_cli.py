@@ -160,9 +160,11 @@ def handlers(
 def main() -> None:
     from mainspring import _cli_ops, _cli_runs
     from mainspring._cli_config import config_app
+    from mainspring._cli_deadletters import dead_letters
 
     _cli_runs.register(app)
     _cli_ops.register(app)
+    app.command("dead-letters")(dead_letters)
     app.add_typer(config_app, name="config")
     try:
         app(standalone_mode=False)

@@ -135,6 +135,18 @@ def runs(
         typer.Option(help="only runs of this workflow (specs: flow.<document id>)"),
     ] = None,
     limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+    stalled: Annotated[
+        bool,
+        typer.Option(
+            "--stalled",
+            help="only runs that look stuck, with the reason: a timer overdue, parked, or "
+            "waiting on nothing with no input pending (reads the journal and inbox; no "
+            "PostgreSQL needed)",
+        ),
+    ] = False,
+    grace: Annotated[
+        float, typer.Option("--grace", help="with --stalled: seconds a timer may be late")
+    ] = 30.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="print a JSON envelope (the runs in `details`)")
     ] = False,
@@ -144,9 +156,12 @@ def runs(
     partitions: PartitionsOpt = 16,
     verbose: VerboseOpt = False,
 ) -> None:
-    """List runs (from the projections), newest activity first."""
+    """List runs (from the projections), newest activity first; `--stalled` lists the
+    runs that look stuck and why (from the journal)."""
 
     async def body(env: Env) -> int:
+        if stalled:
+            return await _stalled(env, as_json, grace, limit)
         from projections import Queries
 
         rows = await Queries(env.pool).runs(status=status, workflow=workflow, limit=limit)
@@ -190,9 +205,46 @@ def runs(
         prefix=prefix,
         partitions=partitions,
         postgres=postgres_dsn,
-        needs_postgres=True,
+        needs_postgres=not stalled,
         verbose=verbose,
     )
+
+
+async def _stalled(env: Env, as_json: bool, grace: float, limit: int) -> int:
+    from mainspring._stalled import stalled_runs
+
+    found = (await stalled_runs(env.nc, env.subjects, grace_s=grace))[:limit]
+    if as_json:
+        from mainspring._cli_runs import emit
+        from schemas import Envelope
+
+        details = [
+            {
+                "run_id": s.view.run_id,
+                "workflow": s.view.workflow,
+                "status": s.view.status,
+                "events": s.view.events,
+                "updated_at": s.view.updated_at,
+                "inbox_pending": s.inbox_pending,
+                "reason": s.reason,
+            }
+            for s in found
+        ]
+        envelope = Envelope(
+            ok=True,
+            command="runs",
+            status="ok",
+            exit_code=EXIT_OK,
+            details=msgspec.to_builtins(details),
+        )
+        return emit(envelope, True)
+    if not found:
+        print("no stalled runs")
+        return EXIT_OK
+    for s in found:
+        print(f"{s.view.run_id}  {s.view.workflow}  {s.view.status}  {ts(s.view.updated_at)}")
+        print(f"    {s.reason}")
+    return EXIT_OK
 
 
 def _cli(command: str, as_json: bool, body: Any, **conn: Any) -> None:

@@ -38,6 +38,7 @@ from streams import (
     Record,
     StoredEvent,
     Subjects,
+    dead_letter,
     decode_record,
     ensure_topology,
     read_records,
@@ -78,8 +79,40 @@ ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, event_id = EXC
 _EVENT_COLUMNS = ("run_id", "n", "stream_seq", "type", "data", "prev_hash", "hash", "at")
 
 
+_SAVE_POSITION = (
+    "INSERT INTO projector_positions (name, stream_seq, event_at, updated_at) "
+    "VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO UPDATE SET "
+    "stream_seq = EXCLUDED.stream_seq, event_at = COALESCE(EXCLUDED.event_at, "
+    "projector_positions.event_at), updated_at = now()"
+)
+_REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+"""PostgreSQL errors about the data itself: the same batch would fail again forever."""
+
+
 def _json(raw: msgspec.Raw | None) -> str | None:
-    return None if raw is None else bytes(raw).decode()
+    """JSON text for a jsonb column. PostgreSQL's jsonb cannot hold U+0000, which JSON
+    allows: such a value is stored with U+FFFD in its place (the exact bytes stay in
+    ``run_events.data``, which the audit chain covers)."""
+    if raw is None:
+        return None
+    data = bytes(raw)
+    if b"\\u0000" in data:
+        data = msgspec.json.encode(_without_nul(msgspec.json.decode(data)))
+    return data.decode()
+
+
+def _without_nul(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def _error_json(error: object) -> str | None:
@@ -94,6 +127,8 @@ class ProjectorStats:
     events: int = 0
     batches: int = 0
     undecodable: int = 0
+    dead_lettered: int = 0
+    """journal records PostgreSQL refused (or that do not decode): see the dead letters"""
     last_commit_lag_s: float = 0.0
     lag_samples: list[float] = field(default_factory=list)
     keep_samples: bool = False
@@ -197,14 +232,52 @@ class Projector:
             try:
                 await self._commit(records)
                 return
+            except _REFUSED as exc:
+                # PostgreSQL refuses something in the batch itself: retrying the same
+                # batch would loop forever. Find the record(s) by halving.
+                self._forget(records)
+                await self._isolate(records, exc)
+                return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # Postgres down or restarting: keep the batch, try again. Views touched
                 # by the failed transaction are ahead of the database: forget them.
-                for rec in records:
-                    self._views.pop(rec.run_id, None)
+                self._forget(records)
                 log.warning("projection_commit_failed", error=str(exc), retry_in_s=delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _forget(self, records: list[Record]) -> None:
+        for rec in records:
+            self._views.pop(rec.run_id, None)
+
+    async def _isolate(self, records: list[Record], exc: Exception) -> None:
+        if len(records) > 1:
+            mid = len(records) // 2
+            await self._commit_with_retry(records[:mid])
+            await self._commit_with_retry(records[mid:])
+            return
+        (rec,) = records
+        reason = f"PostgreSQL refused its projection ({type(exc).__name__}): {exc}"
+        log.error("journal_record_dead_lettered", seq=rec.seq, run_id=rec.run_id, reason=reason)
+        await self._dead_letter(rec, reason)
+        async with self.pool.acquire() as conn:  # past it, so it is not tried again
+            await conn.execute(_SAVE_POSITION, self.name, rec.seq, None)
+        self.stats.position = rec.seq
+
+    async def _dead_letter(self, rec: Record, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        await dead_letter(
+            self.nc,
+            self.subjects,
+            source="projector",
+            reason=reason,
+            subject=rec.subject,
+            data=rec.data,
+            headers=rec.headers,
+            stream=self.subjects.journal_stream,
+            seq=rec.seq,
+            run_id=rec.run_id,
+        )
 
     async def _commit(self, records: list[Record]) -> None:
         rows: list[tuple[object, ...]] = []
@@ -219,6 +292,7 @@ class Projector:
                 except JournalCorrupt as exc:
                     self.stats.undecodable += 1
                     log.error("journal_record_undecodable", seq=rec.seq, error=str(exc))
+                    await self._dead_letter(rec, f"undecodable journal record: {exc}")
                     continue
                 view = touched.get(stored.event.run_id)
                 if view is None:
@@ -259,15 +333,7 @@ class Projector:
                     "VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
                     checkpoints,
                 )
-            await conn.execute(
-                "INSERT INTO projector_positions (name, stream_seq, event_at, updated_at) "
-                "VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO UPDATE SET "
-                "stream_seq = EXCLUDED.stream_seq, event_at = EXCLUDED.event_at, "
-                "updated_at = now()",
-                self.name,
-                records[-1].seq,
-                newest_at,
-            )
+            await conn.execute(_SAVE_POSITION, self.name, records[-1].seq, newest_at)
         self._remember(touched)
         self._record_progress(records, rows)
 

@@ -50,6 +50,8 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     """cost budget over effect results' ``cost_usd`` (0: none)"""
     max_duration_s: float = 0.0
     """wall-time limit from the start (0: none)"""
+    max_rejections: int = 100
+    """resume events journaled as rejected before further junk is dead-lettered instead"""
 
 
 class RunCompleted(Event, frozen=True, kw_only=True, tag="run.completed"):

@@ -20,10 +20,17 @@ class InvalidNameError(ConfigError, ValueError):
     """A run id, event name or effect kind that cannot become a subject token."""
 
 
+def _shown(value: object) -> str:
+    """A name as shown in an error: never thousands of characters of it."""
+    if isinstance(value, str) and len(value) > 64:
+        return f"{value[:64]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 def check_run_id(value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidNameError(
-            f"invalid run id {value!r}: use 1-{MAX_ID_LEN} characters from "
+            f"invalid run id {_shown(value)}: use 1-{MAX_ID_LEN} characters from "
             "A-Z a-z 0-9 _ - (it becomes a NATS subject token)"
         )
     return value
@@ -32,7 +39,7 @@ def check_run_id(value: str) -> str:
 def check_event_name(value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidNameError(
-            f"invalid event name {value!r}: use 1-{MAX_ID_LEN} characters from "
+            f"invalid event name {_shown(value)}: use 1-{MAX_ID_LEN} characters from "
             "A-Z a-z 0-9 _ - (it becomes a NATS subject token)"
         )
     return value

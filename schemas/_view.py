@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -33,6 +33,8 @@ from schemas._journal import (
     RunFailed,
     RunParked,
     RunStarted,
+    TimerFired,
+    TimerStarted,
     WaitStarted,
     WaitTimedOut,
 )
@@ -109,6 +111,10 @@ class RunView:
     waits: dict[int, WaitView] = field(default_factory=dict)
     effects: dict[int, EffectView] = field(default_factory=dict)
     children: dict[int, str] = field(default_factory=dict)
+    timers: dict[int, datetime] = field(default_factory=dict)
+    """open timers (``ctx.sleep``): seq -> when due"""
+    deadline: datetime | None = None
+    """when the run's wall-time limit falls due (None: no limit)"""
     _buffered: dict[str, deque[str]] = field(default_factory=dict)
     _received: dict[str, str] = field(default_factory=dict)  # event_id -> name
     changed_waits: set[int] = field(default_factory=set)
@@ -140,6 +146,8 @@ class RunView:
             self.workflow, self.version, self.input = ev.workflow, ev.version, ev.input
             self.parent_run_id = ev.parent.run_id if ev.parent else None
             self.depth, self.started_at = ev.depth, ev.at
+            if ev.max_duration_s > 0:
+                self.deadline = ev.at + timedelta(seconds=ev.max_duration_s)
         elif isinstance(ev, RunCompleted):
             self.status, self.output, self.ended_at = "completed", ev.output, ev.at
             self._close_waits("abandoned")
@@ -166,6 +174,10 @@ class RunView:
                     fx.input_tokens, fx.output_tokens = usage.input_tokens, usage.output_tokens
                     fx.cost_usd = usage.cost_usd
                 self.changed_effects.add(ev.seq)
+        elif isinstance(ev, TimerStarted):
+            self.timers[ev.seq] = ev.fire_at
+        elif isinstance(ev, TimerFired):
+            self.timers.pop(ev.seq, None)
         elif isinstance(ev, ChildStarted):
             self.children[ev.seq] = ev.child_run_id
         elif isinstance(ev, ChildCompleted | ChildFailed):
@@ -187,6 +199,40 @@ class RunView:
             self._reject(ev)
         if self.status in ("running", "waiting", "parked") and self.ended_at is None:
             self.status = "waiting" if self.waiting_for else "running"
+
+    def stall(self, *, now: datetime, inbox_pending: int, grace: timedelta) -> str | None:
+        """Why this run looks stuck (None: it is not), for ``mainspring runs --stalled``:
+        a timer overdue by more than ``grace``, or nothing outstanding (no open wait,
+        timer, effect or child) with no input pending in its inbox."""
+        if self.ended_at is not None:
+            return None
+        if self.status == "parked":
+            why = self.error.message if self.error else "its code and journal disagree"
+            return f"parked: {why}; deploy code that replays it, then call client.wake()"
+        due = [*self.timers.values(), *(w.deadline for w in self.open_waits if w.deadline)]
+        if self.deadline is not None:
+            due.append(self.deadline)
+        overdue = [t for t in due if t < now - grace]
+        if overdue:
+            first = min(overdue)
+            late = (
+                f"was due at {first:%Y-%m-%d %H:%M:%S} ({(now - first).total_seconds():.0f}s ago)"
+            )
+            if inbox_pending:
+                return (
+                    f"a timer {late}; {inbox_pending} input(s) wait in its inbox: is a worker "
+                    "consuming its partition?"
+                )
+            return f"a timer {late} and has not fired"
+        busy = self.open_waits or self.timers or self.children
+        if busy or any(fx.status == "requested" for fx in self.effects.values()):
+            return None
+        if inbox_pending:
+            return None
+        return (
+            "waits on nothing (no open wait, timer, effect or child run) and no input is "
+            "pending in its inbox: nothing will wake it"
+        )
 
     def _close_waits(self, status: str) -> None:
         """The run ended: nothing will satisfy its open waits any more."""

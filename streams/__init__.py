@@ -9,6 +9,13 @@ from streams._consumer import (
     pull_loop,
     stream_seq,
 )
+from streams._deadletters import (
+    DeadLetter,
+    dead_letter,
+    dead_letter_at,
+    dead_letters,
+    reinject,
+)
 from streams._journal import (
     GENESIS,
     HDR_HASH,
@@ -41,6 +48,7 @@ from streams._topology import (
 __all__ = [
     "ApiError",
     "ConsumerSpec",
+    "DeadLetter",
     "EffectMarkers",
     "GENESIS",
     "HDR_HASH",
@@ -65,6 +73,9 @@ __all__ = [
     "chain",
     "check_server",
     "connect",
+    "dead_letter",
+    "dead_letter_at",
+    "dead_letters",
     "decode_record",
     "delete_consumer",
     "ensure_consumer",
@@ -76,6 +87,7 @@ __all__ = [
     "publish_checked",
     "pull_loop",
     "read_records",
+    "reinject",
     "retrying",
     "stream_seq",
     "verify_chain",

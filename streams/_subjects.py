@@ -10,6 +10,7 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
     ms.in.<p>.<run>.<kind>       internal inbox messages (start, effect.result, ...)
     ms.sched.<run>.<seq>         timer definitions (JetStream scheduled messages)
     ms.worker.<id>.ping          liveness probe of a worker holding partition leases
+    ms.dlq.<source>.<run>        dead letters: messages a consumer could not apply (MS_DEADLETTERS)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Subjects:
         self.journal_stream = f"{upper}_JOURNAL"
         self.inbox_stream = f"{upper}_INBOX"
         self.lease_bucket = f"{prefix.replace('-', '_')}_leases"
+        self.dead_letter_stream = f"{upper}_DEADLETTERS"
 
     # journal ----------------------------------------------------------------
     def journal(self, run_id: str) -> str:
@@ -85,6 +87,14 @@ class Subjects:
             ".{{wildcard(1)}}.ev.{{wildcard(2)}}"
         )
 
+    def event_unrouted(self) -> str:
+        """Where events stay that the ingest transform could not route (their subject
+        holds a wildcard): swept into the dead-letter stream."""
+        return f"{self.prefix}.event.>"
+
+    def is_unrouted(self, subject: str) -> bool:
+        return subject.startswith(f"{self.prefix}.event.")
+
     def inbox(self, run_id: str, kind: str) -> str:
         return f"{self.prefix}.in.{partition_of(run_id, self.partitions)}.{run_id}.{kind}"
 
@@ -99,6 +109,17 @@ class Subjects:
 
     def schedule_all(self) -> str:
         return f"{self.prefix}.sched.>"
+
+    def is_inbox(self, subject: str) -> bool:
+        """A subject of the inbox stream (a run's input), as stored or as published."""
+        return subject.startswith((f"{self.prefix}.in.", f"{self.prefix}.event."))
+
+    # dead letters ---------------------------------------------------------------
+    def dead_letter(self, source: str, run_id: str) -> str:
+        return f"{self.prefix}.dlq.{source}.{run_id}"
+
+    def dead_letter_all(self) -> str:
+        return f"{self.prefix}.dlq.>"
 
     def partition(self, run_id: str) -> int:
         return partition_of(run_id, self.partitions)
@@ -118,6 +139,9 @@ class Subjects:
 
     def inbox_consumer(self, partition: int) -> str:
         return f"inbox-p{partition}"
+
+    def unrouted_consumer(self) -> str:
+        return "inbox-unrouted"
 
     def effect_consumer(self, kind: str) -> str:
         return "fx-" + kind.replace(".", "_")

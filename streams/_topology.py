@@ -117,6 +117,32 @@ def inbox_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, An
     }
 
 
+DLQ_MAX_AGE_DAYS = 30
+DLQ_MAX_MSGS = 100_000
+DLQ_PER_SUBJECT = 1000
+"""dead letters kept per source and run: a flood for one run cannot push out others'"""
+# No max_bytes: JetStream reserves a stream's max_bytes up front from the server's
+# storage, per deployment prefix. Letters are bounded by count and age instead, and
+# each by the server's max payload (it was a message of ours once).
+
+
+def dead_letter_stream_config(subjects: Subjects) -> dict[str, Any]:
+    return {
+        "name": subjects.dead_letter_stream,
+        "description": "Mainspring dead letters: messages a consumer could not apply, and why",
+        "subjects": [subjects.dead_letter_all()],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "old",
+        "max_age": DLQ_MAX_AGE_DAYS * 86400 * _NS,
+        "max_msgs": DLQ_MAX_MSGS,
+        "max_bytes": -1,
+        "max_msgs_per_subject": DLQ_PER_SUBJECT,
+        "duplicate_window": 120 * _NS,
+        "allow_direct": True,
+    }
+
+
 async def _create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
     name = config["name"]
     if config.get("num_replicas") is None:
@@ -165,7 +191,8 @@ def _require(echoed: dict[str, Any], wanted: dict[str, Any], fields: tuple[str, 
 async def ensure_topology(
     nc: NATS, subjects: Subjects, cfg: TopologyConfig | None = None
 ) -> ServerFeatures:
-    """Check the server, then create or update both streams and verify what it echoes."""
+    """Check the server, then create or update the journal, inbox and dead-letter
+    streams and verify what the server echoes."""
     cfg = cfg or TopologyConfig()
     features = await check_server(nc)
     journal = journal_stream_config(subjects, cfg)
@@ -176,6 +203,10 @@ async def ensure_topology(
         inbox,
         ("allow_msg_schedules", "subject_transform", "retention"),
     )
+    dlq = dead_letter_stream_config(subjects)
+    if cfg.replicas is not None:
+        dlq["num_replicas"] = cfg.replicas
+    _require(await _create_or_update(nc, dlq), dlq, ("max_msgs_per_subject",))
     await _ensure_objects(nc, subjects, cfg)
     return features
 

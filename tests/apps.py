@@ -250,3 +250,36 @@ async def gated_timers(ctx: ms.Context, inp: Gated) -> str:
     await ctx.sleep(inp.first)
     await ctx.sleep(inp.second)
     return "done"
+
+
+BROKEN: set[str] = set()
+"""Names whose `Fragile` input makes the worker itself fail (a bug a message triggers)."""
+
+
+class Fragile(msgspec.Struct):
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name in BROKEN:
+            raise RuntimeError(f"bug triggered by {self.name}")
+
+
+@registry.workflow
+async def fragile(ctx: ms.Context, inp: Fragile) -> str:
+    return inp.name
+
+
+@handlers.handler("crash.hard", ack_wait_s=1.0, max_deliveries=2)
+async def crash_hard(payload: dict[str, object]) -> str:
+    """Kills its own process, every time (a handler bug that no retry fixes)."""
+    os._exit(17)
+
+
+@registry.workflow
+async def crash_effect(ctx: ms.Context, _: None) -> str:
+    """One effect whose handler always crashes; reports how the effect ended."""
+    try:
+        await ctx.effect("crash.hard", {})
+    except ms.EffectFailedError as e:
+        return e.error.type
+    return "completed"

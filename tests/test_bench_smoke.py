@@ -81,3 +81,11 @@ def test_w6_projection_lag() -> None:
     keys = {"lag_p50_s", "lag_p99_s", "projector_events_per_s", "rebuild_events"}
     assert keys <= result.keys()
     assert result["rebuild_events"] == 11 * 12  # warm-up + 10 runs of 12 events, all projected
+
+
+def test_late_event_flood() -> None:
+    """The late-event flood workload runs and reports both latencies (shape only)."""
+    result = run_bench("late", "--runs", "5", "--flood", "200")
+    assert result["flood"] == 200
+    assert result["dead_letters_kept"] == 200
+    assert isinstance(result["flood_to_quiet_p50"], float)

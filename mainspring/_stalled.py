@@ -1,0 +1,63 @@
+"""Find runs that look stuck, from the journal and the inbox (no journal reading by hand).
+
+A run is reported when a timer of it is overdue (by more than a grace period), when
+it is parked, or when it waits on nothing — no open wait, timer, effect or child —
+and has no input pending in its inbox: then nothing will ever wake it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from nats.aio.client import Client as NATS
+
+from schemas import TERMINAL_EVENTS, RunView, fold
+from streams import Journal, Subjects, api_request
+
+
+@dataclass(frozen=True)
+class Stalled:
+    view: RunView
+    reason: str
+    inbox_pending: int
+
+
+async def inbox_pending(nc: NATS, subjects: Subjects) -> dict[str, int]:
+    """Messages waiting in the inbox, per run (from the stream's subject index)."""
+    counts: dict[str, int] = {}
+    offset = 0
+    while True:
+        info = await api_request(
+            nc,
+            f"$JS.API.STREAM.INFO.{subjects.inbox_stream}",
+            {"subjects_filter": subjects.inbox_all(), "offset": offset},
+        )
+        found: dict[str, int] = info.get("state", {}).get("subjects") or {}
+        for subject, n in found.items():
+            run_id = subjects.parse_inbox(subject)[0]
+            counts[run_id] = counts.get(run_id, 0) + int(n)
+        offset += len(found)
+        if not found or offset >= int(info.get("total", 0)):
+            return counts
+
+
+async def stalled_runs(
+    nc: NATS, subjects: Subjects, *, grace_s: float = 30.0, now: datetime | None = None
+) -> list[Stalled]:
+    """Every run of the deployment that has not ended and looks stuck, with why."""
+    journal = Journal(nc, subjects)
+    pending = await inbox_pending(nc, subjects)
+    at = now or datetime.now(UTC)
+    out: list[Stalled] = []
+    for run_id in await journal.run_ids():
+        last = await journal.last(run_id)
+        if last is None or isinstance(last.event, TERMINAL_EVENTS):
+            continue
+        events = await journal.load(run_id, verify=False)
+        view = fold([e.event for e in events])
+        waiting = pending.get(run_id, 0)
+        reason = view.stall(now=at, inbox_pending=waiting, grace=timedelta(seconds=grace_s))
+        if reason is not None:
+            out.append(Stalled(view, reason, waiting))
+    return out
