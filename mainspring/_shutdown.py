@@ -39,6 +39,7 @@ async def until_signalled(
     received: list[int] = []
     deadline: list[threading.Timer] = []
     result: T | None = None
+    failure: Exception | None = None
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
             scope = anyio.CancelScope()
@@ -62,11 +63,16 @@ async def until_signalled(
             tg.start_soon(watch)
             try:
                 with scope:
-                    result = await body()
+                    try:
+                        result = await body()
+                    except Exception as e:  # raised below, not wrapped in the group
+                        failure = e
             finally:
                 for timer in deadline:
                     timer.cancel()
                 tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return None if received else result
 
 

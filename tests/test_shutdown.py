@@ -184,3 +184,14 @@ def _rows_in(dsn: str) -> Callable[[], Awaitable[bool]]:
             await conn.close()
 
     return projected
+
+
+def test_service_error_reads_as_one_line(nats_server: NatsServer, tmp_path: Path) -> None:
+    """A service that fails on its own (here: invalid settings) still exits with one
+    readable error line and its exit code, not a traceback."""
+    command = ["worker", "--app", "tests.apps:registry", "--nats-url", nats_server.url]
+    worker = _service([*command, "--partitions", "0"], tmp_path / "worker.log", background=False)
+    assert worker.wait(30) == 10
+    out = (tmp_path / "worker.log").read_text()
+    assert "error: partitions must be between 1 and 1024" in out
+    assert "Traceback" not in out
