@@ -73,6 +73,12 @@ class Outcome(Enum):
 ORPHAN_DELIVERIES = 7
 
 
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
 def junk_weight(ev: EventRejected) -> int:
     """Journal events a rejection cost: its own, plus the event.received it refused."""
     return 1 if ev.seq == 0 else 2
@@ -91,6 +97,8 @@ class RunActor:
         self.busy = False
         self.retired = False
         self.junk_dead_lettered = 0
+        self.dead_lettered: dict[str, int] = {}
+        """letters of this run per source since it was loaded (for the log's counts)"""
         self.log = log.bind(run_id=run_id)
         self._reset()
 
@@ -370,14 +378,20 @@ class RunActor:
         )
 
     async def _dead_letter(self, msg: Msg, source: str, reason: str, **log_kw: Any) -> Outcome:
-        """Keep an input that cannot be applied in the dead-letter stream, then ack it."""
-        self.log.warning(
-            "input_dead_lettered",
-            source=source,
-            reason=reason,
-            inbox_seq=stream_seq(msg),
-            **log_kw,
-        )
+        """Keep an input that cannot be applied in the dead-letter stream, then ack it.
+
+        Logged with a running count per source: every letter while they are few, then
+        at 10, 100, 1000… so a flood of junk cannot flood the log too."""
+        count = self.dead_lettered[source] = self.dead_lettered.get(source, 0) + 1
+        if count <= 10 or _is_power_of_ten(count):
+            self.log.warning(
+                "input_dead_lettered",
+                source=source,
+                reason=reason,
+                inbox_seq=stream_seq(msg),
+                count=count,
+                **log_kw,
+            )
         await self.rt.dead_letter(msg, source=source, reason=reason, run_id=self.run_id)
         return Outcome.ACK
 

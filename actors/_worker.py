@@ -327,24 +327,35 @@ class Worker:
     async def _drain(self, actor: RunActor) -> None:
         try:
             while actor.mailbox and not actor.retired:
-                msg = actor.mailbox.popleft()
-                key = id(msg)
-                self._inflight[key] = (msg, time.monotonic())
-                try:
-                    async with self._limiter:
-                        outcome = await actor.handle(msg)
-                except Exception as exc:
-                    actor.log.exception("activation_failed", error=str(exc))
-                    actor.evict()
-                    outcome = await self._after_failure(actor, msg, exc)
-                finally:
-                    self._inflight.pop(key, None)
-                await _settle(msg, outcome)
+                if actor.terminal is not None and len(actor.mailbox) > 1:
+                    # An ended run changes no more: its late inputs (dead-lettered or
+                    # ignored) need no order, so a flood of them is worked off in
+                    # parallel instead of holding the partition's ack window.
+                    batch = [actor.mailbox.popleft() for _ in range(min(64, len(actor.mailbox)))]
+                    async with anyio.create_task_group() as tg:
+                        for msg in batch:
+                            tg.start_soon(self._activate, actor, msg)
+                    continue
+                await self._activate(actor, actor.mailbox.popleft())
         finally:
             actor.busy = False
             if actor.retired:
                 actor.evict()
             self._evict_overflow()
+
+    async def _activate(self, actor: RunActor, msg: Msg) -> None:
+        key = id(msg)
+        self._inflight[key] = (msg, time.monotonic())
+        try:
+            async with self._limiter:
+                outcome = await actor.handle(msg)
+        except Exception as exc:
+            actor.log.exception("activation_failed", error=str(exc))
+            actor.evict()
+            outcome = await self._after_failure(actor, msg, exc)
+        finally:
+            self._inflight.pop(key, None)
+        await _settle(msg, outcome)
 
     async def _unroutable(self, msg: Msg) -> None:
         reason = (

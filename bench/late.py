@@ -81,6 +81,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         "quiet_resume_p99_ms": round(percentile(quiet, 99), 3),
         "flood_resume_p50_ms": round(f50, 3),
         "flood_resume_p99_ms": round(percentile(under, 99), 3),
+        "flood_resume_max_ms": round(max(under), 3),
         "flood_to_quiet_p50": round(f50 / q50, 2),
         "resumes_done_during_flood_s": round(resumed_s, 3),
         "flood_worked_off_s": round(drained_s, 3),
