@@ -252,6 +252,64 @@ async def gated_timers(ctx: ms.Context, inp: Gated) -> str:
     return "done"
 
 
+class ChaosJob(msgspec.Struct):
+    """One run of the chaos test's workload (tests/chaos.py)."""
+
+    file: str
+    """side file: every step and effect execution appends a line (duplicates are counted)"""
+    rounds: int = 2
+    delay: float = 0.1
+    """seconds each step holds its actor busy (so partition moves hit busy actors)"""
+    nap: float = 0.1
+    at_most_once: bool = False
+    child: bool = False
+    wait: bool = True
+    hold: bool = False
+    """wait for an event nobody sends: the run only ends when it is cancelled"""
+
+
+class ChaosFx(msgspec.Struct):
+    file: str
+    key: str
+    value: int
+
+
+async def _busy_step(file: str, run_id: str, i: int, delay: float) -> int:
+    await anyio.sleep(delay)
+    with Path(file).open("a") as f:
+        f.write(f"step,{run_id},{i}\n")
+    return i + 1
+
+
+@registry.workflow
+async def chaos(ctx: ms.Context, job: ChaosJob) -> int:
+    """Rounds of (busy step, then an effect and a timer together), maybe a child run
+    (this workflow again, one round), then a resume event: the chaos test's workload."""
+    total = 0
+    for i in range(job.rounds):
+        total += await ctx.step(_busy_step, job.file, ctx.run_id, i, job.delay, name="busy")
+        key = f"{'amo' if job.at_most_once else 'alo'},{ctx.run_id},{i}"
+        payload = ChaosFx(job.file, key, i + 1)
+        doubled, _ = await ctx.gather(
+            ctx.effect("chaos.fx", payload, at_most_once=job.at_most_once), ctx.sleep(job.nap)
+        )
+        total += doubled
+    if job.child:
+        kid = msgspec.structs.replace(job, rounds=1, child=False, wait=job.hold)
+        total += await ctx.child("chaos", kid, run_id=f"{ctx.run_id}-kid")
+    if job.wait:
+        total += await ctx.wait_event("never" if job.hold else "go", int)
+    return total
+
+
+@handlers.handler("chaos.fx")
+async def chaos_fx(payload: ChaosFx, ctx: ms.EffectContext) -> int:
+    """Append `fx,<key>,<delivery>` (each execution counts), return the value doubled."""
+    with Path(payload.file).open("a") as f:
+        f.write(f"fx,{payload.key},{ctx.delivery}\n")
+    return 2 * payload.value
+
+
 BROKEN: set[str] = set()
 """Names whose `Fragile` input makes the worker itself fail (a bug a message triggers)."""
 
