@@ -303,7 +303,7 @@ class RunActor:
         if self.parked or self.machine is None:
             return Outcome.RETRY
         if event_id in self.machine.seen_events or event_id in self.machine.rejected:
-            self.log.info("input_ignored", event=name, reason=f"duplicate event {event_id}")
+            self.log.info("input_ignored", name=name, reason=f"duplicate event {event_id}")
             await self._advance()
             return Outcome.ACK
         data = await event_body(self.rt.objects, msg.data or b"null", name)

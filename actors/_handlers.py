@@ -48,14 +48,13 @@ from streams import (
     Objects,
     PayloadLimits,
     Subjects,
-    dead_letter,
+    dead_letter_msg,
     ensure_consumer,
     ensure_topology,
     num_delivered,
     publish_checked,
     pull_loop,
     retrying,
-    stream_seq,
 )
 
 log = structlog.get_logger()
@@ -282,17 +281,13 @@ class HandlerService:
 
     async def _dead_letter(self, msg: Msg, reason: str, run_id: str) -> None:
         log.error("effect_request_dead_lettered", subject=msg.subject, reason=reason)
-        await dead_letter(
+        await dead_letter_msg(
             self.nc,
             self.subjects,
+            msg,
+            stream=self.subjects.journal_stream,
             source="fx",
             reason=reason,
-            subject=msg.subject,
-            data=msg.data,
-            headers=msg.headers,
-            stream=self.subjects.journal_stream,
-            seq=stream_seq(msg),
-            deliveries=num_delivered(msg),
             run_id=run_id,
         )
 

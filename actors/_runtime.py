@@ -15,10 +15,8 @@ from streams import (
     Objects,
     PayloadLimits,
     Subjects,
-    dead_letter,
-    num_delivered,
+    dead_letter_msg,
     publish_checked,
-    stream_seq,
 )
 
 
@@ -79,17 +77,13 @@ class Runtime:
 
     async def dead_letter(self, msg: Msg, *, source: str, reason: str, run_id: str) -> None:
         """Move an inbox message that cannot be applied to the dead-letter stream."""
-        await dead_letter(
+        await dead_letter_msg(
             self.nc,
             self.subjects,
+            msg,
+            stream=self.subjects.inbox_stream,
             source=source,
             reason=reason,
-            subject=msg.subject,
-            data=msg.data,
-            headers=msg.headers,
-            stream=self.subjects.inbox_stream,
-            seq=stream_seq(msg),
-            deliveries=num_delivered(msg),
             run_id=run_id,
         )
 

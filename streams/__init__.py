@@ -13,6 +13,7 @@ from streams._deadletters import (
     DeadLetter,
     dead_letter,
     dead_letter_at,
+    dead_letter_msg,
     dead_letters,
     reinject,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "connect",
     "dead_letter",
     "dead_letter_at",
+    "dead_letter_msg",
     "dead_letters",
     "decode_record",
     "delete_consumer",

@@ -27,8 +27,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from schemas import ConfigError
+from streams._consumer import num_delivered, stream_seq
 from streams._jsapi import ApiError, api_request
 from streams._publish import PubAck, publish_checked
 from streams._records import read_records
@@ -76,6 +78,25 @@ async def dead_letter(
         out["Nats-Msg-Id"] = f"dlq:{stream}:{seq}"
     token = run_id if run_id and "." not in run_id else "_"
     return await publish_checked(nc, subjects.dead_letter(source, token), data, out)
+
+
+async def dead_letter_msg(
+    nc: NATS, subjects: Subjects, msg: Msg, *, stream: str, source: str, reason: str, run_id: str
+) -> PubAck:
+    """``dead_letter`` for a message a consumer delivered (position and count from it)."""
+    return await dead_letter(
+        nc,
+        subjects,
+        source=source,
+        reason=reason,
+        subject=msg.subject,
+        data=msg.data,
+        headers=msg.headers,
+        stream=stream,
+        seq=stream_seq(msg),
+        deliveries=num_delivered(msg),
+        run_id=run_id,
+    )
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def test_imports_point_one_way(package: str) -> None:
 
 PUBLIC = {
     "schemas": 81,
-    "streams": 45,
+    "streams": 46,
     "actors": 25,
     "projections": 23,
     "mainspring": 31,
@@ -53,3 +53,21 @@ def test_public_names_are_pinned_and_sorted(package: str) -> None:
     assert names == sorted(names)
     assert all(hasattr(module, n) for n in names)
     assert len(names) == PUBLIC[package], f"{package}.__all__ changed: {names}"
+
+
+def test_no_log_call_passes_event_as_a_keyword() -> None:
+    """structlog's first argument is `event`: a keyword of that name raises TypeError at
+    the call, which once turned every late event into an endless redelivery loop."""
+    levels = {"debug", "info", "warning", "error", "exception", "critical", "msg"}
+    offenders = []
+    for package in sorted(PUBLIC):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in levels
+                    and any(k.arg == "event" for k in node.keywords)
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

@@ -223,3 +223,30 @@ async def test_declarative_run_rejects_event_names_its_document_does_not_declare
 
 async def _rejections(client: ms.Client, rid: str) -> list[EventRejected]:
     return events_of(await client.history(rid), EventRejected)
+
+
+async def test_duplicate_event_past_the_dedupe_window_is_ignored_once(
+    nc: NATS, subjects: Subjects
+) -> None:
+    """An event whose id the run has already journaled (a re-injected copy, or one sent
+    again after the stream's de-duplication window) is acknowledged and logged as a
+    duplicate: not journaled twice, not retried, not dead-lettered."""
+    async with running(nc, subjects, registry) as h:
+        rid = await h.client.start("two_waits", None, run_id="dupes")
+        await wait_status(h.client, rid, "waiting")
+        await h.client.send_event(rid, "tick", 1, event_id="first")
+        await nc.publish(  # the same event id, under another message id
+            subjects.event(rid, "tick"),
+            b"99",
+            headers={"Nats-Msg-Id": "again", "Ms-Event-Id": "first"},
+        )
+        await h.client.send_event(rid, "tick", 2, event_id="second")
+        assert await h.client.result(rid, timeout=20) == [1, 2]
+        assert types(await h.client.history(rid)).count("event.received") == 2
+        js = nc.jetstream()
+
+        async def inbox_empty() -> bool:  # nothing left being redelivered
+            return (await js.stream_info(subjects.inbox_stream)).state.messages == 0
+
+        await wait_until(inbox_empty, timeout=5)
+    assert await dead_letters(nc, subjects) == []
