@@ -7,12 +7,17 @@ Serve them with ``mainspring handlers --app actors:builtin_handlers`` or as part
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import ByteReceiveStream, Process
 
 from actors._handlers import EffectContext, Handlers
 from schemas import TerminalError
@@ -93,27 +98,78 @@ def command_line(req: CliRequest) -> list[str]:
     return [path, flag, command]
 
 
+async def run_command(
+    argv: list[str], *, cwd: str | None, env: dict[str, str], drain_s: float = 5.0
+) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` to its end: (exit code, stdout, stderr).
+
+    When cancelled (the effect's timeout, the handler service stopping) the command's
+    whole process group is killed. Either way the process is reaped and both pipes are
+    read to their end (which closes them) before this returns: nothing is left for the
+    event loop to finish later, when it may already be gone (a pipe left so is closed
+    by the garbage collector, with a ResourceWarning, in whatever runs next).
+    """
+    with anyio.CancelScope(shield=True):  # a spawn cut short leaves its pipes to asyncio
+        proc = await anyio.open_process(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, killed as one
+        )
+    chunks: tuple[list[bytes], list[bytes]] = ([], [])
+
+    async def drain(stream: ByteReceiveStream | None, into: list[bytes]) -> None:
+        if stream is not None:
+            async for chunk in stream:
+                into.append(chunk)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, proc.stdout, chunks[0])
+            tg.start_soon(drain, proc.stderr, chunks[1])
+            await proc.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                _kill_group(proc)
+            # Bounded: a grandchild that left the group may hold a pipe open; aclose()
+            # then closes our end.
+            with anyio.move_on_after(drain_s):
+                await drain(proc.stdout, chunks[0])
+                await drain(proc.stderr, chunks[1])
+            await proc.aclose()
+    code = proc.returncode
+    assert code is not None
+    return code, b"".join(chunks[0]), b"".join(chunks[1])
+
+
+def _kill_group(proc: Process) -> None:
+    if sys.platform == "win32":
+        proc.kill()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def builtin_handlers() -> Handlers:
     hs = Handlers()
 
     @hs.handler("cli", concurrency=8)
     async def cli(req: CliRequest, fx: EffectContext) -> CliResult:
         """Run a shell command; stdout parsed as JSON when asked."""
-        import os
-
-        done = await anyio.run_process(
+        code, out, err = await run_command(
             command_line(req),
             cwd=req.cwd,
-            check=False,
-            stdin=subprocess.DEVNULL,
             env={**os.environ, "MAINSPRING_EFFECT_ID": fx.effect_id, **req.env},
         )
-        stdout = done.stdout.decode(errors="replace")
-        stderr = done.stderr.decode(errors="replace")
-        if done.returncode not in req.exit_codes:
+        stdout = out.decode(errors="replace")
+        stderr = err.decode(errors="replace")
+        if code not in req.exit_codes:
             raise CommandFailed(
-                f"exit code {done.returncode} (accepted: {req.exit_codes}); "
-                f"stderr: {stderr.strip()[-500:]}"
+                f"exit code {code} (accepted: {req.exit_codes}); stderr: {stderr.strip()[-500:]}"
             )
         parsed: object = None
         if req.parse_json:
@@ -123,7 +179,7 @@ def builtin_handlers() -> Handlers:
                 raise TerminalError(
                     f"stdout is not JSON ({e}): {stdout[:200]!r}", type="cli.output"
                 ) from e
-        return CliResult(exit_code=done.returncode, stdout=stdout, stderr=stderr, json=parsed)
+        return CliResult(exit_code=code, stdout=stdout, stderr=stderr, json=parsed)
 
     @hs.handler("http", concurrency=32)
     async def http(req: HttpRequest, fx: EffectContext) -> HttpResponse:

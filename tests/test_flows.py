@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -19,9 +22,10 @@ from actors import (
     resolve_refs,
     validate_spec,
 )
+from actors._builtins import run_command
 from actors._expressions import ExpressionError, condition, parse, render
 from streams import Subjects
-from tests.harness import running, types, wait_status
+from tests.harness import running, types, wait_status, wait_until
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +134,62 @@ async def test_spec_runs_with_cli_approval_and_branches(
         kinds = types(await h.client.history(publish))
     assert kinds.count("effect.requested") == 2  # changelog, publish
     assert "event.rejected" in kinds
+
+
+def _open_pipes() -> set[str]:
+    """This process's open pipe descriptors (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    found = set()
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith("pipe:"):
+                found.add(fd.name)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper counts: it holds no pipe and runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+async def test_cancelled_cli_command_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A cli command cut short (effect timeout, handler stopping) is killed with the
+    processes it started, and its pipes are closed before the handler returns, not later
+    by the garbage collector (an unclosed-file warning in whatever test runs next)."""
+    started = tmp_path / "started"
+    argv = ["sh", "-c", f"sleep 60 & echo $! > {started}; sleep 60"]
+    before = _open_pipes()
+
+    async def child_started() -> bool:
+        return started.exists() and started.read_text().strip() != ""
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_command(argv, cwd=None, env=dict(os.environ)))
+            await wait_until(child_started)
+            tg.cancel_scope.cancel()
+    assert _open_pipes() <= before  # no event-loop turn in between: closed, not closing
+    grandchild = int(started.read_text())
+
+    async def grandchild_gone() -> bool:
+        return _gone(grandchild)
+
+    await wait_until(grandchild_gone, timeout=5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+async def test_cli_command_cut_short_while_starting_closes_its_pipes() -> None:
+    """Cancelled at any moment, even while its process is being spawned, a cli command
+    has closed its pipes by the time the handler returns."""
+    before = _open_pipes()
+    for i in range(40):  # cancellation points from "before the spawn" to "after the exit"
+        with anyio.move_on_after(i * 0.0005):
+            await run_command(["sh", "-c", "echo hi"], cwd=None, env=dict(os.environ))
+        assert _open_pipes() <= before, f"pipes left open when cut short after {i * 0.5} ms"
 
 
 async def test_invalid_inputs_fail_the_run(nc: NATS, subjects: Subjects) -> None:
