@@ -313,6 +313,7 @@ async def test_idle_runs_are_evicted_and_replayed(nc: NATS, subjects: Subjects) 
 async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) -> None:
     """Two instances serving one effect kind split the requests between them."""
     served: dict[str, int] = {"a": 0, "b": 0}
+    both_serving = anyio.Event()
 
     def instance(tag: str) -> ms.Handlers:
         hs = ms.Handlers()
@@ -320,7 +321,12 @@ async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) ->
         @hs.handler("math.double", concurrency=4)
         async def double(x: int) -> int:
             served[tag] += 1
-            await anyio.sleep(0.01)  # the work itself, so both instances get a share
+            if served["a"] and served["b"]:
+                both_serving.set()
+            # Hold every request until both instances have one: an instance that is full
+            # (concurrency 4) cannot take more, so the other must be handed work, however
+            # fast or slow either of them is.
+            await both_serving.wait()
             return x * 2
 
         return hs
@@ -329,6 +335,8 @@ async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) ->
         await tg.start(ms.HandlerService(nc, instance("a"), subjects=subjects).run)
         await tg.start(ms.HandlerService(nc, instance("b"), subjects=subjects).run)
         rid = await h.client.start("fanout", 60)
+        with anyio.fail_after(20):
+            await both_serving.wait()
         assert await h.client.result(rid, timeout=30) == sum(2 * i for i in range(60))
         tg.cancel_scope.cancel()
     assert served["a"] + served["b"] == 60
