@@ -94,6 +94,10 @@ class Leases:
             return Lease(partition, rev)
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
+        except nats.js.errors.KeyNotFoundError:
+            # the key expired between create's own two steps (it saw a key, then
+            # found none): free now, but raced; take it in the next round
+            return None
         try:
             entry = await self.kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
