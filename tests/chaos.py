@@ -97,7 +97,7 @@ def plan_runs(settings: ChaosSettings, side: Path) -> list[RunPlan]:
         held = i in doomed
         job = {
             "file": str(side),
-            "rounds": rng.randint(3, 10),
+            "rounds": rng.randint(5, 15),
             "delay": round(rng.uniform(0.05, 0.3), 3),
             "nap": round(rng.uniform(0.05, 0.5), 3),
             "at_most_once": rng.random() < 0.5,
@@ -116,7 +116,7 @@ def plan_runs(settings: ChaosSettings, side: Path) -> list[RunPlan]:
                 send_after=round(rng.uniform(0, 4), 3),
                 duplicate=duplicate,
                 duplicate_after=round(rng.uniform(0, 3), 3),
-                cancel_after=round(rng.uniform(0.1, 8), 3) if held else None,
+                cancel_after=round(rng.uniform(0.1, 12), 3) if held else None,
             )
         )
     return plans
