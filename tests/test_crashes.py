@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -11,6 +12,7 @@ from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from mainspring import NatsServer
+from schemas import TimerStarted
 from streams import Subjects
 from tests.apps import registry
 from tests.harness import assert_journal_sound, running, step_seqs, types, wait_until
@@ -67,6 +69,14 @@ async def test_worker_sigkill_mid_run(
     assert sum(per_step.values()) - len(per_step) <= 20
 
 
+# Long enough that the first worker is surely dead before the timer falls due: if it is
+# still up then, it handles the timer itself (the inbox is a work queue, so the fired
+# timer is gone) and nothing is left to prove. With 1.5 s this happened on a loaded
+# machine (a late poll of the journal), and the test then hung 30 s on a message that
+# could no longer come.
+OUTAGE_TIMER_S = 4.0
+
+
 async def test_timer_fires_after_worker_outage(
     nc: NATS, nats_server: NatsServer, subjects: Subjects, tmp_path: Path
 ) -> None:
@@ -74,17 +84,24 @@ async def test_timer_fires_after_worker_outage(
     client = ms.Client(nc, subjects)
     first = spawn("worker", "tests.apps:registry", nats_server.url, subjects, tmp_path / "w1.log")
     try:
-        rid = await client.start("sleeper", 1.5, run_id="nap")
+        rid = await client.start("sleeper", OUTAGE_TIMER_S, run_id="nap")
 
-        async def timer_started() -> bool:
+        async def timer_started() -> TimerStarted | None:
             try:
-                return "timer.started" in types(await client.history(rid))
+                events = await client.history(rid)
             except ms.MainspringError:
-                return False
+                return None
+            return next((e.event for e in events if isinstance(e.event, TimerStarted)), None)
 
-        await wait_until(timer_started, timeout=30)
+        timer = await wait_until(timer_started, timeout=30)
     finally:
         first.kill9()
+    killed_at = datetime.now(UTC)
+    assert killed_at < timer.fire_at, (
+        f"the worker was killed at {killed_at:%H:%M:%S.%f}, after the timer fell due "
+        f"({timer.fire_at:%H:%M:%S.%f}): it may have handled the timer itself; a machine this "
+        f"slow needs a longer OUTAGE_TIMER_S than {OUTAGE_TIMER_S}"
+    )
     js = nc.jetstream()
 
     async def fired_into_inbox() -> bool:  # the server delivered the timer with no worker up
