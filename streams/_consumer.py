@@ -101,8 +101,11 @@ async def pull_loop(
         task_status.started()
         while True:
             request = _Pull(batch, int(expires_s * _NS), int(heartbeat_s * _NS))
+            # No nc.flush() here: the client's flusher sends the request at once, and a
+            # flush cancelled mid-way (a partition let go) leaves a cancelled PONG future
+            # behind that makes nats-py's reader die on the next PONG (InvalidStateError
+            # in _process_pong): the whole connection then times out.
             await nc.publish(api, encoder.encode(request), reply=inbox)
-            await nc.flush()
             remaining = batch
             while remaining > 0:
                 try:

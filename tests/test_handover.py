@@ -11,10 +11,18 @@ import anyio
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 import mainspring as ms
 from mainspring import NatsServer
-from streams import Subjects, partition_of
+from streams import (
+    ConsumerSpec,
+    Subjects,
+    ensure_consumer,
+    ensure_topology,
+    partition_of,
+    pull_loop,
+)
 from tests.apps import registry
 from tests.harness import assert_journal_sound, running, types, wait_until
 from tests.procs import spawn
@@ -119,6 +127,41 @@ async def test_worker_lets_go_before_its_lease_can_expire(tmp_path: Path) -> Non
             await wait_until(owns_all, timeout=20)
             rid = await h.client.start("chain", 3)
             assert await h.client.result(rid, timeout=20) == 3
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_letting_a_partition_go_mid_pull_keeps_the_connection(tmp_path: Path) -> None:
+    """Cancelling a partition's pull loop while the broker does not answer (what letting
+    a partition go does) leaves the connection working once the broker is back: nothing
+    is left waiting for a PONG that nats-py's reader would choke on."""
+    server = NatsServer(tmp_path / "nats").start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    try:
+        nc = await nats.connect(server.url)
+        subjects = Subjects("pull", 1)
+        await ensure_topology(nc, subjects)
+        spec = ConsumerSpec(
+            subjects.inbox_stream, subjects.inbox_consumer(0), subjects.inbox_partition(0)
+        )
+        await ensure_consumer(nc, spec)
+        send, recv = anyio.create_memory_object_stream[Msg](max_buffer_size=10)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(
+                    lambda task_status: pull_loop(nc, spec, send, task_status=task_status)
+                )
+                await anyio.wait_all_tasks_blocked()  # the loop waits on the frozen broker
+                tg.cancel_scope.cancel()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await nc.flush(timeout=5)  # a PING/PONG round trip on the same connection
+        assert await nc.request("$JS.API.INFO", b"", timeout=5)
+        send.close()
+        recv.close()
         await nc.close()
     finally:
         server.stop()
