@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
 
 import msgspec
 import structlog
@@ -96,7 +95,6 @@ class RunActor:
         self.mailbox: deque[Msg] = deque()
         self.busy = False
         self.retired = False
-        self.junk_dead_lettered = 0
         self.dead_lettered: dict[str, int] = {}
         """letters of this run per source since it was loaded (for the log's counts)"""
         self.log = log.bind(run_id=run_id)
@@ -230,12 +228,7 @@ class RunActor:
                 return Outcome.ACK
             return await self._orphan(msg, type(message).__name__)
         if self.terminal is not None:
-            self.log.info(
-                "input_ignored",
-                input=type(message).__name__,
-                inbox_seq=stream_seq(msg),
-                reason=f"the run has ended ({self.last_type})",
-            )
+            self._ignored(msg, type(message).__name__, f"the run has ended ({self.last_type})")
             await self._after_terminal()
             return Outcome.ACK
         if isinstance(message, CancelRun):
@@ -273,12 +266,7 @@ class RunActor:
                 self.evict()
                 await self._load_or_park()
                 return await self._activate(msg, fresh=True)
-            self.log.info(
-                "input_ignored",
-                input=type(message).__name__,
-                inbox_seq=stream_seq(msg),
-                reason=fact.reason,
-            )
+            self._ignored(msg, type(message).__name__, fact.reason)
         else:
             await self._append(fact)
         await self._advance()
@@ -303,7 +291,7 @@ class RunActor:
         if self.parked or self.machine is None:
             return Outcome.RETRY
         if event_id in self.machine.seen_events or event_id in self.machine.rejected:
-            self.log.info("input_ignored", name=name, reason=f"duplicate event {event_id}")
+            self._ignored(msg, f"event {name}", f"duplicate event {event_id}")
             await self._advance()
             return Outcome.ACK
         data = await event_body(self.rt.objects, msg.data or b"null", name)
@@ -348,13 +336,11 @@ class RunActor:
     async def _reject(self, msg: Msg, name: str, event_id: str, reason: str) -> Outcome:
         assert self.started is not None
         if self.rejections >= self.started.max_rejections:
-            self.junk_dead_lettered += 1
             return await self._dead_letter(
                 msg,
                 "junk",
                 f"{reason}; run {self.run_id} has rejected {self.rejections} events, its "
                 f"limit, so further junk is dead-lettered instead of journaled",
-                dead_lettered=self.junk_dead_lettered,
             )
         await self._append(
             EventRejected(
@@ -370,6 +356,10 @@ class RunActor:
         )
         return Outcome.ACK
 
+    def _ignored(self, msg: Msg, what: str, reason: str) -> None:
+        """Log an input dropped as stale or duplicate (judged against the journal)."""
+        self.log.info("input_ignored", input=what, inbox_seq=stream_seq(msg), reason=reason)
+
     async def _orphan(self, msg: Msg, what: str) -> Outcome:
         if num_delivered(msg) < ORPHAN_DELIVERIES:
             return Outcome.RETRY
@@ -377,7 +367,7 @@ class RunActor:
             msg, "inbox", f"{what} for run {self.run_id}, which does not exist (kept ~1 min)"
         )
 
-    async def _dead_letter(self, msg: Msg, source: str, reason: str, **log_kw: Any) -> Outcome:
+    async def _dead_letter(self, msg: Msg, source: str, reason: str) -> Outcome:
         """Keep an input that cannot be applied in the dead-letter stream, then ack it.
 
         Logged with a running count per source: every letter while they are few, then
@@ -390,7 +380,6 @@ class RunActor:
                 reason=reason,
                 inbox_seq=stream_seq(msg),
                 count=count,
-                **log_kw,
             )
         await self.rt.dead_letter(msg, source=source, reason=reason, run_id=self.run_id)
         return Outcome.ACK

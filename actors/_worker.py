@@ -174,24 +174,13 @@ class Worker:
         the stream could not route to any partition (published with a wildcard in
         the subject, which the ingest transform leaves as it is)."""
         s = self.subjects
-        specs = [
-            ConsumerSpec(
-                stream=s.inbox_stream,
-                durable=s.inbox_consumer(partition),
-                filter_subject=s.inbox_partition(partition),
-                ack_wait_s=self.options.ack_wait_s,
-            )
-        ]
+        consumers = [(s.inbox_consumer(partition), s.inbox_partition(partition))]
         if partition == 0:
-            specs.append(
-                ConsumerSpec(
-                    stream=s.inbox_stream,
-                    durable=s.unrouted_consumer(),
-                    filter_subject=s.event_unrouted(),
-                    ack_wait_s=self.options.ack_wait_s,
-                )
-            )
-        return specs
+            consumers.append((s.unrouted_consumer(), s.event_unrouted()))
+        return [
+            ConsumerSpec(s.inbox_stream, durable, filt, ack_wait_s=self.options.ack_wait_s)
+            for durable, filt in consumers
+        ]
 
     async def _consume(
         self,

@@ -50,19 +50,20 @@ def dead_letters(
     refused). Kept 30 days, at most 1000 per source and run."""
 
     async def body(env: Env) -> int:
+        from mainspring._cli_runs import emit_details
         from streams import dead_letters as listing
         from streams import reinject as put_back
 
         if reinject is not None:
             letter = await put_back(env.nc, env.subjects, reinject)
             if as_json:
-                _emit(details={"reinjected": letter.summary()})
+                emit_details("dead-letters", {"reinjected": letter.summary()})
             else:
                 print(f"re-injected dead letter {reinject} into {letter.subject}")
             return EXIT_OK
         found = await listing(env.nc, env.subjects, source=source, run_id=run, limit=limit)
         if as_json:
-            _emit(details=[letter.summary() for letter in found])
+            emit_details("dead-letters", [letter.summary() for letter in found])
             return EXIT_OK
         if not found:
             print("no dead letters")
@@ -87,22 +88,4 @@ def dead_letters(
         partitions=partitions,
         verbose=verbose,
         on_error=report_errors("dead-letters", as_json),
-    )
-
-
-def _emit(*, details: object) -> None:
-    import msgspec
-
-    from mainspring._cli_runs import emit
-    from schemas import Envelope
-
-    emit(
-        Envelope(
-            ok=True,
-            command="dead-letters",
-            status="ok",
-            exit_code=EXIT_OK,
-            details=msgspec.to_builtins(details),
-        ),
-        True,
     )

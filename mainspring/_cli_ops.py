@@ -166,19 +166,9 @@ def runs(
 
         rows = await Queries(env.pool).runs(status=status, workflow=workflow, limit=limit)
         if as_json:
-            from mainspring._cli_runs import emit
-            from schemas import Envelope
+            from mainspring._cli_runs import emit_details
 
-            return emit(
-                Envelope(
-                    ok=True,
-                    command="runs",
-                    status="ok",
-                    exit_code=EXIT_OK,
-                    details=msgspec.to_builtins([_run_dict(r) for r in rows]),
-                ),
-                True,
-            )
+            return emit_details("runs", [_run_dict(r) for r in rows])
         print(
             _table(
                 ["RUN", "WORKFLOW", "STATUS", "EVENTS", "WAITING FOR", "UPDATED"],
@@ -215,8 +205,7 @@ async def _stalled(env: Env, as_json: bool, grace: float, limit: int) -> int:
 
     found = (await stalled_runs(env.nc, env.subjects, grace_s=grace))[:limit]
     if as_json:
-        from mainspring._cli_runs import emit
-        from schemas import Envelope
+        from mainspring._cli_runs import emit_details
 
         details = [
             {
@@ -230,14 +219,7 @@ async def _stalled(env: Env, as_json: bool, grace: float, limit: int) -> int:
             }
             for s in found
         ]
-        envelope = Envelope(
-            ok=True,
-            command="runs",
-            status="ok",
-            exit_code=EXIT_OK,
-            details=msgspec.to_builtins(details),
-        )
-        return emit(envelope, True)
+        return emit_details("runs", details)
     if not found:
         print("no stalled runs")
         return EXIT_OK

@@ -72,6 +72,20 @@ def read_json_arg(value: str | None, what: str) -> Any:
         raise ConfigError(f"{what} is not valid JSON ({e}); pass JSON or @file.json") from e
 
 
+def emit_details(command: str, details: object) -> int:
+    """Print an ok envelope whose ``details`` carry a command's data (lists, reports)."""
+    return emit(
+        Envelope(
+            ok=True,
+            command=command,
+            status="ok",
+            exit_code=EXIT_OK,
+            details=msgspec.to_builtins(details),
+        ),
+        True,
+    )
+
+
 def emit(env: Envelope, as_json: bool) -> int:
     if as_json:
         print(msgspec.json.encode(env).decode())
