@@ -1,42 +1,57 @@
-"""Workflow API and context, deterministic replay, run actors, workers, effect handlers, client."""
+"""The run kernel: workflow API and context, deterministic replay, run actors, workers
+and partition ownership, timers, children, limits.
 
-from actors._builtins import builtin_handlers
-from actors._client import Client, RunStatus, status_from_journal
+Imports ``schemas`` and ``streams`` only. Effect handlers live in ``handlers``,
+declarative workflows in ``flows``, the client in ``client``.
+"""
+
+from typing import Any
+
 from actors._context import Context, JsonSchema
-from actors._flows import FlowInput, flow_registry
 from actors._futures import DFuture, WorkflowMisuse
-from actors._handlers import EffectContext, Handlers, HandlerService
 from actors._machine import StepFailedError
 from actors._registry import Registry, WorkflowDef
 from actors._replay import ReplayResult, replay_history
 from actors._runtime import WorkerOptions
-from actors._specs import SpecError, SpecInvalid, load_spec, resolve_refs, validate_spec
 from actors._worker import Worker
 
 __all__ = [
-    "Client",
     "Context",
     "DFuture",
-    "EffectContext",
-    "FlowInput",
-    "HandlerService",
-    "Handlers",
     "JsonSchema",
     "Registry",
     "ReplayResult",
-    "RunStatus",
-    "SpecError",
-    "SpecInvalid",
     "StepFailedError",
     "Worker",
     "WorkerOptions",
     "WorkflowDef",
     "WorkflowMisuse",
-    "builtin_handlers",
-    "flow_registry",
-    "load_spec",
     "replay_history",
-    "resolve_refs",
-    "status_from_journal",
-    "validate_spec",
 ]
+
+# Names this package held before handlers, flows and the client got packages of their own.
+MOVED = {
+    "Client": "client",
+    "RunStatus": "client",
+    "status_from_journal": "client",
+    "EffectContext": "handlers",
+    "HandlerService": "handlers",
+    "Handlers": "handlers",
+    "builtin_handlers": "handlers",
+    "FlowInput": "flows",
+    "SpecError": "flows",
+    "SpecInvalid": "flows",
+    "flow_registry": "flows",
+    "load_spec": "flows",
+    "resolve_refs": "flows",
+    "validate_spec": "flows",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in MOVED:
+        raise AttributeError(
+            f"actors.{name} moved to {MOVED[name]}.{name}: "
+            f"import it from {MOVED[name]} (or from mainspring)"
+        )
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from enum import Enum
 
 import msgspec
@@ -24,7 +24,7 @@ from actors._decisions import decision_event, error_info
 from actors._facts import DEADLINE_SEQ, Ignored, fact_for, limit_failure
 from actors._machine import Machine
 from actors._payloads import event_body, resolve_input, too_large
-from actors._runtime import EPOCH, Runtime, utcnow
+from actors._runtime import Runtime, utcnow
 from schemas import (
     NULL,
     TERMINAL_EVENTS,
@@ -46,18 +46,15 @@ from schemas import (
     RunParked,
     RunStarted,
     StartRun,
-    TimerFire,
     WakeRun,
     WorkflowNotFound,
     check_event_name,
     decode_inbox,
-    encode_inbox,
     usage_of,
 )
 from streams import GENESIS, StoredEvent, num_delivered, stream_seq
 
 log = structlog.get_logger()
-_EPOCH = EPOCH
 _MAX_CONFLICT_RETRIES = 5
 
 
@@ -81,11 +78,6 @@ def _is_power_of_ten(n: int) -> bool:
 def junk_weight(ev: EventRejected) -> int:
     """Journal events a rejection cost: its own, plus the event.received it refused."""
     return 1 if ev.seq == 0 else 2
-
-
-def _at_spec(when: datetime) -> str:
-    """``Nats-Schedule`` value for a one-shot timer (RFC 3339, UTC)."""
-    return "@at " + when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class RunActor:
@@ -235,8 +227,6 @@ class RunActor:
             await self._append(
                 RunCancelled(
                     run_id=run_id,
-                    n=0,
-                    at=_EPOCH,
                     reason=message.reason,
                     cause=f"inbox:{stream_seq(msg)}",
                 )
@@ -301,8 +291,6 @@ class RunActor:
         await self._append(
             EventReceived(
                 run_id=self.run_id,
-                n=0,
-                at=_EPOCH,
                 cause=f"inbox:{stream_seq(msg)}",
                 name=name,
                 event_id=event_id,
@@ -345,8 +333,6 @@ class RunActor:
         await self._append(
             EventRejected(
                 run_id=self.run_id,
-                n=0,
-                at=_EPOCH,
                 cause=f"inbox:{stream_seq(msg)}",
                 event_id=event_id,
                 name=name,
@@ -399,8 +385,6 @@ class RunActor:
         version = registry.get(start.workflow).version if start.workflow in registry else "?"
         started = RunStarted(
             run_id=self.run_id,
-            n=0,
-            at=_EPOCH,
             cause=cause,
             workflow=start.workflow,
             version=version,
@@ -416,7 +400,9 @@ class RunActor:
             ),
         )
         if started.max_duration_s > 0:  # scheduled before the fact, so a crash cannot lose it
-            await self.schedule(DEADLINE_SEQ, utcnow() + timedelta(seconds=started.max_duration_s))
+            await self.rt.schedule(
+                self.run_id, DEADLINE_SEQ, utcnow() + timedelta(seconds=started.max_duration_s)
+            )
         stored = await self._append(started)
         assert isinstance(stored.event, RunStarted)
         self.started = stored.event
@@ -424,8 +410,6 @@ class RunActor:
             await self._append(
                 RunFailed(
                     run_id=self.run_id,
-                    n=0,
-                    at=_EPOCH,
                     error=ErrorInfo(
                         type="workflow.not_found",
                         message=f"no worker has a workflow named {start.workflow!r}",
@@ -440,8 +424,6 @@ class RunActor:
             await self._append(
                 RunFailed(
                     run_id=self.run_id,
-                    n=0,
-                    at=_EPOCH,
                     error=ErrorInfo(
                         type="input.invalid", message=f"input of workflow {start.workflow}: {e}"
                     ),
@@ -471,7 +453,8 @@ class RunActor:
                 await self._park(m.nondeterminism)
                 return
             if m.pending:
-                await self._append(await decision_event(m.pending[0], self))
+                assert self.started is not None  # a machine is built from run.started
+                await self._append(await decision_event(m.pending[0], self.rt, self.started))
                 if self.rt.options.forced_replay and self.terminal is None:
                     self.evict()
                     await self._load()
@@ -489,28 +472,14 @@ class RunActor:
             except (TypeError, msgspec.EncodeError) as e:
                 return RunFailed(
                     run_id=self.run_id,
-                    n=0,
-                    at=_EPOCH,
                     error=ErrorInfo(
                         type="output.invalid", message=f"workflow output is not JSON: {e}"
                     ),
                 )
-            return RunCompleted(run_id=self.run_id, n=0, at=_EPOCH, output=msgspec.Raw(out))
+            return RunCompleted(run_id=self.run_id, output=msgspec.Raw(out))
         error = getattr(exc, "error", None)
         info = error if isinstance(error, ErrorInfo) else error_info(exc)
-        return RunFailed(run_id=self.run_id, n=0, at=_EPOCH, error=info)
-
-    async def schedule(self, seq: int, when: datetime) -> None:
-        subjects = self.rt.subjects
-        body = encode_inbox(TimerFire(run_id=self.run_id, seq=seq))
-        await self.rt.publish_js(
-            subjects.schedule(self.run_id, seq),
-            body,
-            {
-                "Nats-Schedule": _at_spec(when),
-                "Nats-Schedule-Target": subjects.inbox(self.run_id, "timer.fire"),
-            },
-        )
+        return RunFailed(run_id=self.run_id, error=info)
 
     # ------------------------------------------------------------------ journal
     async def _append(self, event: JournalEvent) -> StoredEvent:
@@ -526,8 +495,6 @@ class RunActor:
         ):
             event = RunFailed(
                 run_id=self.run_id,
-                n=0,
-                at=_EPOCH,
                 error=ErrorInfo(
                     type="limit.events",
                     message=f"run reached its limit of {started.max_events} journal events",
@@ -593,8 +560,6 @@ class RunActor:
             await self._append(
                 RunParked(
                     run_id=self.run_id,
-                    n=0,
-                    at=_EPOCH,
                     cause="actor",
                     error=ErrorInfo(type="nondeterminism", message=str(error)),
                 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actors._machine import Machine
-from actors._runtime import EPOCH as _EPOCH
 from schemas import (
     ChildCompleted,
     ChildDone,
@@ -37,9 +36,7 @@ class Ignored:
 
 def limit_failure(run_id: str, kind: str, message: str) -> RunFailed:
     """The terminal event of a run that crossed one of its limits."""
-    return RunFailed(
-        run_id=run_id, n=0, at=_EPOCH, cause="actor", error=ErrorInfo(type=kind, message=message)
-    )
+    return RunFailed(run_id=run_id, cause="actor", error=ErrorInfo(type=kind, message=message))
 
 
 def fact_for(
@@ -56,8 +53,6 @@ def fact_for(
         if message.ok:
             return EffectCompleted(
                 run_id=rid,
-                n=0,
-                at=_EPOCH,
                 cause=cause,
                 seq=message.seq,
                 effect_id=message.effect_id,
@@ -66,8 +61,6 @@ def fact_for(
             )
         return EffectFailed(
             run_id=rid,
-            n=0,
-            at=_EPOCH,
             cause=cause,
             seq=message.seq,
             effect_id=message.effect_id,
@@ -82,12 +75,10 @@ def fact_for(
                 f"run exceeded its wall-time limit of {started.max_duration_s:g}s",
             )
         if m.is_open_timer(message.seq):
-            return TimerFired(run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq)
+            return TimerFired(run_id=rid, cause=cause, seq=message.seq)
         wait = m.waits_by_seq.get(message.seq)
         if wait is not None:
-            return WaitTimedOut(
-                run_id=rid, n=0, at=_EPOCH, cause=cause, seq=message.seq, name=wait.name
-            )
+            return WaitTimedOut(run_id=rid, cause=cause, seq=message.seq, name=wait.name)
         return Ignored(f"timer {message.seq} is not running (it fired, or its wait ended)")
     if isinstance(message, ChildDone):
         if message.seq not in m.children:
@@ -97,8 +88,6 @@ def fact_for(
         if message.ok:
             return ChildCompleted(
                 run_id=rid,
-                n=0,
-                at=_EPOCH,
                 cause=cause,
                 seq=message.seq,
                 child_run_id=message.child_run_id,
@@ -106,8 +95,6 @@ def fact_for(
             )
         return ChildFailed(
             run_id=rid,
-            n=0,
-            at=_EPOCH,
             cause=cause,
             seq=message.seq,
             child_run_id=message.child_run_id,

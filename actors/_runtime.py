@@ -9,7 +9,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from actors._registry import Registry
-from schemas import InboxUnion, encode_inbox
+from schemas import InboxUnion, TimerFire, encode_inbox
 from streams import (
     Journal,
     Objects,
@@ -54,10 +54,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-"""Placeholder time of events under construction; the actor stamps the real one at append."""
-
-
 class Runtime:
     def __init__(
         self, nc: NATS, subjects: Subjects, registry: Registry, options: WorkerOptions
@@ -92,3 +88,19 @@ class Runtime:
         await self.publish_js(
             self.subjects.inbox(run_id, kind), encode_inbox(message), {"Nats-Msg-Id": msg_id}
         )
+
+    async def schedule(self, run_id: str, seq: int, when: datetime) -> None:
+        """Have JetStream deliver ``timer.fire`` for (run, seq) into the inbox at ``when``."""
+        await self.publish_js(
+            self.subjects.schedule(run_id, seq),
+            encode_inbox(TimerFire(run_id=run_id, seq=seq)),
+            {
+                "Nats-Schedule": _at_spec(when),
+                "Nats-Schedule-Target": self.subjects.inbox(run_id, "timer.fire"),
+            },
+        )
+
+
+def _at_spec(when: datetime) -> str:
+    """``Nats-Schedule`` value for a one-shot timer (RFC 3339, UTC)."""
+    return "@at " + when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -28,7 +28,17 @@ from streams import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "bench.apps:registry"
-LIBRARY = ("mainspring", "actors", "streams", "schemas", "projections")
+LIBRARY = (
+    "mainspring",
+    "actors",
+    "client",
+    "handlers",
+    "flows",
+    "servers",
+    "streams",
+    "schemas",
+    "projections",
+)
 _T0 = time.perf_counter()
 
 

@@ -12,8 +12,8 @@ import nats
 
 from bench._env import Environment, common_fields, connect, log, percentile, warm_up
 from bench.w1 import burst
-from mainspring._pgserver import PostgresServer
 from projections import Projector, drop_projections
+from servers._postgres import PostgresServer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,20 +12,9 @@ The public facade::
         return text
 """
 
-from actors import (
-    Client,
-    Context,
-    EffectContext,
-    Handlers,
-    HandlerService,
-    Registry,
-    RunStatus,
-    StepFailedError,
-    Worker,
-    WorkerOptions,
-    WorkflowMisuse,
-)
-from mainspring._natsserver import NatsServer
+from actors import Context, Registry, StepFailedError, Worker, WorkerOptions, WorkflowMisuse
+from client import Client, RunStatus
+from handlers import EffectContext, Handlers, HandlerService
 from schemas import (
     ChildFailedError,
     ConfigError,
@@ -45,6 +34,7 @@ from schemas import (
     WaitTimeoutError,
     WorkflowNotFound,
 )
+from servers import NatsServer
 from streams import PayloadLimits, Subjects
 
 __all__ = [

@@ -36,7 +36,7 @@ def worker(
         typer.Option(
             "--app",
             help="workflows to serve: 'module:registry' (or a function returning one, "
-            "e.g. 'actors:flow_registry')",
+            "e.g. 'flows:flow_registry')",
         ),
     ],
     nats_url: NatsOpt = None,
@@ -102,7 +102,9 @@ def dev(
     Data persists in --data-dir between runs. Other mainspring commands started in
     this folder find it without any configuration. Ctrl-C stops everything.
     """
-    from actors import Handlers, Registry, flow_registry
+    from actors import Registry
+    from flows import flow_registry
+    from handlers import Handlers
     from mainspring._config import load_app
     from mainspring._dev import run_dev
     from mainspring._logging import configure_logging
@@ -129,7 +131,7 @@ def handlers(
         typer.Option(
             "--app",
             help="handlers to serve: 'module:handlers' (or a function returning them, "
-            "e.g. 'actors:builtin_handlers')",
+            "e.g. 'handlers:builtin_handlers')",
         ),
     ],
     nats_url: NatsOpt = None,
@@ -138,7 +140,7 @@ def handlers(
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve effect handlers of a registry until interrupted."""
-    from actors import Handlers, HandlerService
+    from handlers import Handlers, HandlerService
     from mainspring._config import load_app
 
     registry = load_app(app_spec, Handlers)

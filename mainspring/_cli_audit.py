@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from mainspring._cli_ops import ts
 from mainspring._cli_runner import (
     EXIT_FAILED,
     EXIT_OK,
@@ -22,6 +21,7 @@ from mainspring._cli_runner import (
     VerboseOpt,
     report_errors,
     run_command,
+    ts,
 )
 from schemas import RunNotFound, check_run_id
 

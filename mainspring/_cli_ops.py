@@ -8,7 +8,6 @@ configured, and from the run's journal (saying so) when none is.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -26,6 +25,7 @@ from mainspring._cli_runner import (
     VerboseOpt,
     report_errors,
     run_command,
+    ts,
 )
 from schemas import RunNotFound, check_run_id
 
@@ -48,10 +48,6 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(projections_app, name="projections")
-
-
-def ts(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -30,7 +30,7 @@ from schemas import ConfigError, JournalEvent, RunNotFound, RunStarted, check_ru
 
 def _recorded_document(first: RunStarted) -> dict[str, Any] | None:
     """The document a declarative run recorded in its input (None for code runs)."""
-    from actors._flows import is_flow
+    from flows import is_flow
 
     if not is_flow(first.workflow):
         return None
@@ -87,7 +87,8 @@ def replay(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-run today's code against recorded journals; exit 30 if any is incompatible."""
-    from actors import Registry, flow_registry, load_spec, resolve_refs, validate_spec
+    from actors import Registry
+    from flows import flow_registry, load_spec, resolve_refs, validate_spec
     from mainspring._config import load_app
 
     registry = flow_registry(load_app(app_spec, Registry) if app_spec else None)
@@ -98,7 +99,7 @@ def replay(
 
     async def body(env: Env) -> int:
         from actors import ReplayResult, replay_history
-        from actors._flows import is_flow
+        from flows import is_flow
         from streams import Journal
 
         journal = Journal(env.nc, env.subjects)

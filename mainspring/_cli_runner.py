@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
@@ -206,3 +207,8 @@ def _where(settings: Settings) -> str:
     if dsn.source == "dev":
         return f"the dev instance at {dsn.origin} (is `mainspring dev` still up?)"
     return "MAINSPRING_POSTGRES_DSN / --postgres-dsn"
+
+
+def ts(value: datetime | None) -> str:
+    """A time as CLI tables show it (``-`` for none)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"

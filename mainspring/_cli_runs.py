@@ -114,7 +114,7 @@ def emit(env: Envelope, as_json: bool) -> int:
 def _flow_step(events: list[JournalEvent], event_name: str) -> tuple[str | None, dict[str, Any]]:
     """For declarative runs recorded before waits carried their step (see ``_wait_shown``):
     the first await_event step waiting for ``event_name``, as the document has it."""
-    from actors._flows import is_flow
+    from flows import is_flow
 
     first = events[0]
     if not isinstance(first, RunStarted) or not is_flow(first.workflow):
@@ -133,7 +133,7 @@ def _wait_shown(events: list[JournalEvent], started: WaitStarted) -> tuple[Any, 
     """The payload schema a wait accepts, and what to show about it (step id, prompt,
     summary, audience): declarative waits record these, ``${...}`` filled in, in an
     annotation of their schema."""
-    from actors._flows import WAIT_ANNOTATION
+    from flows import WAIT_ANNOTATION
 
     schema = msgspec.json.decode(started.schema)
     if isinstance(schema, dict) and isinstance(schema.get(WAIT_ANNOTATION), dict):
@@ -190,7 +190,7 @@ def envelope_for(command: str, events: list[JournalEvent], env: Env) -> Envelope
 async def _after(
     command: str, env: Env, run_id: str, wait: bool, timeout: float, workflow: str
 ) -> Envelope:
-    from actors import Client
+    from client import Client
 
     client = Client(env.nc, env.subjects)
     if not wait:
@@ -250,7 +250,7 @@ def start(
     payload = read_json_arg(input, "--input")
 
     async def body(env: Env) -> Envelope:
-        from actors import Client
+        from client import Client
 
         rid = await Client(env.nc, env.subjects).start(workflow, payload, run_id=run_id)
         return await _after("start", env, rid, wait, timeout, workflow)
@@ -287,13 +287,12 @@ def run(
     """Validate a declarative workflow and start it as `flow.<document id>` (needs a
     worker with the spec interpreter, as `mainspring dev` has). With --wait: exit 40 and a
     resume command when it waits."""
-    from actors import load_spec, resolve_refs, validate_spec
-    from actors._flows import flow_name
+    from flows import flow_name, load_spec, resolve_refs, validate_spec
 
     inputs = read_json_arg(input, "--input") or {}
 
     async def body(env: Env) -> Envelope:
-        from actors import Client
+        from client import Client
 
         spec = validate_spec(load_spec(spec_file))
         print_warnings(spec.warnings)
@@ -345,7 +344,7 @@ def resume(
     async def body(env: Env) -> Envelope:
         from jsonschema import Draft202012Validator
 
-        from actors import Client
+        from client import Client
 
         client = Client(env.nc, env.subjects)
         history = await client.history(check_run_id(run_id))
@@ -399,7 +398,7 @@ def cancel(
     """Cancel a run (its children too); exit 50 once cancelled."""
 
     async def body(env: Env) -> Envelope:
-        from actors import Client
+        from client import Client
 
         client = Client(env.nc, env.subjects)
         if not await client.history(check_run_id(run_id)):
@@ -430,7 +429,7 @@ def validate(
     """Check a declarative workflow without running it: exit 0 when valid, 10 with every
     problem at file:line:column otherwise. Warnings (valid, but looks unintended) go to
     stderr with their file:line:column and do not change the exit code."""
-    from actors import SpecInvalid, load_spec, resolve_refs, validate_spec
+    from flows import SpecInvalid, load_spec, resolve_refs, validate_spec
 
     try:
         spec = validate_spec(load_spec(spec_file))

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,8 +271,19 @@ def redact(dsn: str) -> str:
     return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{rest}"
 
 
+# --app paths documented before handlers, flows and the client left ``actors``: still
+# accepted, with a note on stderr that names the new path.
+MOVED_APPS = {
+    "actors:builtin_handlers": "handlers:builtin_handlers",
+    "actors:flow_registry": "flows:flow_registry",
+}
+
+
 def load_object(spec: str) -> Any:
     """Import ``package.module:attribute`` (the app a worker or handler service serves)."""
+    if spec in MOVED_APPS:
+        print(f"note: --app {spec} is now {MOVED_APPS[spec]}; use that", file=sys.stderr)
+        spec = MOVED_APPS[spec]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--app must look like 'package.module:attribute', got {spec!r}")
@@ -290,7 +302,7 @@ T = TypeVar("T")
 
 def load_app(spec: str, kind: type[T]) -> T:
     """What ``--app module:attribute`` names: a ``kind`` instance, or a function that
-    returns one when called without arguments (``actors:builtin_handlers``)."""
+    returns one when called without arguments (``handlers:builtin_handlers``)."""
     obj = load_object(spec)
     if not isinstance(obj, kind) and callable(obj) and not isinstance(obj, type):
         try:

@@ -24,13 +24,12 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from actors import Handlers, HandlerService, Registry, Worker
-from actors._builtins import builtin_handlers
+from actors import Registry, Worker
+from handlers import Handlers, HandlerService, builtin_handlers
 from mainspring._config import DEV_POINTER
-from mainspring._natsserver import NatsServer
-from mainspring._pgserver import PostgresServer
 from mainspring._shutdown import until_signalled
 from projections import Projector, Signer
+from servers import NatsServer, PostgresServer
 from streams import Subjects, connect
 
 log = structlog.get_logger()

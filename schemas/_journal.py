@@ -16,7 +16,7 @@ the producer sent, decoded to a concrete type only where the workflow code asks.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Union
 
 import msgspec
@@ -25,13 +25,18 @@ from schemas._common import ErrorInfo, ParentRef, RetryPolicy
 
 NULL = msgspec.Raw(b"null")
 
+UNSTAMPED = datetime(1970, 1, 1, tzinfo=UTC)
+"""``at`` of an event not yet appended: the run actor stamps ``n`` and ``at`` when it
+appends, so code that builds an event leaves both out."""
+
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every journal event."""
+    """Base of every journal event. ``n`` and ``at`` are stamped at append (0 and
+    ``UNSTAMPED`` until then); every stored event carries both."""
 
     run_id: str
-    n: int
-    at: datetime
+    n: int = 0
+    at: datetime = UNSTAMPED
     cause: str = "code"
 
 

@@ -16,7 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from mainspring import NatsServer
-from mainspring._pgserver import PostgresServer
+from servers._postgres import PostgresServer
 from streams import Subjects
 
 

@@ -10,7 +10,9 @@ from typing import TypeVar
 import anyio
 from nats.aio.client import Client as NATS
 
-from actors import Client, Handlers, HandlerService, Registry, RunStatus, Worker, WorkerOptions
+from actors import Registry, Worker, WorkerOptions
+from client import Client, RunStatus
+from handlers import Handlers, HandlerService
 from projections import Projector
 from schemas import Event, StepCompleted
 from streams import StoredEvent, Subjects, verify_chain

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from actors import Client
+from client import Client
 from mainspring import NatsServer
 from projections import Projector, Signer
 from streams import Subjects

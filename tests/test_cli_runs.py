@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from actors import builtin_handlers, flow_registry, load_spec, resolve_refs, validate_spec
+from flows import flow_registry, load_spec, resolve_refs, validate_spec
+from handlers import builtin_handlers
 from mainspring import NatsServer
-from mainspring._natsserver import free_port
+from servers._nats import free_port
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import running, wait_status
@@ -128,13 +129,13 @@ def test_validate_reports_positions(tmp_path: Path) -> None:
     assert any(p.startswith(f"{broken}:7:7: workflow.steps[1]") for p in problems), problems
 
 
+@pytest.mark.parametrize("app", ["handlers:builtin_handlers", "actors:builtin_handlers"])
 async def test_documented_builtin_handlers_app_serves(
-    nc: NATS, nats_server: NatsServer, subjects: Subjects, tmp_path: Path
+    nc: NATS, nats_server: NatsServer, subjects: Subjects, tmp_path: Path, app: str
 ) -> None:
-    """`mainspring handlers --app actors:builtin_handlers` (as documented) serves cli steps."""
-    proc = spawn(
-        "handlers", "actors:builtin_handlers", nats_server.url, subjects, tmp_path / "h.log"
-    )
+    """`mainspring handlers --app handlers:builtin_handlers` (as documented) serves cli
+    steps; the path from before the reshape still works and names the new one."""
+    proc = spawn("handlers", app, nats_server.url, subjects, tmp_path / "h.log")
     try:
         async with running(nc, subjects, flow_registry()) as h:
             spec = validate_spec(load_spec(ROOT / "examples" / "flows" / "tag_release.yaml"))
@@ -144,7 +145,10 @@ async def test_documented_builtin_handlers_app_serves(
             await wait_status(h.client, rid, "waiting")
     finally:
         proc.stop()
-    assert proc.popen.returncode == 0, (tmp_path / "h.log").read_text()
+    log = (tmp_path / "h.log").read_text()
+    assert proc.popen.returncode == 0, log
+    moved = "note: --app actors:builtin_handlers is now handlers:builtin_handlers; use that"
+    assert (moved in log) == app.startswith("actors:"), log
 
 
 SPEC_WITH_OUTPUT_PROMPT = """\

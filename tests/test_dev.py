@@ -16,8 +16,8 @@ import nats
 import pytest
 
 import mainspring as ms
-from mainspring._natsserver import free_port
-from mainspring._pgserver import PostgresServer
+from servers._nats import free_port
+from servers._postgres import PostgresServer
 from streams import Subjects
 from tests.procs import ROOT, cli
 
@@ -27,7 +27,7 @@ EXAMPLE = ROOT / "examples" / "flows" / "tag_release.yaml"
 @pytest.fixture(autouse=True)
 def _drop_cluster(tmp_path: Path) -> Iterator[None]:
     """Delete the dev PostgreSQL cluster after each test: as root it may live outside
-    tmp_path (see mainspring/_pgserver.py)."""
+    tmp_path (see servers/_postgres.py)."""
     yield
     data = tmp_path / "work" / ".mainspring" / "postgres"
     if data.exists():

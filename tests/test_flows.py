@@ -14,16 +14,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
-from actors import (
-    SpecInvalid,
-    builtin_handlers,
-    flow_registry,
-    load_spec,
-    resolve_refs,
-    validate_spec,
-)
-from actors._builtins import run_command
-from actors._expressions import ExpressionError, condition, parse, render
+from flows import SpecInvalid, flow_registry, load_spec, resolve_refs, validate_spec
+from flows._expressions import ExpressionError, condition, parse, render
+from handlers import builtin_handlers
+from handlers._builtins import run_command
 from streams import Subjects
 from tests.harness import running, types, wait_status, wait_until
 

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from actors import builtin_handlers
+from handlers import builtin_handlers
 from projections import Projector, Queries
 from schemas import EffectCompleted
 from streams import Subjects

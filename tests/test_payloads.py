@@ -18,15 +18,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
-from actors import (
-    Client,
-    HandlerService,
-    Registry,
-    Worker,
-    WorkerOptions,
-    builtin_handlers,
-    flow_registry,
-)
+from actors import Registry, Worker, WorkerOptions
+from client import Client
+from flows import flow_registry
+from handlers import HandlerService, builtin_handlers
 from projections import audit, export_run, verify_export
 from schemas import (
     EffectFailed,

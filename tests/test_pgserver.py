@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from mainspring._pgserver import PostgresServer
 from schemas import ConfigError
+from servers._postgres import PostgresServer
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the root-only path (postgres refuses to run as root)"

@@ -208,7 +208,8 @@ async def test_declarative_run_rejects_event_names_its_document_does_not_declare
 ) -> None:
     """A spec run journals an event its document declares no await_event for as rejected,
     naming the events it accepts; the run keeps waiting and takes the declared one."""
-    from actors import builtin_handlers, flow_registry, load_spec, validate_spec
+    from flows import flow_registry, load_spec, validate_spec
+    from handlers import builtin_handlers
 
     spec = validate_spec(load_spec(EXAMPLES / "tag_release.yaml")).document
     async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:

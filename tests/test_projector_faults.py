@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from mainspring import NatsServer
-from mainspring._pgserver import PostgresServer
 from projections import Projector, audit
+from servers._postgres import PostgresServer
 from streams import Subjects
 from tests.apps import registry
 from tests.harness import projected, running, wait_until

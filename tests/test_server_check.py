@@ -10,8 +10,8 @@ import nats
 import pytest
 
 from mainspring import NatsServer
-from mainspring._natsserver import free_port
 from schemas import ServerUnsupported
+from servers._nats import free_port
 from streams import Subjects, ensure_topology
 
 pytestmark = pytest.mark.anyio

@@ -1,7 +1,7 @@
 """Built-in effect handlers: ``cli`` (run a command), ``http`` (one request) and
 ``llm.chat`` (deterministic mock provider).
 
-Serve them with ``mainspring handlers --app actors:builtin_handlers`` or as part of
+Serve them with ``mainspring handlers --app handlers:builtin_handlers`` or as part of
 ``mainspring dev``.
 """
 
@@ -19,7 +19,7 @@ import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, Process
 
-from actors._handlers import EffectContext, Handlers
+from handlers._service import EffectContext, Handlers
 from schemas import TerminalError
 
 SHELLS = ("bash", "sh", "powershell", "pwsh", "cmd")

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import anyio
 
-from mainspring._natsserver import die_with_parent, free_port, kill_group, stop_children
 from schemas import ConfigError, ConnectionFailed
+from servers._nats import die_with_parent, free_port, kill_group, stop_children
 
 PG_USER = "mainspring_pg"
 RELOCATION_ROOT = Path("/var/lib/mainspring-pg")

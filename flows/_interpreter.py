@@ -14,10 +14,9 @@ from typing import Any
 
 import msgspec
 
-from actors import _expressions as ex
-from actors._context import Context, JsonSchema
-from actors._registry import Registry, WorkflowDef
-from actors._specs import strip_from, sub_document
+from actors import Context, JsonSchema, Registry, WorkflowDef
+from flows import _expressions as ex
+from flows._specs import strip_from, sub_document
 from schemas import RetryPolicy, TerminalError, WaitTimeoutError
 
 FLOW_WORKFLOW = "flow"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors import _expressions as ex
+from flows import _expressions as ex
 from schemas import ConfigError
 
 VERSIONS = ("checkpointflow/v1", "mainspring/v1")
