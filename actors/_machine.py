@@ -56,6 +56,7 @@ from schemas import (
     StepFailed,
     TimerFired,
     TimerStarted,
+    WaitMatcher,
     WaitStarted,
     WaitTimedOut,
     WaitTimeoutError,
@@ -175,9 +176,8 @@ class Machine:
         self.futures: dict[int, tuple[DFuture[Any], Any, str]] = {}
         self.resolved: set[int] = set()
         self.early_results: dict[int, JournalEvent] = {}
-        self.waits: dict[str, deque[_Wait]] = {}
+        self.waits: WaitMatcher[_Wait, EventReceived] = WaitMatcher()
         self.waits_by_seq: dict[int, _Wait] = {}
-        self.buffered: dict[str, deque[EventReceived]] = {}
         self.seen_events: set[str] = set()
         self.rejected: set[str] = set()
         self.timer_seqs: set[int] = set()
@@ -210,8 +210,8 @@ class Machine:
             self._time_out(ev)
         elif isinstance(ev, EventReceived):
             self.seen_events.add(ev.event_id)
-            self.buffered.setdefault(ev.name, deque()).append(ev)
-            self._match(ev.name)
+            self.waits.arrive(ev.name, ev)
+            self.waits.match(ev.name, self._take)
         elif isinstance(ev, EventRejected):
             self._drop_reject(ev.event_id)
             if ev.seq == 0:  # unreadable payload: rejected on arrival, no wait involved
@@ -274,35 +274,31 @@ class Machine:
         self.resolved.add(ev.seq)
         if wait is None or wait.future.done():
             return
-        self.waits.get(wait.name, deque()).remove(wait)
+        self.waits.close(wait.name, wait)
         wait.future.set_exception(WaitTimeoutError(wait.name))
 
-    def _match(self, name: str) -> None:
-        waits = self.waits.get(name)
-        events = self.buffered.get(name)
-        while waits and events:
-            wait = waits[0]
-            ev = events.popleft()
-            try:
-                value = decode_payload(ev.payload, wait.type)
-            except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
-                self.rejected.add(ev.event_id)
-                if ev.event_id not in self.recorded_rejections:
-                    self.pending.append(RejectFact(ev.event_id, name, wait.seq, str(e)))
-                continue
-            waits.popleft()
-            self.waits_by_seq.pop(wait.seq, None)
-            self.resolved.add(wait.seq)
-            wait.future.set_result(value)
+    def _take(self, wait: _Wait, ev: EventReceived) -> bool:
+        """The wait takes the event (True), or refuses it: a rejection to journal."""
+        try:
+            value = decode_payload(ev.payload, wait.type)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
+            self.rejected.add(ev.event_id)
+            if ev.event_id not in self.recorded_rejections:
+                self.pending.append(RejectFact(ev.event_id, ev.name, wait.seq, str(e)))
+            return False
+        self.waits_by_seq.pop(wait.seq, None)
+        self.resolved.add(wait.seq)
+        wait.future.set_result(value)
+        return True
 
     def would_reject(self, name: str, payload: bytes) -> str | None:
         """Why the run's open wait for ``name`` would reject ``payload`` (None: it
         would take it, or no wait is open so the event would be kept for later)."""
-        waits = self.waits.get(name)
-        if not waits or self.buffered.get(name):
+        wait = self.waits.next_wait(name)
+        if wait is None:
             return None
         try:
-            decode_payload(msgspec.Raw(payload), waits[0].type)
+            decode_payload(msgspec.Raw(payload), wait.type)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
             return str(e)
         return None
@@ -324,9 +320,9 @@ class Machine:
         self.futures[seq] = (fut, result_type, label)
         if isinstance(cmd, WaitCmd):
             wait = _Wait(seq, cmd.name, result_type, fut)
-            self.waits.setdefault(cmd.name, deque()).append(wait)
+            self.waits.open(cmd.name, wait)
             self.waits_by_seq[seq] = wait
-            self._match(cmd.name)
+            self.waits.match(cmd.name, self._take)
         elif isinstance(cmd, TimerCmd):
             self.timer_seqs.add(seq)
         elif isinstance(cmd, ChildCmd):

@@ -85,6 +85,7 @@ from schemas._payloads import (
     stored_refs,
 )
 from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
+from schemas._waits import WaitMatcher
 
 __all__ = [
     "CancelRun",
@@ -144,6 +145,7 @@ __all__ = [
     "TimerFired",
     "TimerStarted",
     "WaitInfo",
+    "WaitMatcher",
     "WaitStarted",
     "WaitTimedOut",
     "WaitTimeoutError",

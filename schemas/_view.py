@@ -1,16 +1,15 @@
 """``RunView``: what a run is doing, folded from its journal events.
 
 One pure fold, used by the client (``status``) and the Postgres projector, so
-both agree on what "waiting for approval" means. Wait matching mirrors the
-replay machine: events of a name are matched FIFO to waits of that name, an
-``event.rejected`` reopens the wait it was tried on. A run that ends closes the
+both agree on what "waiting for approval" means. Waits and events are paired by
+the replay machine's own rule (``WaitMatcher``); an ``event.rejected`` reopens the
+wait the event was tried on. A run that ends closes the
 waits it still had open: ``cancelled`` when the run was cancelled, ``abandoned``
 when it failed or completed without them.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -38,6 +37,7 @@ from schemas._journal import (
     WaitStarted,
     WaitTimedOut,
 )
+from schemas._waits import WaitMatcher
 
 RunStatusName = str  # running | waiting | completed | failed | cancelled | parked
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -115,8 +115,8 @@ class RunView:
     """open timers (``ctx.sleep``): seq -> when due"""
     deadline: datetime | None = None
     """when the run's wall-time limit falls due (None: no limit)"""
-    _buffered: dict[str, deque[str]] = field(default_factory=dict)
-    _received: dict[str, str] = field(default_factory=dict)  # event_id -> name
+    _matcher: WaitMatcher[WaitView, str] = field(default_factory=WaitMatcher)
+    """open waits and unmatched event ids, paired by the kernel's rule"""
     changed_waits: set[int] = field(default_factory=set)
     changed_effects: set[int] = field(default_factory=set)
 
@@ -183,18 +183,19 @@ class RunView:
         elif isinstance(ev, ChildCompleted | ChildFailed):
             self.children.pop(ev.seq, None)
         elif isinstance(ev, WaitStarted):
-            self.waits[ev.seq] = WaitView(ev.seq, ev.name, ev.at, ev.deadline)
+            opened = self.waits[ev.seq] = WaitView(ev.seq, ev.name, ev.at, ev.deadline)
             self.changed_waits.add(ev.seq)
-            self._match(ev.name)
+            self._matcher.open(ev.name, opened)
+            self._matcher.match(ev.name, self._satisfy)
         elif isinstance(ev, WaitTimedOut):
             wait = self.waits.get(ev.seq)
             if wait is not None and wait.status == "open":
                 wait.status = "timed_out"
                 self.changed_waits.add(ev.seq)
+                self._matcher.close(wait.name, wait)
         elif isinstance(ev, EventReceived):
-            self._received[ev.event_id] = ev.name
-            self._buffered.setdefault(ev.name, deque()).append(ev.event_id)
-            self._match(ev.name)
+            self._matcher.arrive(ev.name, ev.event_id)
+            self._matcher.match(ev.name, self._satisfy)
         elif isinstance(ev, EventRejected):
             self._reject(ev)
         if self.status in ("running", "waiting", "parked") and self.ended_at is None:
@@ -240,22 +241,21 @@ class RunView:
             if wait.status == "open":
                 wait.status = status
                 self.changed_waits.add(wait.seq)
+                self._matcher.close(wait.name, wait)
 
-    def _match(self, name: str) -> None:
-        buffered = self._buffered.get(name)
-        for wait in self.waits.values():
-            if not buffered:
-                return
-            if wait.name == name and wait.status == "open":
-                wait.status, wait.event_id = "satisfied", buffered.popleft()
-                self.changed_waits.add(wait.seq)
+    def _satisfy(self, wait: WaitView, event_id: str) -> bool:
+        """Provisionally: an ``event.rejected`` naming this pair reopens the wait."""
+        wait.status, wait.event_id = "satisfied", event_id
+        self.changed_waits.add(wait.seq)
+        return True
 
     def _reject(self, ev: EventRejected) -> None:
         wait = self.waits.get(ev.seq)
         if wait is not None and wait.event_id == ev.event_id:
             wait.status, wait.event_id = "open", None
             self.changed_waits.add(wait.seq)
-            self._match(wait.name)
+            self._matcher.reopen(wait.name, wait)
+            self._matcher.match(wait.name, self._satisfy)
 
     def take_changes(self) -> tuple[list[WaitView], list[EffectView]]:
         """Waits and effects changed since the last call (for incremental upserts)."""

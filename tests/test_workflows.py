@@ -8,7 +8,14 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
-from schemas import EffectCompleted, EffectResult, EventRejected, encode_inbox
+from schemas import (
+    EffectCompleted,
+    EffectResult,
+    EventReceived,
+    EventRejected,
+    encode_inbox,
+    fold,
+)
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import (
@@ -148,6 +155,12 @@ async def test_invalid_event_rejected_run_keeps_waiting(
     reasons = " | ".join(r.reason for r in rejected)
     assert "$.approved" in reasons
     assert "not valid JSON" in reasons
+    # The fold (status, projections) pairs the wait with the event the code took.
+    (wait,) = fold([e.event for e in events]).waits.values()
+    assert (wait.status, wait.event_id) == (
+        "satisfied",
+        events_of(events, EventReceived)[-1].event_id,
+    )
 
 
 async def test_plain_nats_publish_resumes(nc: NATS, subjects: Subjects) -> None:
