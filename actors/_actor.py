@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Collection
 from datetime import timedelta
 from enum import Enum
+from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -75,6 +76,15 @@ def _is_power_of_ten(n: int) -> bool:
     return n == 1
 
 
+class Input(NamedTuple):
+    """An inbox message as the worker routed it (its subject parsed once, there)."""
+
+    msg: Msg
+    event: str | None
+    """the resume event's name (``<prefix>.in.<p>.<run>.ev.<name>``); None for the
+    inbox's own kinds (start, effect result, timer, child outcome, cancel, wake)"""
+
+
 def junk_weight(ev: EventRejected) -> int:
     """Journal events a rejection cost: its own, plus the event.received it refused."""
     return 1 if ev.seq == 0 else 2
@@ -84,7 +94,7 @@ class RunActor:
     def __init__(self, run_id: str, rt: Runtime) -> None:
         self.run_id = run_id
         self.rt = rt
-        self.mailbox: deque[Msg] = deque()
+        self.mailbox: deque[Input] = deque()
         self.busy = False
         self.retired = False
         self.dead_lettered: dict[str, int] = {}
@@ -125,13 +135,13 @@ class RunActor:
             self.evict()
 
     # ------------------------------------------------------------------ entry
-    async def handle(self, msg: Msg) -> Outcome:
+    async def handle(self, inp: Input) -> Outcome:
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
                 fresh = not self.loaded
                 if fresh:
                     await self._load_or_park()
-                return await self._activate(msg, fresh=fresh)
+                return await self._activate(inp, fresh=fresh)
             except JournalConflict as conflict:
                 self.log.info("journal_conflict", detail=str(conflict))
                 self.evict()
@@ -159,8 +169,10 @@ class RunActor:
         self.loaded = True
         if not events:
             return
+        first = events[0].event
+        assert isinstance(first, RunStarted), f"run {self.run_id} journal starts with {first}"
         for e in events:
-            if isinstance(e.event, EffectCompleted):
+            if isinstance(e.event, EffectCompleted) and first.max_cost_usd:
                 self.cost_usd += usage_of(e.event.result).cost_usd
             elif isinstance(e.event, EventRejected):
                 self.rejections += 1
@@ -168,8 +180,6 @@ class RunActor:
         last = events[-1]
         self.n, self.last_seq, self.head = last.n, last.seq, last.hash
         self.last_type = type(last.event).__struct_config__.tag  # type: ignore[assignment]
-        first = events[0].event
-        assert isinstance(first, RunStarted), f"run {self.run_id} journal starts with {first}"
         self.started = first
         if isinstance(last.event, TERMINAL_EVENTS):
             self.terminal = last.event
@@ -202,10 +212,10 @@ class RunActor:
         return machine
 
     # ------------------------------------------------------------------ activation
-    async def _activate(self, msg: Msg, *, fresh: bool) -> Outcome:
-        run_id, event_name = self.rt.subjects.parse_inbox(msg.subject)
-        if event_name is not None:
-            return await self._on_event(msg, event_name)
+    async def _activate(self, inp: Input, *, fresh: bool) -> Outcome:
+        msg = inp.msg
+        if inp.event is not None:
+            return await self._on_event(msg, inp.event)
         try:
             message = decode_inbox(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
@@ -226,7 +236,7 @@ class RunActor:
         if isinstance(message, CancelRun):
             await self._append(
                 RunCancelled(
-                    run_id=run_id,
+                    run_id=self.run_id,
                     reason=message.reason,
                     cause=f"inbox:{stream_seq(msg)}",
                 )
@@ -247,7 +257,7 @@ class RunActor:
             # timer's firing may have overtaken the journaling of its start.
             await self._advance()
             if self.terminal is not None or self.machine is None:
-                return await self._activate(msg, fresh=True)
+                return await self._activate(inp, fresh=True)
         fact = fact_for(message, self.machine, self.started, f"inbox:{stream_seq(msg)}")
         if isinstance(fact, Ignored):
             if not fresh:
@@ -255,7 +265,7 @@ class RunActor:
                 # while this one did not own it): judge again against the journal.
                 self.evict()
                 await self._load_or_park()
-                return await self._activate(msg, fresh=True)
+                return await self._activate(inp, fresh=True)
             self._ignored(msg, type(message).__name__, fact.reason)
         else:
             await self._append(fact)
@@ -285,7 +295,7 @@ class RunActor:
             await self._advance()
             return Outcome.ACK
         data = await event_body(self.rt.objects, msg.data or b"null", name)
-        reason = self._refusal(name, data)
+        reason = self._refusal(event_id, name, data)
         if reason is not None:
             return await self._reject(msg, name, event_id, reason)
         await self._append(
@@ -300,14 +310,13 @@ class RunActor:
         await self._advance()
         return Outcome.ACK
 
-    def _refusal(self, name: str, data: bytes) -> str | None:
+    def _refusal(self, event_id: str, name: str, data: bytes) -> str | None:
         """Why a resume event cannot be accepted on arrival (None: journal it)."""
         assert self.started is not None
         assert self.machine is not None
-        try:
-            msgspec.json.decode(data)
-        except msgspec.DecodeError as e:
-            return f"payload is not valid JSON: {e}"
+        verdict = self.machine.admit(event_id, name, data)
+        if verdict.not_json is not None:
+            return f"payload is not valid JSON: {verdict.not_json}"
         if not self._declared_known:
             wf = self.rt.registry.find(self.started.workflow)
             self._declared = wf.declared_events(self.started.input) if wf is not None else None
@@ -318,7 +327,7 @@ class RunActor:
             return f"the workflow declares no event {name!r} (it accepts: {accepted})"
         if self.rejections >= self.started.max_rejections:
             # over the bound, junk is judged before it is journaled at all
-            return self.machine.would_reject(name, data)
+            return verdict.refused
         return None
 
     async def _reject(self, msg: Msg, name: str, event_id: str, reason: str) -> Outcome:
@@ -508,8 +517,8 @@ class RunActor:
             stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
         self.n, self.last_seq, self.head = n, stored.seq, stored.hash
         self.last_type = type(event).__struct_config__.tag  # type: ignore[assignment]
-        if isinstance(event, EffectCompleted):
-            self.cost_usd += usage_of(event.result).cost_usd
+        if isinstance(event, EffectCompleted) and started is not None and started.max_cost_usd:
+            self.cost_usd += usage_of(event.result).cost_usd  # only a budget needs it
         if isinstance(event, TERMINAL_EVENTS):
             self.terminal = event
             children = self.machine.open_children() if self.machine else []

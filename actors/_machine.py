@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Coroutine
 from datetime import datetime
 from hashlib import sha256
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -151,6 +151,16 @@ def child_run_id(parent: str, seq: int) -> str:
     return "c" + sha256(f"{parent}/{seq}".encode()).hexdigest()[:40]
 
 
+class Admission(NamedTuple):
+    """A resume event judged on arrival (``Machine.admit``)."""
+
+    not_json: str | None = None
+    """why the payload is not JSON at all: never journaled"""
+    refused: str | None = None
+    """why the wait it would go to now refuses it (journaled, then rejected by the
+    code, until the run's rejection bound; beyond it refused on arrival)"""
+
+
 class _Wait:
     __slots__ = ("future", "name", "seq", "type")
 
@@ -178,6 +188,8 @@ class Machine:
         self.early_results: dict[int, JournalEvent] = {}
         self.waits: WaitMatcher[_Wait, EventReceived] = WaitMatcher()
         self.waits_by_seq: dict[int, _Wait] = {}
+        self._admitted: tuple[str, int, Any] | None = None
+        """(event id, wait seq, value) of the event ``admit`` decoded for its wait"""
         self.seen_events: set[str] = set()
         self.rejected: set[str] = set()
         self.timer_seqs: set[int] = set()
@@ -279,8 +291,12 @@ class Machine:
 
     def _take(self, wait: _Wait, ev: EventReceived) -> bool:
         """The wait takes the event (True), or refuses it: a rejection to journal."""
+        admitted, self._admitted = self._admitted, None
         try:
-            value = decode_payload(ev.payload, wait.type)
+            if admitted is not None and admitted[:2] == (ev.event_id, wait.seq):
+                value = admitted[2]  # decoded on arrival, for this very wait
+            else:
+                value = decode_payload(ev.payload, wait.type)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
             self.rejected.add(ev.event_id)
             if ev.event_id not in self.recorded_rejections:
@@ -291,17 +307,24 @@ class Machine:
         wait.future.set_result(value)
         return True
 
-    def would_reject(self, name: str, payload: bytes) -> str | None:
-        """Why the run's open wait for ``name`` would reject ``payload`` (None: it
-        would take it, or no wait is open so the event would be kept for later)."""
+    def admit(self, event_id: str, name: str, payload: bytes) -> Admission:
+        """Judge a resume event on arrival, decoding its payload once: for the wait it
+        would go to now (kept, so that wait takes the value without decoding again),
+        or, with no wait open for it, as plain JSON (a later wait decodes it then)."""
         wait = self.waits.next_wait(name)
-        if wait is None:
-            return None
         try:
-            decode_payload(msgspec.Raw(payload), wait.type)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
-            return str(e)
-        return None
+            if wait is None:
+                msgspec.json.decode(payload)
+                return Admission()
+            value = decode_payload(msgspec.Raw(payload), wait.type)
+        except msgspec.ValidationError as e:
+            return Admission(refused=str(e))
+        except msgspec.DecodeError as e:
+            return Admission(not_json=str(e))
+        except ValueError as e:  # a JSON Schema wait's verdict
+            return Admission(refused=str(e))
+        self._admitted = (event_id, wait.seq, value)
+        return Admission()
 
     # ----------------------------------------------------------------- commands
     def issue(self, cmd: Command, result_type: Any = Any, label: str = "") -> DFuture[Any]:

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from ulid import ULID
 
-from actors._actor import Outcome, RunActor
+from actors._actor import Input, Outcome, RunActor
 from actors._registry import Registry
 from actors._runtime import Runtime, WorkerOptions
 from schemas import ConnectionFailed, MainspringError
@@ -293,7 +293,7 @@ class Worker:
         async with recv:
             async for generation, msg in recv:
                 unrouted = self.subjects.is_unrouted(msg.subject)
-                run_id = "" if unrouted else self.subjects.parse_inbox(msg.subject)[0]
+                run_id, event = ("", None) if unrouted else self.subjects.parse_inbox(msg.subject)
                 held = self._held.get(0 if unrouted else self.subjects.partition(run_id))
                 if held is None or held.generation != generation:
                     # Fetched before this worker let the partition go: left unacked, the
@@ -308,7 +308,7 @@ class Worker:
                     self.actors[run_id] = actor
                 else:
                     self.actors.move_to_end(run_id)
-                actor.mailbox.append(msg)
+                actor.mailbox.append(Input(msg, event))
                 if not actor.busy:
                     actor.busy = True
                     tg.start_soon(self._drain, actor)
@@ -322,8 +322,8 @@ class Worker:
                     # parallel instead of holding the partition's ack window.
                     batch = [actor.mailbox.popleft() for _ in range(min(64, len(actor.mailbox)))]
                     async with anyio.create_task_group() as tg:
-                        for msg in batch:
-                            tg.start_soon(self._activate, actor, msg)
+                        for inp in batch:
+                            tg.start_soon(self._activate, actor, inp)
                     continue
                 await self._activate(actor, actor.mailbox.popleft())
         finally:
@@ -332,12 +332,13 @@ class Worker:
                 actor.evict()
             self._evict_overflow()
 
-    async def _activate(self, actor: RunActor, msg: Msg) -> None:
+    async def _activate(self, actor: RunActor, inp: Input) -> None:
+        msg = inp.msg
         key = id(msg)
         self._inflight[key] = (msg, time.monotonic())
         try:
             async with self._limiter:
-                outcome = await actor.handle(msg)
+                outcome = await actor.handle(inp)
         except Exception as exc:
             actor.log.exception("activation_failed", error=str(exc))
             actor.evict()

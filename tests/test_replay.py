@@ -8,7 +8,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
-from actors._actor import RunActor
+from actors._actor import Input, RunActor
 from actors._runtime import Runtime
 from schemas import StartRun, encode_inbox
 from streams import ConsumerSpec, Subjects, ensure_consumer, ensure_topology
@@ -116,7 +116,7 @@ async def test_two_writers_racing_one_run_never_fork(nc: NATS, subjects: Subject
     actors = [RunActor("race", Runtime(nc, subjects, registry, opts)) for _ in range(2)]
     async with anyio.create_task_group() as tg:
         for actor in actors:
-            tg.start_soon(actor.handle, msg)
+            tg.start_soon(actor.handle, Input(msg, None))
     client = ms.Client(nc, subjects)
     events = await client.history("race")
     assert_journal_sound("race", events)
