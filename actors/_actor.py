@@ -553,15 +553,11 @@ class RunActor:
                     else ErrorInfo(type="child.cancelled", message="child run cancelled")
                 ),
             )
-            await self.rt.send_inbox(parent.run_id, done, "child.done", f"done:{self.run_id}")
+            await self.rt.send_inbox(done, f"done:{self.run_id}")
         if isinstance(ev, RunCancelled):
             for child in open_children or []:
-                await self.rt.send_inbox(
-                    child,
-                    CancelRun(run_id=child, reason="parent cancelled"),
-                    "cancel",
-                    f"cancel:{child}",
-                )
+                cancel = CancelRun(run_id=child, reason="parent cancelled")
+                await self.rt.send_inbox(cancel, f"cancel:{child}")
 
     async def _park(self, error: NondeterminismError) -> None:
         self.log.error("run_parked", error=str(error))

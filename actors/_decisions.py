@@ -107,7 +107,7 @@ async def decision_event(cmd: Command, rt: Runtime, started: RunStarted) -> Jour
             parent=ParentRef(run_id=rid, seq=cmd.seq),
             depth=depth,
         )
-        await rt.send_inbox(cmd.child_run_id, start, "start", f"start:{cmd.child_run_id}")
+        await rt.send_inbox(start, f"start:{cmd.child_run_id}")
         return ChildStarted(
             run_id=rid,
             seq=cmd.seq,

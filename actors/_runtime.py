@@ -9,14 +9,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from actors._registry import Registry
-from schemas import InboxUnion, TimerFire, encode_inbox
+from schemas import InboxUnion, TimerFire
 from streams import (
-    Journal,
+    InboxWriter,
+    JournalStore,
     Objects,
     PayloadLimits,
     Subjects,
     dead_letter_msg,
-    publish_checked,
+    open_inbox,
+    open_journal,
 )
 
 
@@ -56,20 +58,22 @@ def utcnow() -> datetime:
 
 class Runtime:
     def __init__(
-        self, nc: NATS, subjects: Subjects, registry: Registry, options: WorkerOptions
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        registry: Registry,
+        options: WorkerOptions,
+        *,
+        journal: JournalStore | None = None,
+        inbox: InboxWriter | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.registry = registry
         self.options = options
         self.objects = Objects(nc, subjects, options.payloads)
-        self.journal = Journal(nc, subjects, objects=self.objects)
-
-    async def publish_js(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
-    ) -> None:
-        """Publish into a stream and wait for its ack (raise if it refused)."""
-        await publish_checked(self.nc, subject, data, headers)
+        self.journal = journal or open_journal(nc, subjects, self.objects)
+        self.inbox = inbox or open_inbox(nc, subjects)
 
     async def dead_letter(self, msg: Msg, *, source: str, reason: str, run_id: str) -> None:
         """Move an inbox message that cannot be applied to the dead-letter stream."""
@@ -83,24 +87,10 @@ class Runtime:
             run_id=run_id,
         )
 
-    async def send_inbox(self, run_id: str, message: InboxUnion, kind: str, msg_id: str) -> None:
-        message = await self.objects.store_fields(message)  # a large value goes by reference
-        await self.publish_js(
-            self.subjects.inbox(run_id, kind), encode_inbox(message), {"Nats-Msg-Id": msg_id}
-        )
+    async def send_inbox(self, message: InboxUnion, msg_id: str) -> None:
+        """Send to a run's inbox (a large value goes by reference)."""
+        await self.inbox.send(await self.objects.store_fields(message), msg_id=msg_id)
 
     async def schedule(self, run_id: str, seq: int, when: datetime) -> None:
-        """Have JetStream deliver ``timer.fire`` for (run, seq) into the inbox at ``when``."""
-        await self.publish_js(
-            self.subjects.schedule(run_id, seq),
-            encode_inbox(TimerFire(run_id=run_id, seq=seq)),
-            {
-                "Nats-Schedule": _at_spec(when),
-                "Nats-Schedule-Target": self.subjects.inbox(run_id, "timer.fire"),
-            },
-        )
-
-
-def _at_spec(when: datetime) -> str:
-    """``Nats-Schedule`` value for a one-shot timer (RFC 3339, UTC)."""
-    return "@at " + when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """Have ``timer.fire`` for (run, seq) delivered into the run's inbox at ``when``."""
+        await self.inbox.schedule(TimerFire(run_id=run_id, seq=seq), when)

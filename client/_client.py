@@ -13,6 +13,7 @@ from ulid import ULID
 
 from schemas import (
     CancelRun,
+    InboxUnion,
     JournalEvent,
     RunCancelled,
     RunCancelledError,
@@ -25,12 +26,12 @@ from schemas import (
     check_event_name,
     check_run_id,
     check_workflow_name,
-    encode_inbox,
     fold,
 )
 from schemas import ErrorInfo as _ErrorInfo
 from streams import (
     HDR_TYPE,
+    Inbox,
     Journal,
     Objects,
     PayloadLimits,
@@ -92,6 +93,7 @@ class Client:
         self.subjects = subjects or Subjects()
         self.objects = Objects(nc, self.subjects, payloads)
         self.journal = Journal(nc, self.subjects, objects=self.objects)
+        self.inbox = Inbox(nc, self.subjects)
         self._owns = owns_nc
         self._ready = False
 
@@ -117,9 +119,9 @@ class Client:
             await ensure_topology(self.nc, self.subjects)
             self._ready = True
 
-    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+    async def _send(self, message: InboxUnion, msg_id: str) -> None:
         await self._ensure()
-        await publish_checked(self.nc, subject, data, headers)
+        await self.inbox.send(message, msg_id=msg_id)
 
     # ------------------------------------------------------------------ commands
     async def start(
@@ -148,9 +150,7 @@ class Client:
             max_cost_usd=max_cost_usd,
             max_duration_s=max_duration_s,
         )
-        await self._publish(
-            self.subjects.inbox(rid, "start"), encode_inbox(body), {"Nats-Msg-Id": f"start:{rid}"}
-        )
+        await self._send(body, f"start:{rid}")
         return rid
 
     async def send_event(
@@ -169,24 +169,16 @@ class Client:
         self.objects.check_size(len(data), what)  # before anything is sent
         await self._ensure()
         body = await self.objects.outgoing(data, what)  # a large one goes by reference
-        await self._publish(self.subjects.event(run_id, name), bytes(body), headers)
+        await publish_checked(self.nc, self.subjects.event(run_id, name), bytes(body), headers)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         check_run_id(run_id)
-        await self._publish(
-            self.subjects.inbox(run_id, "cancel"),
-            encode_inbox(CancelRun(run_id=run_id, reason=reason)),
-            {"Nats-Msg-Id": f"cancel:{run_id}"},
-        )
+        await self._send(CancelRun(run_id=run_id, reason=reason), f"cancel:{run_id}")
 
     async def wake(self, run_id: str) -> None:
         """Ask a worker to replay a run now (continue a parked run after deploying a fix)."""
         check_run_id(run_id)
-        await self._publish(
-            self.subjects.inbox(run_id, "wake"),
-            encode_inbox(WakeRun(run_id=run_id)),
-            {"Nats-Msg-Id": f"wake-{ULID()}"},
-        )
+        await self._send(WakeRun(run_id=run_id), f"wake-{ULID()}")
 
     # ------------------------------------------------------------------ queries
     async def history(self, run_id: str) -> list[StoredEvent]:

@@ -40,11 +40,11 @@ from schemas import (
     TerminalError,
     check_effect_kind,
     decode_event,
-    encode_inbox,
 )
 from streams import (
     ConsumerSpec,
     EffectMarkers,
+    Inbox,
     Objects,
     PayloadLimits,
     Subjects,
@@ -52,7 +52,6 @@ from streams import (
     ensure_consumer,
     ensure_topology,
     num_delivered,
-    publish_checked,
     pull_loop,
     retrying,
 )
@@ -150,6 +149,7 @@ class HandlerService:
         self.subjects = subjects or Subjects()
         self.markers = EffectMarkers(nc, self.subjects)
         self.objects = Objects(nc, self.subjects, payloads)  # large payloads (DESIGN.md §10)
+        self.inbox = Inbox(nc, self.subjects)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await ensure_topology(self.nc, self.subjects)
@@ -347,9 +347,7 @@ class HandlerService:
             error=error,
             attempts=attempts,
         )
-        subject = req.inbox or self.subjects.inbox(req.run_id, "effect.result")
-        headers = {"Nats-Msg-Id": req.effect_id}
-        await publish_checked(self.nc, subject, encode_inbox(reply), headers)
+        await self.inbox.send(reply, msg_id=req.effect_id, subject=req.inbox or None)
         await msg.ack()  # only after the result is safely in the run's inbox
 
 

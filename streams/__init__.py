@@ -17,6 +17,7 @@ from streams._deadletters import (
     dead_letters,
     reinject,
 )
+from streams._inbox import Inbox
 from streams._journal import (
     GENESIS,
     HDR_HASH,
@@ -35,6 +36,7 @@ from streams._jsapi import ApiError, api_request, connect
 from streams._leases import Lease, Leases
 from streams._markers import EffectMarkers
 from streams._objects import Objects, PayloadLimits, object_problem
+from streams._protocols import InboxWriter, JournalStore, open_inbox, open_journal
 from streams._publish import PubAck, publish, publish_checked, retrying
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
@@ -56,7 +58,10 @@ __all__ = [
     "HDR_N",
     "HDR_PREV",
     "HDR_TYPE",
+    "Inbox",
+    "InboxWriter",
     "Journal",
+    "JournalStore",
     "Lease",
     "Leases",
     "MIN_API_LEVEL",
@@ -84,6 +89,8 @@ __all__ = [
     "ensure_topology",
     "num_delivered",
     "object_problem",
+    "open_inbox",
+    "open_journal",
     "partition_of",
     "publish",
     "publish_checked",

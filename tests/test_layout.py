@@ -114,6 +114,21 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
+def test_kernel_names_the_journal_and_inbox_protocols_only() -> None:
+    """The run kernel uses a journal and an inbox through streams' protocols
+    (JournalStore, InboxWriter), never the JetStream classes: sharded ones are next."""
+    concrete = {"Journal", "Inbox"}
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name}"
+        for path, tree in TREES["actors"]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("streams")
+        for alias in node.names
+        if alias.name in concrete
+    ]
+    assert offenders == []
+
+
 def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
     """A package that holds more than a quarter of the code is doing two jobs (DESIGN.md
     §3): split it before it grows further."""
@@ -129,7 +144,7 @@ def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
 
 PUBLIC = {
     "schemas": 82,
-    "streams": 46,
+    "streams": 51,
     "servers": 3,
     "client": 3,
     "handlers": 4,
