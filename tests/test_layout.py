@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,19 @@ def test_kernel_names_the_journal_and_inbox_protocols_only() -> None:
         if alias.name in concrete
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("package", ["client", "handlers"])
+def test_client_and_handlers_load_no_kernel(package: str) -> None:
+    """A service that starts runs (client) or serves effects (handlers) loads no worker,
+    flow, projection or CLI code: importing it in a fresh interpreter loads only the
+    packages below it."""
+    code = f"import sys, {package}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = {name.split(".")[0] for name in out.stdout.split()} & OURS
+    assert loaded == {package} | ALLOWED[package]
 
 
 def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
