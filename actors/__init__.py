@@ -11,16 +11,18 @@ from actors._context import Context, JsonSchema
 from actors._futures import DFuture, WorkflowMisuse
 from actors._machine import StepFailedError
 from actors._registry import Registry, WorkflowDef
-from actors._replay import ReplayResult, replay_history
+from actors._replay import Divergence, Replayer, ReplayResult, replay_history
 from actors._runtime import WorkerOptions
 from actors._worker import Worker
 
 __all__ = [
     "Context",
     "DFuture",
+    "Divergence",
     "JsonSchema",
     "Registry",
     "ReplayResult",
+    "Replayer",
     "StepFailedError",
     "Worker",
     "WorkerOptions",

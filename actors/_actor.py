@@ -20,11 +20,11 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from actors._context import Context
 from actors._decisions import decision_event, error_info
 from actors._facts import DEADLINE_SEQ, Ignored, fact_for, limit_failure
 from actors._machine import Machine
 from actors._payloads import event_body, resolve_input, too_large
+from actors._replay import Replayer
 from actors._runtime import Runtime, utcnow
 from schemas import (
     NULL,
@@ -187,29 +187,13 @@ class RunActor:
         self._replay(events)
 
     def _replay(self, events: list[StoredEvent]) -> None:
-        assert self.started is not None
         try:
-            machine = self._new_machine(self.started, [e.event for e in events])
+            self.machine = Replayer(self.rt.registry).resume([e.event for e in events])
         except WorkflowNotFound as e:
             self.log.error("workflow_not_registered", error=str(e))
             self.parked = True
-            return
-        if machine is None:
-            return
-        for stored in events[1:]:
-            machine.feed(stored.event)
-        machine.check_replay_complete()
-        self.machine = machine
-
-    def _new_machine(self, started: RunStarted, recorded: list[JournalEvent]) -> Machine | None:
-        wf = self.rt.registry.get(started.workflow)
-        machine = Machine(started, recorded)
-        try:
-            value = msgspec.json.decode(started.input, type=wf.input_type)
         except msgspec.ValidationError:
-            return None  # the start path journaled run.failed(input.invalid)
-        machine.start(wf.fn(Context(machine), value))
-        return machine
+            pass  # the start path journaled run.failed(input.invalid)
 
     # ------------------------------------------------------------------ activation
     async def _activate(self, inp: Input, *, fresh: bool) -> Outcome:
@@ -439,7 +423,7 @@ class RunActor:
                 )
             )
             return Outcome.ACK
-        self.machine = self._new_machine(self.started, [])
+        self.machine = Replayer(registry).resume([self.started])  # nothing to replay yet
         await self._advance()
         return Outcome.ACK
 

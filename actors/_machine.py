@@ -17,7 +17,7 @@ import contextlib
 import random
 import uuid
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from datetime import datetime
 from hashlib import sha256
 from typing import Any, NamedTuple
@@ -171,7 +171,7 @@ class _Wait:
 class Machine:
     """Drives one run's workflow coroutine against its journal."""
 
-    def __init__(self, started: RunStarted, recorded: list[JournalEvent] | None = None) -> None:
+    def __init__(self, started: RunStarted, recorded: Iterable[JournalEvent] | None = None) -> None:
         self.run_id = started.run_id
         self.started = started
         self.now: datetime = started.at

@@ -12,7 +12,15 @@ The public facade::
         return text
 """
 
-from actors import Context, Registry, StepFailedError, Worker, WorkerOptions, WorkflowMisuse
+from actors import (
+    Context,
+    Registry,
+    Replayer,
+    StepFailedError,
+    Worker,
+    WorkerOptions,
+    WorkflowMisuse,
+)
 from client import Client, RunStatus
 from handlers import EffectContext, Handlers, HandlerService
 from schemas import (
@@ -55,6 +63,7 @@ __all__ = [
     "PayloadLimits",
     "PayloadTooLarge",
     "Registry",
+    "Replayer",
     "RetryPolicy",
     "RunCancelledError",
     "RunFailedError",

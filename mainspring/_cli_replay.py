@@ -8,7 +8,7 @@ document still compatible with the runs already recorded?).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
@@ -26,6 +26,9 @@ from mainspring._cli_runner import (
     run_command,
 )
 from schemas import ConfigError, JournalEvent, RunNotFound, RunStarted, check_run_id
+
+if TYPE_CHECKING:
+    from actors import ReplayResult
 
 
 def _recorded_document(first: RunStarted) -> dict[str, Any] | None:
@@ -87,18 +90,19 @@ def replay(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-run today's code against recorded journals; exit 30 if any is incompatible."""
-    from actors import Registry
+    from actors import Registry, Replayer
     from flows import flow_registry, load_spec, resolve_refs, validate_spec
     from mainspring._config import load_app
 
     registry = flow_registry(load_app(app_spec, Registry) if app_spec else None)
+    replayer = Replayer(registry)
     document = None
     if spec_file:
         document = resolve_refs(validate_spec(load_spec(spec_file))).document
     wanted = _document_id(document)
 
     async def body(env: Env) -> int:
-        from actors import ReplayResult, replay_history
+        from actors import ReplayResult
         from flows import is_flow
         from streams import Journal
 
@@ -150,7 +154,7 @@ def replay(
                     f"run {rid} is a run of the code workflow {first.workflow!r}: {hint}",
                 )
             else:
-                result = replay_history(events, registry)
+                result = replayer.check(events)
             results.append(result)
             _say(result, as_json)
         bad = [r for r in results if not r.ok]
@@ -166,7 +170,7 @@ def replay(
                     exit_code=code,
                     status="incompatible" if bad else "compatible",
                     problems=[r.problem for r in bad],
-                    details=msgspec.to_builtins(results),
+                    details=[_details(r) for r in results],
                 ),
                 True,
             )
@@ -183,7 +187,15 @@ def replay(
     )
 
 
-def _say(result: Any, as_json: bool) -> None:
+def _details(result: ReplayResult) -> dict[str, Any]:
+    """A result as ``--json`` has shown it so far: ``divergence`` (structured, new with
+    ``Replayer``) is left out until the envelope's details add it on purpose."""
+    shown: dict[str, Any] = msgspec.to_builtins(result)
+    shown.pop("divergence")
+    return shown
+
+
+def _say(result: ReplayResult, as_json: bool) -> None:
     if as_json:
         return
     mark = "ok  " if result.ok else "FAIL"

@@ -35,6 +35,10 @@ class JournalStore(Protocol):
         (``JournalConflict`` otherwise; ``PayloadTooLarge`` with nothing stored)."""
         ...
 
+    async def run_ids(self) -> list[str]:
+        """Every run with a journal, sorted."""
+        ...
+
 
 class InboxWriter(Protocol):
     """Runs' inboxes, written by clients, handlers and the kernel itself."""

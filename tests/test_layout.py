@@ -163,10 +163,10 @@ PUBLIC = {
     "servers": 3,
     "client": 3,
     "handlers": 4,
-    "actors": 11,
+    "actors": 13,
     "projections": 23,
     "flows": 11,
-    "mainspring": 31,
+    "mainspring": 32,
 }
 
 

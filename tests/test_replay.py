@@ -1,6 +1,13 @@
-"""Replay safety: nondeterminism detection and parking, patch markers, racing writers."""
+"""Replay safety: nondeterminism detection and parking, the Replayer's verdicts (and the
+CI check docs/workflows.md shows), patch markers, racing writers."""
 
 from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import anyio
 import msgspec
@@ -8,14 +15,25 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
+from actors import Divergence
 from actors._actor import Input, RunActor
 from actors._runtime import Runtime
-from schemas import StartRun, encode_inbox
+from schemas import (
+    JournalCorrupt,
+    JournalEvent,
+    RunCompleted,
+    RunStarted,
+    StartRun,
+    StepCompleted,
+    encode_inbox,
+)
+from servers import NatsServer
 from streams import ConsumerSpec, Subjects, ensure_consumer, ensure_topology
 from tests.apps import registry
 from tests.harness import assert_journal_sound, running, step_seqs, types, wait_status
 
 pytestmark = pytest.mark.anyio
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "workflows.md"
 
 
 def _v1() -> ms.Registry:
@@ -66,6 +84,104 @@ async def test_nondeterminism_parks_then_fixed_code_continues(nc: NATS, subjects
     assert_journal_sound(rid, events)
 
 
+async def test_replayer_names_the_divergence_the_worker_parks_with(
+    nc: NATS, subjects: Subjects
+) -> None:
+    """Replayer.check_run, before a deploy, finds the divergence the worker parks the run
+    with after it (the same words); the code the run started with is compatible."""
+    async with running(nc, subjects, _v1()) as h:
+        rid = await h.client.start("nd", None, run_id="nd2")
+        await wait_status(h.client, rid, "waiting")
+    same = await ms.Replayer(_v1()).check_run(nc, rid, subjects=subjects)
+    assert (same.ok, same.workflow, same.events, same.divergence) == (True, "nd", 3, None)
+    verdict = await ms.Replayer(_v2_incompatible()).check_run(nc, rid, subjects=subjects)
+    assert not verdict.ok
+    assert verdict.divergence == Divergence(2, 1, "step 'prepare'", "effect 'llm.mock'")
+    assert await ms.Replayer(_v1()).check_all(nc, subjects=subjects, workflow="other") == []
+    with pytest.raises(ms.RunNotFound):
+        await ms.Replayer(_v1()).check_run(nc, "nd-none", subjects=subjects)
+    async with running(nc, subjects, _v2_incompatible()) as h:
+        await h.client.send_event(rid, "go", {})
+        parked = await wait_status(h.client, rid, "parked")
+    assert parked.error is not None
+    assert parked.error.message == verdict.problem
+
+
+def test_replayer_judges_a_journal_it_is_handed() -> None:
+    """check(events): code that goes on past the journal's end, a workflow the registry
+    lacks and an input that no longer fits are incompatible, each saying why; a list
+    that does not start with run.started is a corrupt journal."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    journal: list[JournalEvent] = [
+        RunStarted(run_id="j1", n=1, at=at, workflow="j", version="1", input=_raw(3)),
+        StepCompleted(run_id="j1", n=2, at=at, seq=1, name="a", result=_raw(1)),
+        RunCompleted(run_id="j1", n=3, at=at, output=_raw(1)),
+    ]
+    one, two, typed = ms.Registry(), ms.Registry(), ms.Registry()
+
+    @one.workflow(name="j")
+    async def j_one(ctx: ms.Context, x: int) -> int:
+        return int(await ctx.step(lambda: 1, name="a"))
+
+    @two.workflow(name="j")
+    async def j_two(ctx: ms.Context, x: int) -> int:
+        await ctx.step(lambda: 1, name="a")
+        return int(await ctx.step(lambda: 2, name="b"))
+
+    @typed.workflow(name="j")
+    async def j_typed(ctx: ms.Context, x: str) -> str:
+        return x
+
+    assert ms.Replayer(one).check(journal).ok
+    assert ms.Replayer(one).check(journal[:2]).ok  # a crash before the end: still compatible
+    longer = ms.Replayer(two).check(journal)
+    assert longer.problem == (
+        "the journal ends with run.completed but the code now continues "
+        "(1 more decision(s) pending)"
+    )
+    assert longer.divergence == Divergence(3, 2, "run.completed", "step 'b'")
+    unknown = ms.Replayer(ms.Registry()).check(journal)
+    assert "no workflow named 'j'" in unknown.problem
+    assert unknown.divergence is None
+    assert "no longer fits" in ms.Replayer(typed).check(journal).problem
+    with pytest.raises(JournalCorrupt, match=r"starts with run\.started, not step\.completed"):
+        ms.Replayer(one).check(journal[1:])
+
+
+def _ci_example() -> str:
+    """The CI test docs/workflows.md tells users to copy, as written there."""
+    section = DOCS.read_text().split("## Checking new code against recorded runs\n")[1]
+    return section.split("```python\n")[1].split("```")[0]
+
+
+async def test_the_documented_ci_check_passes_then_fails_on_changed_code(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI test in docs/workflows.md, run as written against a server holding recorded
+    runs: it passes with the code that recorded them and fails, naming the run and both
+    decisions, with incompatible code."""
+    async with running(nc, subjects, _v1()) as h:
+        await h.client.start("nd", None, run_id="ci1")
+        await wait_status(h.client, "ci1", "waiting")
+    monkeypatch.setenv("MAINSPRING_NATS_URL", nats_server.url)
+    monkeypatch.setitem(sys.modules, "myapp", ModuleType("myapp"))
+
+    def documented_test(app: ms.Registry) -> Any:
+        workflows = ModuleType("myapp.workflows")
+        workflows.registry = app  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "myapp.workflows", workflows)
+        namespace: dict[str, Any] = {}
+        exec(compile(_ci_example(), str(DOCS), "exec"), namespace)
+        namespace["SUBJECTS"] = subjects  # this test's deployment, not the default "ms"
+        return namespace["test_recorded_runs_replay_on_this_code"]
+
+    await documented_test(_v1())()
+    with pytest.raises(AssertionError, match="nondeterminism in run ci1") as failed:
+        await documented_test(_v2_incompatible())()
+    assert "step 'prepare'" in str(failed.value)
+    assert "effect 'llm.mock'" in str(failed.value)
+
+
 async def test_patched_keeps_old_runs_on_old_path(nc: NATS, subjects: Subjects) -> None:
     """ctx.patched(): runs started before the change replay the old path, new runs the new."""
     old = ms.Registry()
@@ -113,6 +229,8 @@ async def test_two_writers_racing_one_run_never_fork(nc: NATS, subjects: Subject
     sub = await js.pull_subscribe_bind("race-test", subjects.inbox_stream)
     [msg] = await sub.fetch(1, timeout=5)
     opts = ms.WorkerOptions()
+    # Actors built by hand, not a Replayer: this is about two writers appending (the
+    # actor's job); each one's replay on reload goes through Replayer.resume.
     actors = [RunActor("race", Runtime(nc, subjects, registry, opts)) for _ in range(2)]
     async with anyio.create_task_group() as tg:
         for actor in actors:

@@ -2,8 +2,8 @@
 
 An in-memory driver (in addition to the real-server tests) runs random programs
 of steps, effects, nested gathers and deterministic values, delivering effect
-results in random orders, then replays the journal it produced into a fresh
-machine, as a worker does after a crash.
+results in random orders, then replays the journal it produced through ``Replayer``,
+as a worker does after a crash and as ``mainspring replay`` does in CI.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import Context
+from actors import Context, Registry, Replayer
 from actors._commands import EffectCmd, MarkerCmd, StepCmd
-from actors._machine import Machine
 from schemas import (
     EffectCompleted,
     EffectRequested,
     JournalEvent,
     MarkerRecorded,
+    RunCompleted,
     RunStarted,
     StepCompleted,
 )
@@ -62,6 +62,16 @@ async def interpret(ctx: Context, program: list[Op]) -> list[Any]:
     return out
 
 
+def _registry(program: list[Op]) -> Registry:
+    reg = Registry()
+
+    @reg.workflow(name="p")
+    async def p(ctx: Context, _: None) -> list[Any]:
+        return await interpret(ctx, program)
+
+    return reg
+
+
 def _started() -> RunStarted:
     return RunStarted(
         run_id="prop", n=1, at=datetime(2026, 1, 1, tzinfo=UTC), workflow="p", version="1"
@@ -69,11 +79,14 @@ def _started() -> RunStarted:
 
 
 def run_live(program: list[Op], rng: random.Random) -> tuple[list[JournalEvent], Any]:
-    """Drive a machine like the actor does; deliver effect results in a random order."""
+    """Drive a machine like the actor does; deliver effect results in a random order.
+
+    The machine starts as the actor starts a new run (``Replayer.resume`` with nothing
+    to replay); the journaling loop is the actor's job, not the Replayer's, so it is
+    written out here (a real actor needs a server: tests/test_replay.py)."""
     started = _started()
     journal: list[JournalEvent] = [started]
-    m = Machine(started)
-    m.start(interpret(Context(m), program))
+    m = Replayer(_registry(program)).resume([started])
     outstanding: list[EffectRequested] = []
     clock = started.at
 
@@ -131,20 +144,24 @@ def run_live(program: list[Op], rng: random.Random) -> tuple[list[JournalEvent],
     assert m.nondeterminism is None
     assert m.main is not None
     assert m.main.done()
-    return journal, m.main.result()
+    output = m.main.result()
+    m.close()  # the actor journals the run's end without feeding it back
+    raw = msgspec.Raw(msgspec.json.encode(output))
+    journal.append(RunCompleted(run_id="prop", n=len(journal) + 1, at=clock, output=raw))
+    return journal, output
 
 
 def replay(program: list[Op], journal: list[JournalEvent]) -> Any:
-    m = Machine(journal[0], journal)  # type: ignore[arg-type]
-    m.start(interpret(Context(m), program))
-    for ev in journal[1:]:
-        m.feed(ev)
-    m.check_replay_complete()
-    assert m.nondeterminism is None, m.nondeterminism
-    assert not m.pending, "replay wanted to do new work"
-    assert m.main is not None
-    assert m.main.done()
-    return m.main.result()
+    """The output of the code replayed through the journal, as a worker rebuilds it."""
+    m = Replayer(_registry(program)).resume(journal)
+    try:
+        assert m.nondeterminism is None, m.nondeterminism
+        assert not m.pending, "replay wanted to do new work"
+        assert m.main is not None
+        assert m.main.done()
+        return m.main.result()
+    finally:
+        m.close()
 
 
 @settings(max_examples=150, deadline=None)
@@ -152,6 +169,8 @@ def replay(program: list[Op], journal: list[JournalEvent]) -> Any:
 def test_any_program_replays_identically(program: list[Op], seed: int) -> None:
     """Replaying the journal of a run yields the same decisions and the same output."""
     journal, live_output = run_live(program, random.Random(seed))
+    verdict = Replayer(_registry(program)).check(journal)
+    assert verdict.ok, verdict.problem
     assert replay(program, journal) == live_output
 
 
@@ -161,9 +180,5 @@ def test_any_prefix_replays_then_continues(program: list[Op], seed: int, cut: fl
     """A crash after any append leaves a prefix that replays without divergence."""
     journal, _ = run_live(program, random.Random(seed))
     prefix = journal[: max(1, int(len(journal) * cut))]
-    m = Machine(prefix[0], prefix)  # type: ignore[arg-type]
-    m.start(interpret(Context(m), program))
-    for ev in prefix[1:]:
-        m.feed(ev)
-    m.check_replay_complete()
-    assert m.nondeterminism is None, m.nondeterminism
+    verdict = Replayer(_registry(program)).check(prefix)
+    assert verdict.ok, verdict.problem
