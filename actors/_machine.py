@@ -49,6 +49,7 @@ from schemas import (
     EventReceived,
     EventRejected,
     JournalEvent,
+    MainspringError,
     MarkerRecorded,
     NondeterminismError,
     RunStarted,
@@ -63,8 +64,12 @@ from schemas import (
 )
 
 
-class StepFailedError(Exception):
-    """A local step raised; raised again where the workflow awaits it (live and replay)."""
+class StepFailedError(MainspringError):
+    """A local step raised; raised again where the workflow awaits it (live and replay).
+
+    Carries the step's ``error``: a run that lets it escape fails with that error, not
+    with this class's name.
+    """
 
     def __init__(self, name: str, error: ErrorInfo) -> None:
         self.name = name

@@ -42,7 +42,11 @@ class CliResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CommandFailed(Exception):
-    """A command exited with a code its step does not accept (retryable by policy)."""
+    """A command exited with a code its step does not accept (retryable by policy).
+
+    Internal to the ``cli`` handler (not in the MainspringError tree): the run sees it
+    only as the effect's error type, this class's name.
+    """
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
@@ -80,7 +84,11 @@ class HttpResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class HttpStatusError(Exception):
-    """An HTTP status the step does not accept; 5xx and 429 are retried by policy."""
+    """An HTTP status the step does not accept; 5xx and 429 are retried by policy.
+
+    Internal to the ``http`` handler (not in the MainspringError tree): the run sees it
+    only as the effect's error type, this class's name.
+    """
 
 
 def command_line(req: CliRequest) -> list[str]:
@@ -289,4 +297,8 @@ async def _openai_chat(
 
 
 class LlmUnavailable(Exception):
-    """All models of the chain failed transiently (retried by the effect's policy)."""
+    """All models of the chain failed transiently (retried by the effect's policy).
+
+    Internal to the ``llm.chat`` handler (not in the MainspringError tree): the run sees
+    it only as the effect's error type, this class's name.
+    """
