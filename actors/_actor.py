@@ -31,6 +31,7 @@ from schemas import (
     CancelRun,
     ChildDone,
     EffectCompleted,
+    ErrorCode,
     ErrorInfo,
     EventReceived,
     EventRejected,
@@ -411,7 +412,7 @@ class RunActor:
                 RunFailed(
                     run_id=self.run_id,
                     error=ErrorInfo(
-                        type="workflow.not_found",
+                        type=ErrorCode.WORKFLOW_NOT_FOUND,
                         message=f"no worker has a workflow named {start.workflow!r}",
                     ),
                 )
@@ -425,7 +426,8 @@ class RunActor:
                 RunFailed(
                     run_id=self.run_id,
                     error=ErrorInfo(
-                        type="input.invalid", message=f"input of workflow {start.workflow}: {e}"
+                        type=ErrorCode.INPUT_INVALID,
+                        message=f"input of workflow {start.workflow}: {e}",
                     ),
                 )
             )
@@ -444,7 +446,7 @@ class RunActor:
                 await self._append(
                     limit_failure(
                         self.run_id,
-                        "limit.cost",
+                        ErrorCode.LIMIT_COST,
                         f"run spent ${self.cost_usd:.4f}, over its budget of ${budget:.4f}",
                     )
                 )
@@ -473,7 +475,7 @@ class RunActor:
                 return RunFailed(
                     run_id=self.run_id,
                     error=ErrorInfo(
-                        type="output.invalid", message=f"workflow output is not JSON: {e}"
+                        type=ErrorCode.OUTPUT_INVALID, message=f"workflow output is not JSON: {e}"
                     ),
                 )
             return RunCompleted(run_id=self.run_id, output=msgspec.Raw(out))
@@ -496,7 +498,7 @@ class RunActor:
             event = RunFailed(
                 run_id=self.run_id,
                 error=ErrorInfo(
-                    type="limit.events",
+                    type=ErrorCode.LIMIT_EVENTS,
                     message=f"run reached its limit of {started.max_events} journal events",
                 ),
             )
@@ -541,7 +543,7 @@ class RunActor:
                 else (
                     ev.error
                     if isinstance(ev, RunFailed)
-                    else ErrorInfo(type="child.cancelled", message="child run cancelled")
+                    else ErrorInfo(type=ErrorCode.CHILD_CANCELLED, message="child run cancelled")
                 ),
             )
             await self.rt.send_inbox(parent.run_id, done, "child.done", f"done:{self.run_id}")
@@ -561,7 +563,7 @@ class RunActor:
                 RunParked(
                     run_id=self.run_id,
                     cause="actor",
-                    error=ErrorInfo(type="nondeterminism", message=str(error)),
+                    error=ErrorInfo(type=ErrorCode.NONDETERMINISM, message=str(error)),
                 )
             )
         self.parked = True

@@ -45,6 +45,7 @@ from schemas import (
     EffectFailed,
     EffectFailedError,
     EffectRequested,
+    ErrorCode,
     ErrorInfo,
     EventReceived,
     EventRejected,
@@ -270,7 +271,9 @@ class Machine:
         except msgspec.ValidationError as e:
             fut.set_exception(
                 EffectFailedError(
-                    label, ErrorInfo(type="result.invalid", message=f"{label} result: {e}"), 1
+                    label,
+                    ErrorInfo(type=ErrorCode.RESULT_INVALID, message=f"{label} result: {e}"),
+                    1,
                 )
             )
 

@@ -16,6 +16,7 @@ from actors._machine import Machine
 from actors._registry import Registry
 from schemas import (
     TERMINAL_EVENTS,
+    ErrorCode,
     JournalEvent,
     RunCompleted,
     RunFailed,
@@ -45,7 +46,7 @@ def replay_history(events: list[JournalEvent], registry: Registry) -> ReplayResu
     try:
         value = msgspec.json.decode(first.input, type=wf.input_type)
     except msgspec.ValidationError as e:
-        if isinstance(events[-1], RunFailed) and events[-1].error.type == "input.invalid":
+        if isinstance(events[-1], RunFailed) and events[-1].error.type == ErrorCode.INPUT_INVALID:
             return result.good()
         return result.fail(f"the recorded input no longer fits the workflow's input type: {e}")
     machine = Machine(first, events)

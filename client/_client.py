@@ -13,6 +13,7 @@ from ulid import ULID
 
 from schemas import (
     CancelRun,
+    ErrorCode,
     JournalEvent,
     RunCancelled,
     RunCancelledError,
@@ -255,5 +256,5 @@ def _outcome(ev: RunCompleted | RunFailed | RunCancelled, output_type: Any) -> A
     if isinstance(ev, RunFailed):
         raise RunFailedError(ev.run_id, ev.error)
     raise RunCancelledError(
-        ev.run_id, _ErrorInfo(type="cancelled", message=ev.reason or "cancelled")
+        ev.run_id, _ErrorInfo(type=ErrorCode.CANCELLED, message=ev.reason or "cancelled")
     )

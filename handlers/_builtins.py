@@ -20,7 +20,7 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process
 
 from handlers._service import EffectContext, Handlers
-from schemas import TerminalError
+from schemas import ErrorCode, TerminalError
 
 SHELLS = ("bash", "sh", "powershell", "pwsh", "cmd")
 
@@ -95,12 +95,12 @@ def command_line(req: CliRequest) -> list[str]:
     command = " && ".join(req.command) if isinstance(req.command, list) else req.command
     if req.shell not in SHELLS:
         raise TerminalError(
-            f"unknown shell {req.shell!r}; use one of {', '.join(SHELLS)}", type="cli.shell"
+            f"unknown shell {req.shell!r}; use one of {', '.join(SHELLS)}", type=ErrorCode.CLI_SHELL
         )
     path = shutil.which(req.shell)
     if path is None:
         raise TerminalError(
-            f"shell {req.shell!r} is not installed on this handler's host", type="cli.shell"
+            f"shell {req.shell!r} is not installed on this handler's host", type=ErrorCode.CLI_SHELL
         )
     flag = "/c" if req.shell == "cmd" else ("-Command" if "sh" not in req.shell else "-c")
     return [path, flag, command]
@@ -185,7 +185,7 @@ def builtin_handlers() -> Handlers:
                 parsed = msgspec.json.decode(stdout.strip() or "null")
             except msgspec.DecodeError as e:
                 raise TerminalError(
-                    f"stdout is not JSON ({e}): {stdout[:200]!r}", type="cli.output"
+                    f"stdout is not JSON ({e}): {stdout[:200]!r}", type=ErrorCode.CLI_OUTPUT
                 ) from e
         return CliResult(exit_code=code, stdout=stdout, stderr=stderr, json=parsed)
 
@@ -209,7 +209,7 @@ def builtin_handlers() -> Handlers:
             )
             if resp.status_code >= 500 or resp.status_code == 429:
                 raise HttpStatusError(message)
-            raise TerminalError(message, type="http.status")
+            raise TerminalError(message, type=ErrorCode.HTTP_STATUS)
         try:
             body: Any = resp.json()
         except ValueError:
@@ -279,7 +279,8 @@ async def _openai_chat(
                 continue
             if resp.is_error:
                 raise TerminalError(
-                    f"{model}: HTTP {resp.status_code}: {resp.text[:300]}", type="llm.request"
+                    f"{model}: HTTP {resp.status_code}: {resp.text[:300]}",
+                    type=ErrorCode.LLM_REQUEST,
                 )
             data = resp.json()
             usage = data.get("usage") or {}

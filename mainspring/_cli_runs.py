@@ -32,6 +32,7 @@ from mainspring._cli_runner import (
 from schemas import (
     ConfigError,
     Envelope,
+    ErrorCode,
     ErrorInfo,
     JournalEvent,
     MainspringError,
@@ -442,7 +443,7 @@ def validate(
             status="invalid",
             exit_code=EXIT_INVALID,
             problems=[str(p) for p in e.errors],
-            error=ErrorInfo(type="spec.invalid", message=f"{len(e.errors)} problem(s)"),
+            error=ErrorInfo(type=ErrorCode.SPEC_INVALID, message=f"{len(e.errors)} problem(s)"),
         )
     except MainspringError as e:
         env = Envelope(

@@ -4,6 +4,7 @@ Everything here is JSON on the wire (msgspec structs with stable tags), so any
 language can read a journal with ``nats sub`` or be an effect handler.
 """
 
+from schemas._codes import ErrorCode
 from schemas._common import ErrorInfo, ParentRef, RetryPolicy
 from schemas._envelope import ENVELOPE_VERSION, Envelope, WaitInfo, envelope_schema
 from schemas._errors import (
@@ -103,6 +104,7 @@ __all__ = [
     "EffectResult",
     "EffectView",
     "Envelope",
+    "ErrorCode",
     "ErrorInfo",
     "Event",
     "EventReceived",

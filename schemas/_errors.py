@@ -43,6 +43,7 @@ Internal, not in the tree on purpose (no user ever catches them):
 
 from __future__ import annotations
 
+from schemas._codes import ErrorCode
 from schemas._common import ErrorInfo
 
 
@@ -132,7 +133,7 @@ class NondeterminismError(MainspringError):
 class TerminalError(MainspringError):
     """Raise from a handler or step to fail without retries."""
 
-    def __init__(self, message: str, *, type: str = "terminal") -> None:
+    def __init__(self, message: str, *, type: str = ErrorCode.TERMINAL) -> None:
         self.type = type
         super().__init__(message)
 
@@ -177,14 +178,14 @@ class PayloadTooLarge(TerminalError, ConfigError):
             f"{what} is {size:,} bytes ({_mib(size)}), over the payload cap of {cap:,} bytes "
             f"({_mib(cap)}): pass a reference to where the data lives instead, or raise the "
             "cap (PayloadLimits.cap)",
-            type="payload_too_large",
+            type=ErrorCode.PAYLOAD_TOO_LARGE,
         )
 
     @property
     def info(self) -> ErrorInfo:
         """The terminal error a run, step or effect ends with."""
         return ErrorInfo(
-            type="payload_too_large",
+            type=ErrorCode.PAYLOAD_TOO_LARGE,
             message=str(self),
             details={"size": self.size, "cap": self.cap},
         )

@@ -16,7 +16,7 @@ import schemas
 from actors import Context
 from actors._decisions import error_info
 from actors._machine import Machine
-from schemas import ErrorInfo, MainspringError, RunStarted, StepFailed
+from schemas import ErrorCode, ErrorInfo, MainspringError, RunStarted, StepFailed
 
 PACKAGES = (
     "schemas",
@@ -155,3 +155,80 @@ def test_a_failed_step_is_caught_as_a_mainspring_error_and_keeps_its_error() -> 
     assert isinstance(exc, ms.StepFailedError)
     assert exc.error == boom
     assert error_info(exc).type == "StepFailedError"  # a MainspringError without a .type
+
+
+# ---------------------------------------------------------------------------- codes
+def test_error_codes_are_unique_and_each_has_a_one_line_meaning() -> None:
+    """Every ErrorCode has a distinct wire value and a one-line meaning for tooling."""
+    values = [code.value for code in ErrorCode]
+    assert len(values) == len(set(values))
+    for code in ErrorCode:
+        assert code.meaning.strip(), f"{code.name} has no meaning"
+        assert "\n" not in code.meaning
+        assert ErrorCode(code.value) is code
+
+
+def test_class_name_codes_are_their_class_names() -> None:
+    """The codes a run records as an exception's class name stay that class's name (a
+    rename would silently change the wire value)."""
+    from actors._futures import WorkflowMisuse
+    from handlers._builtins import CommandFailed, HttpStatusError, LlmUnavailable
+
+    named = {
+        ErrorCode.WAIT_TIMEOUT: schemas.WaitTimeoutError,
+        ErrorCode.WORKFLOW_MISUSE: WorkflowMisuse,
+        ErrorCode.COMMAND_FAILED: CommandFailed,
+        ErrorCode.HTTP_STATUS_ERROR: HttpStatusError,
+        ErrorCode.LLM_UNAVAILABLE: LlmUnavailable,
+    }
+    assert {code: cls.__name__ for code, cls in named.items()} == {c: c.value for c in named}
+    assert {c for c in ErrorCode if c.value[0].isupper()} == set(named)
+
+
+def test_wire_values_of_error_codes_never_change() -> None:
+    """Journals, envelopes and projections store these values: pinned, add only."""
+    assert {code.name: code.value for code in ErrorCode} == {
+        "WORKFLOW_NOT_FOUND": "workflow.not_found",
+        "INPUT_INVALID": "input.invalid",
+        "OUTPUT_INVALID": "output.invalid",
+        "NONDETERMINISM": "nondeterminism",
+        "CANCELLED": "cancelled",
+        "WORKFLOW_MISUSE": "WorkflowMisuse",
+        "WAIT_TIMEOUT": "WaitTimeoutError",
+        "LIMIT_EVENTS": "limit.events",
+        "LIMIT_CHILD_DEPTH": "limit.child_depth",
+        "LIMIT_COST": "limit.cost",
+        "LIMIT_WALL_TIME": "limit.wall_time",
+        "PAYLOAD_TOO_LARGE": "payload_too_large",
+        "PAYLOAD_UNAVAILABLE": "payload_unavailable",
+        "PAYLOAD_INVALID": "payload.invalid",
+        "RESULT_INVALID": "result.invalid",
+        "EFFECT_TIMEOUT": "effect.timeout",
+        "EFFECT_INTERRUPTED": "effect.interrupted",
+        "EFFECT_DELIVERY_LIMIT": "effect.delivery_limit",
+        "EFFECT_FAILED": "effect.failed",
+        "CHILD_FAILED": "child.failed",
+        "CHILD_CANCELLED": "child.cancelled",
+        "TERMINAL": "terminal",
+        "SPEC_INVALID": "spec.invalid",
+        "FOREACH_ITEMS": "foreach.items",
+        "CLI_SHELL": "cli.shell",
+        "CLI_OUTPUT": "cli.output",
+        "COMMAND_FAILED": "CommandFailed",
+        "HTTP_STATUS": "http.status",
+        "HTTP_STATUS_ERROR": "HttpStatusError",
+        "LLM_REQUEST": "llm.request",
+        "LLM_UNAVAILABLE": "LlmUnavailable",
+    }
+
+
+def test_error_codes_encode_as_their_plain_values() -> None:
+    """An ErrorInfo built with a member encodes byte for byte as one built with the
+    string, and compares equal to it: stored journals and hashes do not change."""
+    import msgspec
+
+    with_member = ErrorInfo(type=ErrorCode.LIMIT_COST, message="m")
+    with_string = ErrorInfo(type="limit.cost", message="m")
+    assert msgspec.json.encode(with_member) == msgspec.json.encode(with_string)
+    assert with_member == with_string
+    assert ms.TerminalError("x").type == "terminal"
