@@ -133,5 +133,5 @@ class ErrorCode(enum.StrEnum):
 
 
 def describe_codes() -> str:
-    """Every code and its meaning, one ``code: meaning`` per line."""
-    return "\n".join(f"{code.value}: {code.meaning}" for code in ErrorCode)
+    """Every code and its meaning, one ``- code: meaning`` per line (for schemas)."""
+    return "\n".join(f"- {code.value}: {code.meaning}" for code in ErrorCode)

@@ -38,7 +38,9 @@ Internal, not in the tree on purpose (no user ever catches them):
 - ``Unavailable`` [streams]: retried, then raised as ``ConnectionFailed``.
 - ``CommandFailed``, ``HttpStatusError``, ``LlmUnavailable`` [handlers]: raised inside
   the built-in handlers and retried by the effect's policy; a run sees them only as
-  their ``ErrorInfo.type`` (the class name), in another process.
+  their ``ErrorInfo.type`` (the class name, an ``ErrorCode``), in another process.
+
+The ``ErrorInfo.type`` codes Mainspring itself writes are ``ErrorCode`` (schemas/_codes.py).
 """
 
 from __future__ import annotations

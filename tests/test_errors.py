@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import pkgutil
 from collections.abc import Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,3 +234,29 @@ def test_error_codes_encode_as_their_plain_values() -> None:
     assert msgspec.json.encode(with_member) == msgspec.json.encode(with_string)
     assert with_member == with_string
     assert ms.TerminalError("x").type == "terminal"
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_cli_docs_list_every_error_code_with_its_meaning() -> None:
+    """docs/cli.md's table of error codes is the enum: every code, its meaning, no other."""
+    text = (DOCS / "cli.md").read_text()
+    section = text.split("### Error codes", 1)[1].split("\n#", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
+    documented = {code.strip().strip("`"): meaning.strip() for code, meaning in rows}
+    assert documented == {code.value: code.meaning for code in ErrorCode}
+
+
+def test_envelope_schema_lists_every_error_code() -> None:
+    """The envelope's JSON Schema describes error.type with every code and its meaning,
+    and docs/envelope.schema.json carries that same description."""
+
+    def described(schema: dict[str, Any]) -> str:
+        return str(schema["$defs"]["ErrorInfo"]["properties"]["type"]["description"])
+
+    generated = described(schemas.envelope_schema())
+    for code in ErrorCode:
+        assert f"\n- {code.value}: {code.meaning}" in generated
+    published = json.loads((DOCS / "envelope.schema.json").read_text())
+    assert described(published) == generated, "regenerate docs/envelope.schema.json"
