@@ -85,6 +85,7 @@ from schemas._payloads import (
     ref_of,
     stored_refs,
 )
+from schemas._states import EffectState, RunState, WaitState
 from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
 
 __all__ = [
@@ -102,6 +103,7 @@ __all__ = [
     "EffectFailedError",
     "EffectRequested",
     "EffectResult",
+    "EffectState",
     "EffectView",
     "Envelope",
     "ErrorCode",
@@ -134,6 +136,7 @@ __all__ = [
     "RunNotFound",
     "RunParked",
     "RunStarted",
+    "RunState",
     "RunView",
     "ServerUnsupported",
     "StartRun",
@@ -147,6 +150,7 @@ __all__ = [
     "TimerStarted",
     "WaitInfo",
     "WaitStarted",
+    "WaitState",
     "WaitTimedOut",
     "WaitTimeoutError",
     "WaitView",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -18,7 +19,16 @@ import schemas
 from actors import Context
 from actors._decisions import error_info
 from actors._machine import Machine
-from schemas import ErrorCode, ErrorInfo, MainspringError, RunStarted, StepFailed
+from schemas import (
+    EffectState,
+    ErrorCode,
+    ErrorInfo,
+    MainspringError,
+    RunStarted,
+    RunState,
+    StepFailed,
+    WaitState,
+)
 
 PACKAGES = (
     "schemas",
@@ -260,3 +270,106 @@ def test_envelope_schema_lists_every_error_code() -> None:
         assert f"\n- {code.value}: {code.meaning}" in generated
     published = json.loads((DOCS / "envelope.schema.json").read_text())
     assert described(published) == generated, "regenerate docs/envelope.schema.json"
+
+
+# --------------------------------------------------- no bare codes or statuses
+ROOT = Path(__file__).resolve().parent.parent
+ENUM_MODULES = {"schemas/_codes.py", "schemas/_states.py"}  # where the values are defined
+# A string equal to a code or a status that is neither, with the reason.
+NOT_A_CODE_OR_STATUS = {
+    ("flows/_interpreter.py", "timed_out"): "a key of a spec's scope (steps.<id>.timed_out)",
+}
+
+
+def _exempt(tree: ast.Module) -> set[int]:
+    """ids of string constants that are not codes or statuses whatever they read: journal
+    tags (`tag="effect.failed"` names an event type), prose (`message=`) and `__all__`."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            skip |= {id(k.value) for k in node.keywords if k.arg == "tag"}
+        elif isinstance(node, ast.Call):
+            for k in node.keywords:
+                if k.arg == "message":
+                    skip |= {id(n) for n in ast.walk(k.value)}
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            skip |= {id(n) for n in ast.walk(node.value)}
+    return skip
+
+
+def _string_literals() -> list[tuple[str, int, str]]:
+    """(path, line, value) of every string literal in our packages, outside the enums'
+    own modules and the exemptions above. Parsed once, at collection (see test_layout)."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            if rel in ENUM_MODULES:
+                continue
+            tree = ast.parse(path.read_text(), rel)
+            skip = _exempt(tree)
+            found += [
+                (rel, node.lineno, node.value)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in skip
+                and (rel, node.value) not in NOT_A_CODE_OR_STATUS
+            ]
+    return found
+
+
+LITERALS = _string_literals()
+
+
+def test_no_error_code_is_written_as_a_bare_string() -> None:
+    """Every ErrorInfo.type Mainspring writes comes from ErrorCode: no string literal in
+    the packages equals a code (journal tags, messages and __all__ aside)."""
+    codes = {code.value for code in ErrorCode}
+    assert [f"{p}:{n}: {v!r}" for p, n, v in LITERALS if v in codes] == []
+
+
+def test_no_status_is_written_as_a_bare_string() -> None:
+    """Run, wait and effect statuses come from RunState, WaitState and EffectState: no
+    string literal in the packages equals one."""
+    statuses = {s.value for enum in (RunState, WaitState, EffectState) for s in enum}
+    assert [f"{p}:{n}: {v!r}" for p, n, v in LITERALS if v in statuses] == []
+
+
+# ----------------------------------------------------------------------- statuses
+def test_a_folded_run_reports_its_statuses_as_enums_equal_to_the_stored_strings() -> None:
+    """RunView's run, wait and effect statuses are enum members that are still the very
+    strings stored and compared before (`status == "cancelled"` keeps working)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    view = schemas.fold(
+        [
+            _started(),
+            schemas.EffectRequested(run_id="tree", n=2, at=at, seq=1, effect_id="e", kind="k"),
+            schemas.EffectCompleted(run_id="tree", n=3, at=at, seq=1, effect_id="e"),
+            schemas.WaitStarted(run_id="tree", n=4, at=at, seq=2, name="approval"),
+        ]
+    )
+    statuses = (view.status, view.waits[2].status, view.effects[1].status)
+    assert statuses == (RunState.WAITING, WaitState.OPEN, EffectState.COMPLETED)
+    assert [type(s) for s in statuses] == [RunState, WaitState, EffectState]
+    view.apply(schemas.RunCancelled(run_id="tree", n=5, at=at))
+    assert type(view.status) is RunState
+    assert view.status == "cancelled"
+    assert view.waits[2].status == "cancelled"
+    assert view.status in schemas.TERMINAL_STATUSES
+    assert json.dumps({"status": view.status}) == '{"status": "cancelled"}'
+
+
+def test_every_run_state_has_an_exit_code_and_is_documented() -> None:
+    """The CLI maps every run state to an exit code, and the docs list every run and
+    wait state the projections store."""
+    from mainspring._cli_runner import STATUS_EXIT
+
+    assert set(STATUS_EXIT) == set(RunState)
+    tables = (DOCS / "projections-and-audit.md").read_text()
+    runs_row = next(line for line in tables.splitlines() if line.startswith("| `runs` |"))
+    waits_row = next(line for line in tables.splitlines() if line.startswith("| `waits` |"))
+    assert all(state.value in runs_row for state in RunState)
+    assert all(state.value in waits_row for state in WaitState)
