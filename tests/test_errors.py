@@ -1,4 +1,4 @@
-"""One error tree: every exception class of ours is drawn in it, or says why it is not."""
+"""One error tree, one list of error codes, statuses as enums: each rule checked here."""
 
 from __future__ import annotations
 
