@@ -32,6 +32,7 @@ from schemas import (
     CancelRun,
     ChildDone,
     EffectCompleted,
+    ErrorCode,
     ErrorInfo,
     EventReceived,
     EventRejected,
@@ -404,7 +405,7 @@ class RunActor:
                 RunFailed(
                     run_id=self.run_id,
                     error=ErrorInfo(
-                        type="workflow.not_found",
+                        type=ErrorCode.WORKFLOW_NOT_FOUND,
                         message=f"no worker has a workflow named {start.workflow!r}",
                     ),
                 )
@@ -418,7 +419,8 @@ class RunActor:
                 RunFailed(
                     run_id=self.run_id,
                     error=ErrorInfo(
-                        type="input.invalid", message=f"input of workflow {start.workflow}: {e}"
+                        type=ErrorCode.INPUT_INVALID,
+                        message=f"input of workflow {start.workflow}: {e}",
                     ),
                 )
             )
@@ -437,7 +439,7 @@ class RunActor:
                 await self._append(
                     limit_failure(
                         self.run_id,
-                        "limit.cost",
+                        ErrorCode.LIMIT_COST,
                         f"run spent ${self.cost_usd:.4f}, over its budget of ${budget:.4f}",
                     )
                 )
@@ -466,7 +468,7 @@ class RunActor:
                 return RunFailed(
                     run_id=self.run_id,
                     error=ErrorInfo(
-                        type="output.invalid", message=f"workflow output is not JSON: {e}"
+                        type=ErrorCode.OUTPUT_INVALID, message=f"workflow output is not JSON: {e}"
                     ),
                 )
             return RunCompleted(run_id=self.run_id, output=msgspec.Raw(out))
@@ -489,7 +491,7 @@ class RunActor:
             event = RunFailed(
                 run_id=self.run_id,
                 error=ErrorInfo(
-                    type="limit.events",
+                    type=ErrorCode.LIMIT_EVENTS,
                     message=f"run reached its limit of {started.max_events} journal events",
                 ),
             )
@@ -534,7 +536,7 @@ class RunActor:
                 else (
                     ev.error
                     if isinstance(ev, RunFailed)
-                    else ErrorInfo(type="child.cancelled", message="child run cancelled")
+                    else ErrorInfo(type=ErrorCode.CHILD_CANCELLED, message="child run cancelled")
                 ),
             )
             await self.rt.send_inbox(done, f"done:{self.run_id}")
@@ -550,7 +552,7 @@ class RunActor:
                 RunParked(
                     run_id=self.run_id,
                     cause="actor",
-                    error=ErrorInfo(type="nondeterminism", message=str(error)),
+                    error=ErrorInfo(type=ErrorCode.NONDETERMINISM, message=str(error)),
                 )
             )
         self.parked = True

@@ -21,6 +21,7 @@ from schemas import (
     NULL,
     ChildStarted,
     EffectRequested,
+    ErrorCode,
     ErrorInfo,
     EventRejected,
     JournalEvent,
@@ -95,7 +96,7 @@ async def decision_event(cmd: Command, rt: Runtime, started: RunStarted) -> Jour
             return RunFailed(
                 run_id=rid,
                 error=ErrorInfo(
-                    type="limit.child_depth",
+                    type=ErrorCode.LIMIT_CHILD_DEPTH,
                     message=f"child run {cmd.child_run_id} would be at depth {depth}; "
                     f"the limit is {started.max_depth}",
                 ),

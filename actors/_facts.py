@@ -12,6 +12,7 @@ from schemas import (
     EffectCompleted,
     EffectFailed,
     EffectResult,
+    ErrorCode,
     ErrorInfo,
     InboxUnion,
     JournalEvent,
@@ -64,14 +65,14 @@ def fact_for(
             cause=cause,
             seq=message.seq,
             effect_id=message.effect_id,
-            error=message.error or ErrorInfo(type="effect.failed", message=""),
+            error=message.error or ErrorInfo(type=ErrorCode.EFFECT_FAILED, message=""),
             attempts=message.attempts,
         )
     if isinstance(message, TimerFire):
         if message.seq == DEADLINE_SEQ:
             return limit_failure(
                 rid,
-                "limit.wall_time",
+                ErrorCode.LIMIT_WALL_TIME,
                 f"run exceeded its wall-time limit of {started.max_duration_s:g}s",
             )
         if m.is_open_timer(message.seq):
@@ -98,6 +99,6 @@ def fact_for(
             cause=cause,
             seq=message.seq,
             child_run_id=message.child_run_id,
-            error=message.error or ErrorInfo(type="child.failed", message=""),
+            error=message.error or ErrorInfo(type=ErrorCode.CHILD_FAILED, message=""),
         )
     return Ignored(f"{type(message).__name__} is not an input of a running run")

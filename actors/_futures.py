@@ -12,11 +12,17 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
+from schemas import MainspringError
+
 T = TypeVar("T")
 
 
-class WorkflowMisuse(RuntimeError):
-    """Workflow code awaited something that is not a Mainspring awaitable."""
+class WorkflowMisuse(MainspringError, RuntimeError):
+    """Workflow code awaited something that is not a Mainspring awaitable.
+
+    Also a ``RuntimeError``, which it was before it joined the tree: existing
+    ``except RuntimeError`` still catches it.
+    """
 
 
 class DFuture(Generic[T]):

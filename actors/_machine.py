@@ -45,10 +45,12 @@ from schemas import (
     EffectFailed,
     EffectFailedError,
     EffectRequested,
+    ErrorCode,
     ErrorInfo,
     EventReceived,
     EventRejected,
     JournalEvent,
+    MainspringError,
     MarkerRecorded,
     NondeterminismError,
     RunStarted,
@@ -64,8 +66,12 @@ from schemas import (
 )
 
 
-class StepFailedError(Exception):
-    """A local step raised; raised again where the workflow awaits it (live and replay)."""
+class StepFailedError(MainspringError):
+    """A local step raised; raised again where the workflow awaits it (live and replay).
+
+    Carries the step's ``error``: a run that lets it escape fails with that error, not
+    with this class's name.
+    """
 
     def __init__(self, name: str, error: ErrorInfo) -> None:
         self.name = name
@@ -277,7 +283,9 @@ class Machine:
         except msgspec.ValidationError as e:
             fut.set_exception(
                 EffectFailedError(
-                    label, ErrorInfo(type="result.invalid", message=f"{label} result: {e}"), 1
+                    label,
+                    ErrorInfo(type=ErrorCode.RESULT_INVALID, message=f"{label} result: {e}"),
+                    1,
                 )
             )
 

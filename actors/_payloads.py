@@ -13,6 +13,7 @@ import msgspec
 from schemas import (
     NULL,
     EffectResult,
+    ErrorCode,
     ErrorInfo,
     InboxUnion,
     JournalEvent,
@@ -40,7 +41,7 @@ async def resolve_input(objects: Objects, message: InboxUnion) -> InboxUnion:
         info = (
             e.info
             if isinstance(e, PayloadTooLarge)
-            else ErrorInfo(type="payload_unavailable", message=str(e))
+            else ErrorInfo(type=ErrorCode.PAYLOAD_UNAVAILABLE, message=str(e))
         )
         return msgspec.structs.replace(message, ok=False, result=NULL, error=info)
 

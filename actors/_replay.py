@@ -22,6 +22,7 @@ from actors._machine import Machine
 from actors._registry import Registry
 from schemas import (
     TERMINAL_EVENTS,
+    ErrorCode,
     JournalCorrupt,
     JournalEvent,
     RunCompleted,
@@ -86,7 +87,7 @@ class Replayer:
         except WorkflowNotFound as e:
             return judged.fail(str(e))
         except msgspec.ValidationError as e:
-            if isinstance(last, RunFailed) and last.error.type == "input.invalid":
+            if isinstance(last, RunFailed) and last.error.type == ErrorCode.INPUT_INVALID:
                 return judged.good()  # refused at the start then, refused now: compatible
             return judged.fail(f"the recorded input no longer fits the workflow's input type: {e}")
         try:

@@ -13,6 +13,7 @@ from ulid import ULID
 
 from schemas import (
     CancelRun,
+    ErrorCode,
     InboxUnion,
     JournalEvent,
     RunCancelled,
@@ -21,6 +22,7 @@ from schemas import (
     RunFailed,
     RunFailedError,
     RunNotFound,
+    RunState,
     StartRun,
     WakeRun,
     check_event_name,
@@ -52,8 +54,9 @@ class RunStatus:
     run_id: str
     workflow: str
     version: str
-    status: str
-    """running | waiting | completed | failed | cancelled | parked"""
+    status: RunState
+    """running | waiting | completed | failed | cancelled | parked (compares equal to
+    those strings)"""
     events: int
     started_at: datetime
     waiting_for: list[str] = field(default_factory=list)
@@ -196,7 +199,8 @@ class Client:
     async def wait_for(
         self, run_id: str, *statuses: str, timeout: float | None = None, after: int = 0
     ) -> RunStatus:
-        """Wait until the run's status is one of ``statuses`` (e.g. ``"waiting"``).
+        """Wait until the run's status is one of ``statuses`` (e.g. ``RunState.WAITING``
+        or ``"waiting"``).
 
         Event-driven: woken by each journal append of the run, no polling.
         Terminal statuses always end the wait (check the returned status). With
@@ -204,7 +208,7 @@ class Client:
         """
         check_run_id(run_id)
         await self._ensure()
-        wanted = set(statuses) | {"completed", "failed", "cancelled"}
+        wanted = set(statuses) | {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED}
         sub = await self.nc.subscribe(self.subjects.watch_run(run_id))
         try:
             with anyio.fail_after(timeout):
@@ -247,5 +251,5 @@ def _outcome(ev: RunCompleted | RunFailed | RunCancelled, output_type: Any) -> A
     if isinstance(ev, RunFailed):
         raise RunFailedError(ev.run_id, ev.error)
     raise RunCancelledError(
-        ev.run_id, _ErrorInfo(type="cancelled", message=ev.reason or "cancelled")
+        ev.run_id, _ErrorInfo(type=ErrorCode.CANCELLED, message=ev.reason or "cancelled")
     )

@@ -30,7 +30,11 @@ _EMBED = re.compile(r"\$\{(.*?)\}")
 
 
 class ExpressionError(ValueError):
-    """A syntax error in an expression (with the offending text)."""
+    """A syntax error in an expression (with the offending text).
+
+    Internal: spec validation reports it as a ``SpecInvalid`` problem at the
+    expression's file:line:column, so it is not in the MainspringError tree.
+    """
 
 
 @dataclass(frozen=True)

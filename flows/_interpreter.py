@@ -17,7 +17,7 @@ import msgspec
 from actors import Context, JsonSchema, Registry, WorkflowDef
 from flows import _expressions as ex
 from flows._specs import strip_from, sub_document
-from schemas import RetryPolicy, TerminalError, WaitTimeoutError
+from schemas import ErrorCode, RetryPolicy, TerminalError, WaitTimeoutError
 
 FLOW_WORKFLOW = "flow"
 FLOW_PREFIX = "flow."
@@ -64,7 +64,7 @@ def _check_against(schema: dict[str, Any] | None, value: Any, what: str) -> None
         first = errors[0]
         raise TerminalError(
             f"{what}: {first.message} - at `{first.json_path}`",
-            type="output.invalid" if "output" in what else "input.invalid",
+            type=ErrorCode.OUTPUT_INVALID if "output" in what else ErrorCode.INPUT_INVALID,
         )
 
 
@@ -168,7 +168,8 @@ async def run_flow(ctx: Context, inp: FlowInput) -> Any:
             items = ex.render("${" + ex.unwrap(step["items"]) + "}", scope)
             if not isinstance(items, list):
                 raise TerminalError(
-                    f"step {step['id']}: items is not a list: {items!r}", type="foreach.items"
+                    f"step {step['id']}: items is not a list: {items!r}",
+                    type=ErrorCode.FOREACH_ITEMS,
                 )
             body = step.get("workflow") or sub_document(
                 inp.spec["schema_version"], f"{wf.get('id')}.{step['id']}", step["body"]

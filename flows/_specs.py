@@ -32,6 +32,8 @@ class SpecError:
 
 
 class SpecInvalid(ConfigError):
+    """A declarative spec failed validation: every problem, each at file:line:column."""
+
     def __init__(self, errors: list[SpecError]) -> None:
         self.errors = errors
         super().__init__("the workflow spec is invalid:\n  " + "\n  ".join(map(str, errors)))

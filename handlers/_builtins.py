@@ -20,7 +20,7 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process
 
 from handlers._service import EffectContext, Handlers
-from schemas import TerminalError
+from schemas import ErrorCode, TerminalError
 
 SHELLS = ("bash", "sh", "powershell", "pwsh", "cmd")
 
@@ -42,7 +42,11 @@ class CliResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CommandFailed(Exception):
-    """A command exited with a code its step does not accept (retryable by policy)."""
+    """A command exited with a code its step does not accept (retryable by policy).
+
+    Internal to the ``cli`` handler (not in the MainspringError tree): the run sees it
+    only as the effect's error type, this class's name.
+    """
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
@@ -80,19 +84,23 @@ class HttpResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class HttpStatusError(Exception):
-    """An HTTP status the step does not accept; 5xx and 429 are retried by policy."""
+    """An HTTP status the step does not accept; 5xx and 429 are retried by policy.
+
+    Internal to the ``http`` handler (not in the MainspringError tree): the run sees it
+    only as the effect's error type, this class's name.
+    """
 
 
 def command_line(req: CliRequest) -> list[str]:
     command = " && ".join(req.command) if isinstance(req.command, list) else req.command
     if req.shell not in SHELLS:
         raise TerminalError(
-            f"unknown shell {req.shell!r}; use one of {', '.join(SHELLS)}", type="cli.shell"
+            f"unknown shell {req.shell!r}; use one of {', '.join(SHELLS)}", type=ErrorCode.CLI_SHELL
         )
     path = shutil.which(req.shell)
     if path is None:
         raise TerminalError(
-            f"shell {req.shell!r} is not installed on this handler's host", type="cli.shell"
+            f"shell {req.shell!r} is not installed on this handler's host", type=ErrorCode.CLI_SHELL
         )
     flag = "/c" if req.shell == "cmd" else ("-Command" if "sh" not in req.shell else "-c")
     return [path, flag, command]
@@ -177,7 +185,7 @@ def builtin_handlers() -> Handlers:
                 parsed = msgspec.json.decode(stdout.strip() or "null")
             except msgspec.DecodeError as e:
                 raise TerminalError(
-                    f"stdout is not JSON ({e}): {stdout[:200]!r}", type="cli.output"
+                    f"stdout is not JSON ({e}): {stdout[:200]!r}", type=ErrorCode.CLI_OUTPUT
                 ) from e
         return CliResult(exit_code=code, stdout=stdout, stderr=stderr, json=parsed)
 
@@ -201,7 +209,7 @@ def builtin_handlers() -> Handlers:
             )
             if resp.status_code >= 500 or resp.status_code == 429:
                 raise HttpStatusError(message)
-            raise TerminalError(message, type="http.status")
+            raise TerminalError(message, type=ErrorCode.HTTP_STATUS)
         try:
             body: Any = resp.json()
         except ValueError:
@@ -271,7 +279,8 @@ async def _openai_chat(
                 continue
             if resp.is_error:
                 raise TerminalError(
-                    f"{model}: HTTP {resp.status_code}: {resp.text[:300]}", type="llm.request"
+                    f"{model}: HTTP {resp.status_code}: {resp.text[:300]}",
+                    type=ErrorCode.LLM_REQUEST,
                 )
             data = resp.json()
             usage = data.get("usage") or {}
@@ -289,4 +298,8 @@ async def _openai_chat(
 
 
 class LlmUnavailable(Exception):
-    """All models of the chain failed transiently (retried by the effect's policy)."""
+    """All models of the chain failed transiently (retried by the effect's policy).
+
+    Internal to the ``llm.chat`` handler (not in the MainspringError tree): the run sees
+    it only as the effect's error type, this class's name.
+    """

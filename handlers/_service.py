@@ -35,6 +35,7 @@ from schemas import (
     NULL,
     EffectRequested,
     EffectResult,
+    ErrorCode,
     ErrorInfo,
     PayloadTooLarge,
     TerminalError,
@@ -218,7 +219,7 @@ class HandlerService:
                 ok=False,
                 attempts=1,
                 error=ErrorInfo(
-                    type="effect.interrupted",
+                    type=ErrorCode.EFFECT_INTERRUPTED,
                     message="the handler was interrupted while running this at-most-once effect; "
                     "it was not run again",
                 ),
@@ -253,7 +254,7 @@ class HandlerService:
                     ok=False,
                     attempts=attempts,
                     error=ErrorInfo(
-                        type="result.invalid", message=f"handler result is not JSON: {e}"
+                        type=ErrorCode.RESULT_INVALID, message=f"handler result is not JSON: {e}"
                     ),
                 )
                 return
@@ -276,7 +277,7 @@ class HandlerService:
             msg,
             ok=False,
             attempts=delivery - 1,
-            error=ErrorInfo(type="effect.delivery_limit", message=message),
+            error=ErrorInfo(type=ErrorCode.EFFECT_DELIVERY_LIMIT, message=message),
         )
 
     async def _dead_letter(self, msg: Msg, reason: str, run_id: str) -> None:
@@ -308,7 +309,9 @@ class HandlerService:
             raw = await self.objects.resolve(req.payload, what)  # when sent by reference
             payload = msgspec.json.decode(raw, type=hdef.payload_type)
         except msgspec.ValidationError as e:
-            raise TerminalError(f"payload of {req.kind}: {e}", type="payload.invalid") from e
+            raise TerminalError(
+                f"payload of {req.kind}: {e}", type=ErrorCode.PAYLOAD_INVALID
+            ) from e
         failure: Exception | None = None
         result: Any = None
         async with anyio.create_task_group() as tg:
@@ -354,7 +357,7 @@ class HandlerService:
 def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:
     if isinstance(exc, TimeoutError):
         return ErrorInfo(
-            type="effect.timeout",
+            type=ErrorCode.EFFECT_TIMEOUT,
             retryable=True,
             message=f"attempt exceeded its timeout of {req.timeout_s}s",
         )

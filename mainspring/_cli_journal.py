@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from projections import EventRow, RunRow
-from schemas import RunView, event_type
+from schemas import EffectState, RunView, event_type
 from streams import Journal, StoredEvent, Subjects
 
 
@@ -31,8 +31,8 @@ def row_of(view: RunView) -> RunRow:
         parent_run_id=view.parent_run_id,
         events=view.events,
         effects_total=len(view.effects),
-        effects_completed=sum(1 for e in fx if e.status == "completed"),
-        effects_failed=sum(1 for e in fx if e.status == "failed"),
+        effects_completed=sum(1 for e in fx if e.status == EffectState.COMPLETED),
+        effects_failed=sum(1 for e in fx if e.status == EffectState.FAILED),
         waiting_for=view.waiting_for,
         started_at=view.started_at,
         updated_at=view.updated_at,

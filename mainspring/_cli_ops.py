@@ -27,7 +27,7 @@ from mainspring._cli_runner import (
     run_command,
     ts,
 )
-from schemas import RunNotFound, check_run_id
+from schemas import RunNotFound, RunState, check_run_id
 
 JOURNAL_NOTE = (
     "no PostgreSQL configured: answering from the run's journal "
@@ -123,9 +123,7 @@ def _run_dict(r: Any) -> dict[str, Any]:
 
 
 def runs(
-    status: Annotated[
-        str | None, typer.Option(help="running|waiting|completed|failed|cancelled|parked")
-    ] = None,
+    status: Annotated[str | None, typer.Option(help="|".join(RunState))] = None,
     workflow: Annotated[
         str | None,
         typer.Option(help="only runs of this workflow (specs: flow.<document id>)"),

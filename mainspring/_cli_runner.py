@@ -20,18 +20,18 @@ from nats.aio.client import Client as NATS
 from mainspring._config import Settings, redact, resolve
 from mainspring._logging import configure_logging
 from mainspring._shutdown import until_signalled
-from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound
+from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, RunState
 from streams import Subjects, connect
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20
 EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED, EXIT_RUNNING = 30, 40, 50, 60
-STATUS_EXIT = {
-    "completed": EXIT_OK,
-    "failed": EXIT_FAILED,
-    "waiting": EXIT_WAITING,
-    "cancelled": EXIT_CANCELLED,
-    "parked": EXIT_FAILED,
-    "running": EXIT_RUNNING,
+STATUS_EXIT: dict[str, int] = {
+    RunState.COMPLETED: EXIT_OK,
+    RunState.FAILED: EXIT_FAILED,
+    RunState.WAITING: EXIT_WAITING,
+    RunState.CANCELLED: EXIT_CANCELLED,
+    RunState.PARKED: EXIT_FAILED,
+    RunState.RUNNING: EXIT_RUNNING,
 }
 
 # Options every command that talks to a deployment shares.

@@ -32,10 +32,12 @@ from mainspring._cli_runner import (
 from schemas import (
     ConfigError,
     Envelope,
+    ErrorCode,
     ErrorInfo,
     JournalEvent,
     MainspringError,
     RunStarted,
+    RunState,
     WaitInfo,
     WaitStarted,
     check_run_id,
@@ -154,7 +156,7 @@ def envelope_for(command: str, events: list[JournalEvent], env: Env) -> Envelope
     view = fold(events)
     wait = None
     step_id = None
-    if view.status == "waiting":
+    if view.status == RunState.WAITING:
         open_wait = view.open_waits[0]
         started = next(e for e in events if isinstance(e, WaitStarted) and e.seq == open_wait.seq)
         schema, step = _wait_shown(events, started)
@@ -205,7 +207,7 @@ async def _after(
     import anyio
 
     with anyio.move_on_after(timeout):
-        await client.wait_for(run_id, "waiting")
+        await client.wait_for(run_id, RunState.WAITING)
     events = await client.history(run_id)
     if not events:
         return Envelope(
@@ -372,7 +374,7 @@ def resume(
         import anyio
 
         with anyio.move_on_after(timeout):
-            await client.wait_for(run_id, "waiting", after=last)
+            await client.wait_for(run_id, RunState.WAITING, after=last)
         return envelope_for("resume", [e.event for e in await client.history(run_id)], env)
 
     _run_cli(
@@ -407,7 +409,7 @@ def cancel(
         status = await client.wait_for(run_id, timeout=30)
         events = [e.event for e in await client.history(run_id)]
         env_ = envelope_for("cancel", events, env)
-        if status.status == "cancelled":
+        if status.status == RunState.CANCELLED:
             env_.ok = True
         return env_
 
@@ -442,7 +444,7 @@ def validate(
             status="invalid",
             exit_code=EXIT_INVALID,
             problems=[str(p) for p in e.errors],
-            error=ErrorInfo(type="spec.invalid", message=f"{len(e.errors)} problem(s)"),
+            error=ErrorInfo(type=ErrorCode.SPEC_INVALID, message=f"{len(e.errors)} problem(s)"),
         )
     except MainspringError as e:
         env = Envelope(

@@ -28,6 +28,7 @@ from projections._checkpoints import Signer
 from projections._schema import migrate
 from schemas import (
     TERMINAL_EVENTS,
+    EffectState,
     EffectView,
     JournalCorrupt,
     RunView,
@@ -398,8 +399,8 @@ def _run_row(view: RunView, seq: int) -> tuple[object, ...]:
         view.depth,
         view.events,
         len(view.effects),
-        sum(1 for e in fx if e.status == "completed"),
-        sum(1 for e in fx if e.status == "failed"),
+        sum(1 for e in fx if e.status == EffectState.COMPLETED),
+        sum(1 for e in fx if e.status == EffectState.FAILED),
         view.waiting_for,
         view.started_at,
         view.updated_at,

@@ -15,6 +15,8 @@ class RunRow:
     workflow: str
     version: str
     status: str
+    """a ``RunState`` value, as stored (kept a plain string: rows may come from a newer
+    projector)"""
     input: Any
     output: Any
     error: Any

@@ -4,6 +4,7 @@ Everything here is JSON on the wire (msgspec structs with stable tags), so any
 language can read a journal with ``nats sub`` or be an effect handler.
 """
 
+from schemas._codes import ErrorCode
 from schemas._common import ErrorInfo, ParentRef, RetryPolicy
 from schemas._envelope import ENVELOPE_VERSION, Envelope, WaitInfo, envelope_schema
 from schemas._errors import (
@@ -84,6 +85,7 @@ from schemas._payloads import (
     ref_of,
     stored_refs,
 )
+from schemas._states import EffectState, RunState, WaitState
 from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
 from schemas._waits import WaitMatcher
 
@@ -102,8 +104,10 @@ __all__ = [
     "EffectFailedError",
     "EffectRequested",
     "EffectResult",
+    "EffectState",
     "EffectView",
     "Envelope",
+    "ErrorCode",
     "ErrorInfo",
     "Event",
     "EventReceived",
@@ -133,6 +137,7 @@ __all__ = [
     "RunNotFound",
     "RunParked",
     "RunStarted",
+    "RunState",
     "RunView",
     "ServerUnsupported",
     "StartRun",
@@ -147,6 +152,7 @@ __all__ = [
     "WaitInfo",
     "WaitMatcher",
     "WaitStarted",
+    "WaitState",
     "WaitTimedOut",
     "WaitTimeoutError",
     "WaitView",

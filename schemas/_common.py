@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from schemas._codes import describe_codes
+
+_ERROR_TYPE = (
+    "A stable code: one of Mainspring's own (below), the type a user's TerminalError "
+    "names, the class name of an exception raised by user code, or in a CLI envelope "
+    "the class name of the MainspringError a command failed with. Mainspring's own "
+    "codes (schemas.ErrorCode):\n" + describe_codes()
+)
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A failure as it travels on the wire and is stored in a journal.
 
-    ``type`` is a stable, dotted name (``effect.timeout``, ``limit.events``,
-    or the exception class name raised by user code); ``retryable`` tells
-    handlers whether another attempt may help.
+    ``type`` is a stable code: an ``ErrorCode`` (``effect.timeout``, ``limit.events``
+    ...), the type a user's ``TerminalError`` names, or the exception class name raised
+    by user code; ``retryable`` tells handlers whether another attempt may help.
     """
 
-    type: str
+    type: Annotated[str, msgspec.Meta(description=_ERROR_TYPE)]
     message: str
     retryable: bool = False
     details: dict[str, Any] = msgspec.field(default_factory=dict)

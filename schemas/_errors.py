@@ -1,13 +1,15 @@
-"""The Mainspring error tree.
+"""The Mainspring error tree: every error Mainspring raises on purpose, wherever it lives.
 
 ::
 
     MainspringError
     ├── ConfigError                 bad configuration or arguments (exit 10)
     │   ├── InvalidNameError*       a run id / event name / kind that cannot be a subject
-    │   └── PayloadTooLarge**       a value over the payload cap (payload_too_large)
+    │   ├── PayloadTooLarge**       a value over the payload cap (payload_too_large)
+    │   └── SpecInvalid [flows]     a declarative spec with problems, each at file:line:column
     ├── ConnectionFailed            NATS (or Postgres) unreachable (exit 20)
     ├── ServerUnsupported           nats-server too old / stream lacks a needed feature
+    ├── ApiError [streams]          the JetStream API answered a request with an error
     ├── JournalError
     │   ├── JournalConflict         another writer appended first (OCC); reload and retry
     │   └── JournalCorrupt          hash chain or encoding broken in a stored journal
@@ -20,14 +22,30 @@
     ├── PayloadUnavailable          a referenced payload object is missing or altered
     ├── EffectFailedError           an effect failed after its retries (raised in workflow code)
     ├── ChildFailedError            a child run failed (raised in workflow code)
-    └── WaitTimeoutError            wait_event deadline passed (raised in workflow code)
+    ├── WaitTimeoutError            wait_event deadline passed (raised in workflow code)
+    ├── StepFailedError [actors]    a step raised (raised in workflow code where it is awaited)
+    └── WorkflowMisuse*** [actors]  workflow code awaited something that is not a ctx call
 
 (*InvalidNameError also derives from ValueError; **PayloadTooLarge also from
-TerminalError: a step or handler that produces one fails at once.)
+TerminalError: a step or handler that produces one fails at once; ***WorkflowMisuse
+also from RuntimeError. [package]: defined there, not here, because it belongs to that
+layer.)
+
+Internal, not in the tree on purpose (no user ever catches them):
+
+- ``ExpressionError`` [flows] (a ValueError): spec validation reports it as a
+  ``SpecInvalid`` problem.
+- ``Unavailable`` [streams]: retried, then raised as ``ConnectionFailed``.
+- ``CommandFailed``, ``HttpStatusError``, ``LlmUnavailable`` [handlers]: raised inside
+  the built-in handlers and retried by the effect's policy; a run sees them only as
+  their ``ErrorInfo.type`` (the class name, an ``ErrorCode``), in another process.
+
+The ``ErrorInfo.type`` codes Mainspring itself writes are ``ErrorCode`` (schemas/_codes.py).
 """
 
 from __future__ import annotations
 
+from schemas._codes import ErrorCode
 from schemas._common import ErrorInfo
 
 
@@ -117,7 +135,7 @@ class NondeterminismError(MainspringError):
 class TerminalError(MainspringError):
     """Raise from a handler or step to fail without retries."""
 
-    def __init__(self, message: str, *, type: str = "terminal") -> None:
+    def __init__(self, message: str, *, type: str = ErrorCode.TERMINAL) -> None:
         self.type = type
         super().__init__(message)
 
@@ -162,14 +180,14 @@ class PayloadTooLarge(TerminalError, ConfigError):
             f"{what} is {size:,} bytes ({_mib(size)}), over the payload cap of {cap:,} bytes "
             f"({_mib(cap)}): pass a reference to where the data lives instead, or raise the "
             "cap (PayloadLimits.cap)",
-            type="payload_too_large",
+            type=ErrorCode.PAYLOAD_TOO_LARGE,
         )
 
     @property
     def info(self) -> ErrorInfo:
         """The terminal error a run, step or effect ends with."""
         return ErrorInfo(
-            type="payload_too_large",
+            type=ErrorCode.PAYLOAD_TOO_LARGE,
             message=str(self),
             details={"size": self.size, "cap": self.cap},
         )

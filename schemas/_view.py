@@ -37,10 +37,11 @@ from schemas._journal import (
     WaitStarted,
     WaitTimedOut,
 )
+from schemas._states import EffectState, RunState, WaitState
 from schemas._waits import WaitMatcher
 
-RunStatusName = str  # running | waiting | completed | failed | cancelled | parked
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+_OPEN_STATUSES = (RunState.RUNNING, RunState.WAITING, RunState.PARKED)
 
 
 @dataclass
@@ -49,7 +50,7 @@ class WaitView:
     name: str
     since: datetime
     deadline: datetime | None
-    status: str = "open"  # open | satisfied | timed_out | cancelled | abandoned
+    status: WaitState = WaitState.OPEN
     event_id: str | None = None
 
 
@@ -77,7 +78,7 @@ class EffectView:
     effect_id: str
     kind: str
     requested_at: datetime
-    status: str = "requested"  # requested | completed | failed
+    status: EffectState = EffectState.REQUESTED
     attempts: int = 0
     finished_at: datetime | None = None
     error: ErrorInfo | None = None
@@ -97,7 +98,7 @@ class RunView:
     run_id: str
     workflow: str = ""
     version: str = ""
-    status: RunStatusName = "running"
+    status: RunState = RunState.RUNNING
     input: msgspec.Raw = field(default_factory=lambda: NULL)
     output: msgspec.Raw | None = None
     error: ErrorInfo | None = None
@@ -130,11 +131,11 @@ class RunView:
 
     @property
     def waiting_for(self) -> list[str]:
-        return [w.name for w in self.waits.values() if w.status == "open"]
+        return [w.name for w in self.waits.values() if w.status == WaitState.OPEN]
 
     @property
     def open_waits(self) -> list[WaitView]:
-        return [w for w in self.waits.values() if w.status == "open"]
+        return [w for w in self.waits.values() if w.status == WaitState.OPEN]
 
     def apply(self, ev: JournalEvent, link: bytes = b"") -> None:
         """Fold one event (in journal order) into the view."""
@@ -149,16 +150,16 @@ class RunView:
             if ev.max_duration_s > 0:
                 self.deadline = ev.at + timedelta(seconds=ev.max_duration_s)
         elif isinstance(ev, RunCompleted):
-            self.status, self.output, self.ended_at = "completed", ev.output, ev.at
-            self._close_waits("abandoned")
+            self.status, self.output, self.ended_at = RunState.COMPLETED, ev.output, ev.at
+            self._close_waits(WaitState.ABANDONED)
         elif isinstance(ev, RunFailed):
-            self.status, self.error, self.ended_at = "failed", ev.error, ev.at
-            self._close_waits("abandoned")
+            self.status, self.error, self.ended_at = RunState.FAILED, ev.error, ev.at
+            self._close_waits(WaitState.ABANDONED)
         elif isinstance(ev, RunCancelled):
-            self.status, self.ended_at = "cancelled", ev.at
-            self._close_waits("cancelled")
+            self.status, self.ended_at = RunState.CANCELLED, ev.at
+            self._close_waits(WaitState.CANCELLED)
         elif isinstance(ev, RunParked):
-            self.status, self.error = "parked", ev.error
+            self.status, self.error = RunState.PARKED, ev.error
             return
         elif isinstance(ev, EffectRequested):
             self.effects[ev.seq] = EffectView(ev.seq, ev.effect_id, ev.kind, ev.at)
@@ -166,7 +167,9 @@ class RunView:
         elif isinstance(ev, EffectCompleted | EffectFailed):
             fx = self.effects.get(ev.seq)
             if fx is not None:
-                fx.status = "completed" if isinstance(ev, EffectCompleted) else "failed"
+                fx.status = (
+                    EffectState.COMPLETED if isinstance(ev, EffectCompleted) else EffectState.FAILED
+                )
                 fx.attempts, fx.finished_at = ev.attempts, ev.at
                 fx.error = ev.error if isinstance(ev, EffectFailed) else None
                 if isinstance(ev, EffectCompleted):
@@ -189,8 +192,8 @@ class RunView:
             self._matcher.match(ev.name, self._satisfy)
         elif isinstance(ev, WaitTimedOut):
             wait = self.waits.get(ev.seq)
-            if wait is not None and wait.status == "open":
-                wait.status = "timed_out"
+            if wait is not None and wait.status == WaitState.OPEN:
+                wait.status = WaitState.TIMED_OUT
                 self.changed_waits.add(ev.seq)
                 self._matcher.close(wait.name, wait)
         elif isinstance(ev, EventReceived):
@@ -198,8 +201,8 @@ class RunView:
             self._matcher.match(ev.name, self._satisfy)
         elif isinstance(ev, EventRejected):
             self._reject(ev)
-        if self.status in ("running", "waiting", "parked") and self.ended_at is None:
-            self.status = "waiting" if self.waiting_for else "running"
+        if self.status in _OPEN_STATUSES and self.ended_at is None:
+            self.status = RunState.WAITING if self.waiting_for else RunState.RUNNING
 
     def stall(self, *, now: datetime, inbox_pending: int, grace: timedelta) -> str | None:
         """Why this run looks stuck (None: it is not), for ``mainspring runs --stalled``:
@@ -207,7 +210,7 @@ class RunView:
         timer, effect or child) with no input pending in its inbox."""
         if self.ended_at is not None:
             return None
-        if self.status == "parked":
+        if self.status == RunState.PARKED:
             why = self.error.message if self.error else "its code and journal disagree"
             return f"parked: {why}; deploy code that replays it, then call client.wake()"
         due = [*self.timers.values(), *(w.deadline for w in self.open_waits if w.deadline)]
@@ -226,7 +229,7 @@ class RunView:
                 )
             return f"a timer {late} and has not fired"
         busy = self.open_waits or self.timers or self.children
-        if busy or any(fx.status == "requested" for fx in self.effects.values()):
+        if busy or any(fx.status == EffectState.REQUESTED for fx in self.effects.values()):
             return None
         if inbox_pending:
             return None
@@ -235,24 +238,24 @@ class RunView:
             "pending in its inbox: nothing will wake it"
         )
 
-    def _close_waits(self, status: str) -> None:
+    def _close_waits(self, status: WaitState) -> None:
         """The run ended: nothing will satisfy its open waits any more."""
         for wait in self.waits.values():
-            if wait.status == "open":
+            if wait.status == WaitState.OPEN:
                 wait.status = status
                 self.changed_waits.add(wait.seq)
                 self._matcher.close(wait.name, wait)
 
     def _satisfy(self, wait: WaitView, event_id: str) -> bool:
         """Provisionally: an ``event.rejected`` naming this pair reopens the wait."""
-        wait.status, wait.event_id = "satisfied", event_id
+        wait.status, wait.event_id = WaitState.SATISFIED, event_id
         self.changed_waits.add(wait.seq)
         return True
 
     def _reject(self, ev: EventRejected) -> None:
         wait = self.waits.get(ev.seq)
         if wait is not None and wait.event_id == ev.event_id:
-            wait.status, wait.event_id = "open", None
+            wait.status, wait.event_id = WaitState.OPEN, None
             self.changed_waits.add(wait.seq)
             self._matcher.reopen(wait.name, wait)
             self._matcher.match(wait.name, self._satisfy)

@@ -38,7 +38,11 @@ _ack_decoder = msgspec.json.Decoder(PubAck)
 
 
 class Unavailable(Exception):
-    """A JetStream call found no stream to answer (yet): worth retrying."""
+    """A JetStream call found no stream to answer (yet): worth retrying.
+
+    Internal: ``retrying`` retries it, then raises ``ConnectionFailed``; it is not in
+    the MainspringError tree.
+    """
 
 
 async def retrying(call: Callable[[], Awaitable[T]], what: str, retry_for: float = 30.0) -> T:

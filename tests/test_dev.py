@@ -182,7 +182,7 @@ async def _flood(info: dict[str, object], runs: int) -> None:
         with anyio.fail_after(60):
             await client.result(ids[0])
         try:
-            last = (await client.status(ids[-1])).status
+            last: str = (await client.status(ids[-1])).status
         except ms.MainspringError:
             last = "not started yet"
         assert last != "completed", "every run finished: no load left to stop under"
