@@ -9,16 +9,11 @@ from typing import Annotated
 import anyio
 import typer
 
-from mainspring._cli_runner import (
-    EXIT_OK,
-    Env,
-    NatsOpt,
-    PartitionsOpt,
-    PrefixOpt,
-    VerboseOpt,
-    has_uvloop,
-    run_command,
-)
+from mainspring import _cli_ops, _cli_runs
+from mainspring._cli_config import config_app
+from mainspring._cli_deadletters import dead_letters
+from mainspring._cli_options import Connection, connecting
+from mainspring._cli_runner import EXIT_OK, Env, has_uvloop
 from schemas import MainspringError
 
 app = typer.Typer(
@@ -30,6 +25,7 @@ app = typer.Typer(
 
 
 @app.command()
+@connecting(json=False)
 def worker(
     app_spec: Annotated[
         str,
@@ -39,9 +35,6 @@ def worker(
             "e.g. 'flows:flow_registry')",
         ),
     ],
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
     concurrency: Annotated[int, typer.Option(help="activations processed at once")] = 1000,
     lease_ttl: Annotated[
         float, typer.Option(help="seconds before a silent worker's partitions move")
@@ -49,7 +42,8 @@ def worker(
     forced_replay: Annotated[
         bool, typer.Option(help="replay every run after each step (finds nondeterminism)")
     ] = False,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Run workflows of a registry until interrupted (Ctrl-C stops cleanly)."""
     from actors import Registry, Worker, WorkerOptions
@@ -64,14 +58,7 @@ def worker(
         await Worker(env.nc, registry, subjects=env.subjects, options=options).run()
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        service=True,
-        verbose=verbose,
-    )
+    conn.run(body, service=True)
 
 
 @app.command()
@@ -125,6 +112,7 @@ def dev(
 
 
 @app.command()
+@connecting(json=False)
 def handlers(
     app_spec: Annotated[
         str,
@@ -134,10 +122,8 @@ def handlers(
             "e.g. 'handlers:builtin_handlers')",
         ),
     ],
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Serve effect handlers of a registry until interrupted."""
     from handlers import Handlers, HandlerService
@@ -149,25 +135,17 @@ def handlers(
         await HandlerService(env.nc, registry, subjects=env.subjects).run()
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        service=True,
-        verbose=verbose,
-    )
+    conn.run(body, service=True)
+
+
+# The other commands live in their own modules; --help lists them in this order.
+_cli_runs.register(app)
+_cli_ops.register(app)
+app.command("dead-letters")(dead_letters)
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:
-    from mainspring import _cli_ops, _cli_runs
-    from mainspring._cli_config import config_app
-    from mainspring._cli_deadletters import dead_letters
-
-    _cli_runs.register(app)
-    _cli_ops.register(app)
-    app.command("dead-letters")(dead_letters)
-    app.add_typer(config_app, name="config")
     try:
         app(standalone_mode=False)
     except typer.Abort:

@@ -9,20 +9,8 @@ from typing import Annotated
 
 import typer
 
-from mainspring._cli_runner import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Env,
-    JsonOpt,
-    NatsOpt,
-    PartitionsOpt,
-    PgOpt,
-    PrefixOpt,
-    VerboseOpt,
-    report_errors,
-    run_command,
-    ts,
-)
+from mainspring._cli_options import Connection, connecting
+from mainspring._cli_runner import EXIT_FAILED, EXIT_OK, Env, ts
 from schemas import RunNotFound, check_run_id
 
 audit_app = typer.Typer(
@@ -33,30 +21,20 @@ projections_app = typer.Typer(help="Manage the Postgres projections.", no_args_i
 
 # ---------------------------------------------------------------------- audit
 @audit_app.command("verify")
+@connecting(postgres=True, verifying=True)
 def audit_verify(
     run_id: Annotated[
         str | None, typer.Argument(help="one run (default: --all)", show_default=False)
     ] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="every run")] = False,
-    public_key: Annotated[
-        str | None,
-        typer.Option(
-            help="Ed25519 public key (PEM) of the checkpoint signer [env: MAINSPRING_VERIFY_KEY]",
-            show_default=False,
-        ),
-    ] = None,
-    as_json: JsonOpt = False,
     file: Annotated[
         Path | None,
         typer.Option(
             "--file", help="verify an exported JSONL file offline (no servers)", show_default=False
         ),
     ] = None,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Verify hash chains in the stream and in Postgres, cross-check them and the signed
     checkpoints. Exit 0 when intact, 30 when anything was altered (each problem named),
@@ -66,7 +44,7 @@ def audit_verify(
 
     def report(rep: AuditReport) -> int:
         code = EXIT_OK if rep.ok else EXIT_FAILED
-        if as_json:
+        if conn.json:
             from mainspring._cli_runs import emit
             from schemas import Envelope
 
@@ -92,7 +70,7 @@ def audit_verify(
         return EXIT_OK if rep.ok else EXIT_FAILED
 
     if file is not None:
-        key_path = public_key or os.environ.get("MAINSPRING_VERIFY_KEY")
+        key_path = conn.flags["verify_key"] or os.environ.get("MAINSPRING_VERIFY_KEY")
         try:
             lines = file.read_bytes().splitlines()
         except OSError as e:
@@ -113,17 +91,7 @@ def audit_verify(
             )
         return report(await audit(env.nc, env.subjects, env.pool, rid, env.verify_key()))
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        wants_postgres=True,
-        verify_key=public_key,
-        verbose=verbose,
-        on_error=report_errors("audit verify", as_json),
-    )
+    conn.run(body, postgres="wants")
 
 
 async def _exists(env: Env, run_id: str) -> bool:
@@ -152,17 +120,15 @@ async def _exists(env: Env, run_id: str) -> bool:
 
 
 @audit_app.command("export")
+@connecting(postgres=True, json=False)
 def audit_export(
     run_id: Annotated[str, typer.Argument(help="the run to export")],
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="file (default: stdout)", show_default=False),
     ] = None,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Write a run's history as JSONL that `audit verify --file` checks offline."""
 
@@ -179,15 +145,7 @@ def audit_export(
             print(f"wrote {count} events of run {run_id} to {output}", file=sys.stderr)
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        wants_postgres=True,
-        verbose=verbose,
-    )
+    conn.run(body, postgres="wants")
 
 
 @audit_app.command("keygen")
@@ -214,14 +172,11 @@ def audit_keygen(
 
 # ---------------------------------------------------------------------- projections
 @projections_app.command("status")
+@connecting(postgres=True)
 def projections_status(
     name: Annotated[str, typer.Option(help="projector name")] = "main",
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """How far the projections are behind the journal (events and seconds)."""
 
@@ -238,7 +193,7 @@ def projections_status(
             print(f"projector '{name}' has not projected anything; the journal ends at {last}")
             return EXIT_OK
         behind = max(last - lag.position, 0)
-        if as_json:
+        if conn.json:
             from mainspring._cli_runs import emit
             from schemas import Envelope
 
@@ -265,34 +220,15 @@ def projections_status(
         )
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        needs_postgres=True,
-        verbose=verbose,
-        on_error=report_errors("projections status", as_json),
-    )
+    conn.run(body, postgres="needs")
 
 
 @projections_app.command("rebuild")
+@connecting(postgres=True, signing=True, json=False)
 def projections_rebuild(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
-    signing_key: Annotated[
-        str | None,
-        typer.Option(
-            help="key to re-sign checkpoints [env: MAINSPRING_SIGNING_KEY; default: the "
-            "running `mainspring dev`'s]",
-            show_default=False,
-        ),
-    ] = None,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Drop every projection table and rebuild it from the journal stream.
 
@@ -335,13 +271,4 @@ def projections_rebuild(
             )
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        needs_postgres=True,
-        signing_key=signing_key,
-        verbose=verbose,
-    )
+    conn.run(body, postgres="needs")

@@ -6,21 +6,13 @@ from typing import Annotated
 
 import typer
 
-from mainspring._cli_runner import (
-    EXIT_OK,
-    Env,
-    JsonOpt,
-    NatsOpt,
-    PartitionsOpt,
-    PrefixOpt,
-    VerboseOpt,
-    report_errors,
-    run_command,
-)
+from mainspring._cli_options import Connection, connecting
+from mainspring._cli_runner import EXIT_OK, Env
 
 _SOURCES = "inbox, late, junk, fx, projector"
 
 
+@connecting()
 def dead_letters(
     reinject: Annotated[
         int | None,
@@ -36,11 +28,8 @@ def dead_letters(
     ] = "*",
     run: Annotated[str, typer.Option("--run", help="only letters of this run")] = "*",
     limit: Annotated[int, typer.Option("--limit", help="at most this many, oldest first")] = 100,
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """List dead letters: messages a worker, handler or projector could not apply, each
     with the reason, where it came from and its original headers. Sources: `inbox`
@@ -56,13 +45,13 @@ def dead_letters(
 
         if reinject is not None:
             letter = await put_back(env.nc, env.subjects, reinject)
-            if as_json:
+            if conn.json:
                 emit_details("dead-letters", {"reinjected": letter.summary()})
             else:
                 print(f"re-injected dead letter {reinject} into {letter.subject}")
             return EXIT_OK
         found = await listing(env.nc, env.subjects, source=source, run_id=run, limit=limit)
-        if as_json:
+        if conn.json:
             emit_details("dead-letters", [letter.summary() for letter in found])
             return EXIT_OK
         if not found:
@@ -81,11 +70,4 @@ def dead_letters(
         print(hint)
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        verbose=verbose,
-        on_error=report_errors("dead-letters", as_json),
-    )
+    conn.run(body)

@@ -13,20 +13,8 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from mainspring._cli_runner import (
-    EXIT_OK,
-    STATUS_EXIT,
-    Env,
-    JsonOpt,
-    NatsOpt,
-    PartitionsOpt,
-    PgOpt,
-    PrefixOpt,
-    VerboseOpt,
-    report_errors,
-    run_command,
-    ts,
-)
+from mainspring._cli_options import Connection, connecting
+from mainspring._cli_runner import EXIT_OK, STATUS_EXIT, Env, ts
 from schemas import RunNotFound, RunState, check_run_id
 
 JOURNAL_NOTE = (
@@ -59,22 +47,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 # ---------------------------------------------------------------------- projector
+@connecting(postgres=True, signing=True, json=False)
 def projector(
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    signing_key: Annotated[
-        str | None,
-        typer.Option(
-            help="Ed25519 private key (PEM) to sign checkpoints [env: MAINSPRING_SIGNING_KEY]",
-            show_default=False,
-        ),
-    ] = None,
     name: Annotated[
         str, typer.Option(help="projector name (its position is kept per name)")
     ] = "main",
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Project run journals into PostgreSQL until interrupted (applies migrations on start)."""
 
@@ -84,17 +63,7 @@ def projector(
         await Projector(env.nc, env.pool, env.subjects, name=name, signer=env.signer()).run()
         return EXIT_OK
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        needs_postgres=True,
-        signing_key=signing_key,
-        verbose=verbose,
-        service=True,
-    )
+    conn.run(body, postgres="needs", service=True)
 
 
 # ---------------------------------------------------------------------- queries
@@ -122,6 +91,7 @@ def _run_dict(r: Any) -> dict[str, Any]:
     }
 
 
+@connecting(postgres=True, json="print a JSON envelope (the runs in `details`)")
 def runs(
     status: Annotated[str | None, typer.Option(help="|".join(RunState))] = None,
     workflow: Annotated[
@@ -141,25 +111,19 @@ def runs(
     grace: Annotated[
         float, typer.Option("--grace", help="with --stalled: seconds a timer may be late")
     ] = 30.0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print a JSON envelope (the runs in `details`)")
-    ] = False,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """List runs (from the projections), newest activity first; `--stalled` lists the
     runs that look stuck and why (from the journal)."""
 
     async def body(env: Env) -> int:
         if stalled:
-            return await _stalled(env, as_json, grace, limit)
+            return await _stalled(env, conn.json, grace, limit)
         from projections import Queries
 
         rows = await Queries(env.pool).runs(status=status, workflow=workflow, limit=limit)
-        if as_json:
+        if conn.json:
             from mainspring._cli_runs import emit_details
 
             return emit_details("runs", [_run_dict(r) for r in rows])
@@ -181,17 +145,7 @@ def runs(
         )
         return EXIT_OK
 
-    _cli(
-        "runs",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        needs_postgres=not stalled,
-        verbose=verbose,
-    )
+    conn.run(body, postgres=None if stalled else "needs")
 
 
 async def _stalled(env: Env, as_json: bool, grace: float, limit: int) -> int:
@@ -221,11 +175,6 @@ async def _stalled(env: Env, as_json: bool, grace: float, limit: int) -> int:
         print(f"{s.view.run_id}  {s.view.workflow}  {s.view.status}  {ts(s.view.updated_at)}")
         print(f"    {s.reason}")
     return EXIT_OK
-
-
-def _cli(command: str, as_json: bool, body: Any, **conn: Any) -> None:
-    """run_command whose errors become an envelope under --json."""
-    run_command(body, on_error=report_errors(command, as_json), **conn)
 
 
 def _queries(env: Env) -> tuple[Any, str | None]:
@@ -274,16 +223,11 @@ def _describe(row: Any, env: Env) -> list[str]:
     return lines
 
 
+@connecting(postgres=True, json="print the run's JSON envelope (read from the journal)")
 def status(
     run_id: Annotated[str, typer.Argument(help="the run's id")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print the run's JSON envelope (read from the journal)")
-    ] = False,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Show a run's status. Exit code: 0 completed, 30 failed or parked, 40 waiting,
     50 cancelled, 60 still running.
@@ -294,7 +238,7 @@ def status(
     """
 
     async def body(env: Env) -> int:
-        if as_json:
+        if conn.json:
             from mainspring._cli_runs import emit, envelope_for
             from streams import Journal
 
@@ -309,27 +253,14 @@ def status(
         print("\n".join(_describe(row, env)))
         return STATUS_EXIT.get(row.status, EXIT_OK)
 
-    _cli(
-        "status",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        wants_postgres=not as_json,
-        verbose=verbose,
-    )
+    conn.run(body, postgres=None if conn.json else "wants")
 
 
+@connecting(postgres=True)
 def inspect(
     run_id: Annotated[str, typer.Argument(help="the run's id")],
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Show everything about a run: status, waits, effects and its hash-chained events
     (from the projections; from the journal when no PostgreSQL is configured)."""
@@ -340,7 +271,7 @@ def inspect(
         waits = await q.waits(run_id)
         effects = await q.effects(run_id)
         events = await q.events(run_id)
-        if as_json:
+        if conn.json:
             return await _envelope(
                 env,
                 "inspect",
@@ -397,17 +328,7 @@ def inspect(
         print("\n".join(out))
         return STATUS_EXIT.get(row.status, EXIT_OK)
 
-    _cli(
-        "inspect",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        wants_postgres=True,
-        verbose=verbose,
-    )
+    conn.run(body, postgres="wants")
 
 
 async def _envelope(env: Env, command: str, run_id: str, details: object) -> int:
@@ -433,14 +354,11 @@ def _timeline_detail(data: bytes) -> str:
     return " ".join(parts)
 
 
+@connecting(postgres=True)
 def logs(
     run_id: Annotated[str, typer.Argument(help="the run's id")],
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    postgres_dsn: PgOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """A readable timeline of a run's events (from the projections; from the journal when
     no PostgreSQL is configured)."""
@@ -449,7 +367,7 @@ def logs(
         q, note = _queries(env)
         await _run_row(q, run_id, note is not None)
         events = await q.events(run_id)
-        if as_json:
+        if conn.json:
             timeline = [
                 {"n": e.n, "type": e.type, "at": e.at, "event": msgspec.json.decode(e.data)}
                 for e in events
@@ -464,14 +382,4 @@ def logs(
             )
         return EXIT_OK
 
-    _cli(
-        "logs",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        postgres=postgres_dsn,
-        wants_postgres=True,
-        verbose=verbose,
-    )
+    conn.run(body, postgres="wants")

@@ -13,18 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import typer
 
-from mainspring._cli_runner import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Env,
-    JsonOpt,
-    NatsOpt,
-    PartitionsOpt,
-    PrefixOpt,
-    VerboseOpt,
-    report_errors,
-    run_command,
-)
+from mainspring._cli_options import Connection, connecting
+from mainspring._cli_runner import EXIT_FAILED, EXIT_OK, Env
 from schemas import ConfigError, JournalEvent, RunNotFound, RunStarted, check_run_id
 
 if TYPE_CHECKING:
@@ -58,6 +48,7 @@ def _with_document(events: list[JournalEvent], document: dict[str, Any]) -> list
     return [msgspec.structs.replace(first, input=msgspec.Raw(replaced)), *events[1:]]
 
 
+@connecting()
 def replay(
     run_ids: Annotated[
         list[str] | None, typer.Argument(help="runs to replay", show_default=False)
@@ -83,13 +74,11 @@ def replay(
         str | None,
         typer.Option(help="with --all: only this workflow (specs: flow.<document id>)"),
     ] = None,
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Re-run today's code against recorded journals; exit 30 if any is incompatible."""
+    as_json = conn.json
     from actors import Registry, Replayer
     from flows import flow_registry, load_spec, resolve_refs, validate_spec
     from mainspring._config import load_app
@@ -177,14 +166,7 @@ def replay(
         print(f"{len(results) - len(bad)} compatible, {len(bad)} incompatible")
         return code
 
-    run_command(
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        verbose=verbose,
-        on_error=report_errors("replay", as_json),
-    )
+    conn.run(body)
 
 
 def _details(result: ReplayResult) -> dict[str, Any]:

@@ -8,10 +8,10 @@ connection error, 30 run failed (or audit/replay found a problem), 40 waiting,
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import typer
@@ -34,28 +34,8 @@ STATUS_EXIT: dict[str, int] = {
     RunState.RUNNING: EXIT_RUNNING,
 }
 
-# Options every command that talks to a deployment shares.
-NatsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--nats-url", help="NATS server URL [env: MAINSPRING_NATS_URL]", show_default=False
-    ),
-]
-PgOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--postgres-dsn", help="PostgreSQL DSN [env: MAINSPRING_POSTGRES_DSN]", show_default=False
-    ),
-]
-PrefixOpt = Annotated[str, typer.Option("--prefix", help="subject prefix of the deployment")]
-PartitionsOpt = Annotated[
-    int, typer.Option("--partitions", help="inbox partitions (fixed per deployment)")
-]
+# The shared options of connecting commands: _cli_options (this one is validate's too).
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON envelope")]
-VerboseOpt = Annotated[
-    bool,
-    typer.Option("--verbose", "-v", help="say where each setting came from (on stderr), log more"),
-]
 
 
 @dataclass
@@ -126,14 +106,10 @@ def print_settings(settings: Settings) -> None:
 def run_command(
     body: Callable[[Env], Awaitable[int]],
     *,
-    nats_flag: str | None,
+    flags: Mapping[str, str | None],
     prefix: str,
     partitions: int,
-    postgres: str | None = None,
-    needs_postgres: bool = False,
-    wants_postgres: bool = False,
-    signing_key: str | None = None,
-    verify_key: str | None = None,
+    postgres: Literal["needs", "wants"] | None = None,
     verbose: bool = False,
     log_level: str = "warning",
     on_error: Callable[[MainspringError, int], None] | None = None,
@@ -141,25 +117,22 @@ def run_command(
 ) -> None:
     """Connect, run ``body``, exit with its code; errors become one readable line.
 
-    Postgres is connected only for commands that read it (``needs_postgres``: refuse
-    without a DSN; ``wants_postgres``: use it when configured). ``service=True``
-    (worker, handlers, projector): reconnect to NATS forever, log at info level, and
-    stop cleanly on SIGINT or SIGTERM (exit 0).
+    ``flags`` are the settings' flags as given (``_config.resolve`` adds environment,
+    dev instance and defaults). Postgres is connected only for commands that read it
+    (``postgres="needs"``: refuse without a DSN; ``"wants"``: use it when configured).
+    ``service=True`` (worker, handlers, projector): reconnect to NATS forever, log at
+    info level, and stop cleanly on SIGINT or SIGTERM (exit 0). Commands call it through
+    ``_cli_options.Connection.run``.
     """
     configure_logging("info" if service or verbose else log_level)
-    settings = resolve(
-        nats_url=nats_flag,
-        postgres_dsn=postgres,
-        signing_key=signing_key,
-        verify_key=verify_key,
-    )
+    settings = resolve(flags)
     if verbose:
         print_settings(settings)
     url = settings.nats_url.value or ""
-    dsn = settings.postgres_dsn.value if needs_postgres or wants_postgres else None
+    dsn = settings.postgres_dsn.value if postgres else None
 
     async def main() -> int:
-        if needs_postgres and not dsn:
+        if postgres == "needs" and not dsn:
             raise ConfigError(
                 "this command reads the Postgres projections: pass --postgres-dsn or set "
                 "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`); "

@@ -8,12 +8,14 @@ Exit codes: 0 completed/ok, 10 invalid input, 20 runtime or connection error,
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 import typer
 
+from mainspring._cli_options import Connection, connecting
 from mainspring._cli_runner import (
     EXIT_INVALID,
     EXIT_OK,
@@ -22,12 +24,6 @@ from mainspring._cli_runner import (
     STATUS_EXIT,
     Env,
     JsonOpt,
-    NatsOpt,
-    PartitionsOpt,
-    PrefixOpt,
-    VerboseOpt,
-    report_errors,
-    run_command,
 )
 from schemas import (
     ConfigError,
@@ -222,15 +218,16 @@ async def _after(
     return envelope_for(command, [e.event for e in events], env)
 
 
-def _run_cli(command: str, as_json: bool, body: Any, **conn: Any) -> None:
-    """Like run_command, but errors also become an envelope under --json."""
+def _run_cli(conn: Connection, body: Callable[[Env], Awaitable[Envelope]]) -> None:
+    """Run ``body`` and print the envelope it returns (as JSON under --json)."""
 
     async def wrapped(env: Env) -> int:
-        return emit(await body(env), as_json)
+        return emit(await body(env), conn.json)
 
-    run_command(wrapped, on_error=report_errors(command, as_json), **conn)
+    conn.run(wrapped)
 
 
+@connecting()
 def start(
     workflow: Annotated[str, typer.Argument(help="registered workflow name")],
     input: Annotated[
@@ -242,11 +239,8 @@ def start(
     ] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 60.0,
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Start a run of a registered workflow."""
     payload = read_json_arg(input, "--input")
@@ -257,17 +251,10 @@ def start(
         rid = await Client(env.nc, env.subjects).start(workflow, payload, run_id=run_id)
         return await _after("start", env, rid, wait, timeout, workflow)
 
-    _run_cli(
-        "start",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        verbose=verbose,
-    )
+    _run_cli(conn, body)
 
 
+@connecting()
 def run(
     spec_file: Annotated[
         Path, typer.Argument(help="a checkpointflow/v1 or mainspring/v1 YAML/JSON file")
@@ -280,11 +267,8 @@ def run(
     ] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 60.0,
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Validate a declarative workflow and start it as `flow.<document id>` (needs a
     worker with the spec interpreter, as `mainspring dev` has). With --wait: exit 40 and a
@@ -313,17 +297,10 @@ def run(
         )
         return await _after("run", env, rid, wait, timeout, name)
 
-    _run_cli(
-        "run",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        verbose=verbose,
-    )
+    _run_cli(conn, body)
 
 
+@connecting()
 def resume(
     run_id: Annotated[str, typer.Argument(help="the waiting run")],
     event: Annotated[str, typer.Argument(help="the event name it waits for")],
@@ -333,11 +310,8 @@ def resume(
     ] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 60.0,
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Send an event to a run. The payload is checked against the schema the run's
     wait accepts (exit 10 naming the field); same as publishing to ms.event.<run>.<event>."""
@@ -377,25 +351,15 @@ def resume(
             await client.wait_for(run_id, RunState.WAITING, after=last)
         return envelope_for("resume", [e.event for e in await client.history(run_id)], env)
 
-    _run_cli(
-        "resume",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        verbose=verbose,
-    )
+    _run_cli(conn, body)
 
 
+@connecting()
 def cancel(
     run_id: Annotated[str, typer.Argument(help="the run to cancel")],
     reason: Annotated[str, typer.Option(help="recorded in the journal")] = "",
-    as_json: JsonOpt = False,
-    nats_url: NatsOpt = None,
-    prefix: PrefixOpt = "ms",
-    partitions: PartitionsOpt = 16,
-    verbose: VerboseOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Cancel a run (its children too); exit 50 once cancelled."""
 
@@ -413,15 +377,7 @@ def cancel(
             env_.ok = True
         return env_
 
-    _run_cli(
-        "cancel",
-        as_json,
-        body,
-        nats_flag=nats_url,
-        prefix=prefix,
-        partitions=partitions,
-        verbose=verbose,
-    )
+    _run_cli(conn, body)
 
 
 def validate(

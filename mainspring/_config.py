@@ -8,6 +8,8 @@ given (flag or environment) and differs from the dev instance's, nothing of that
 instance is used — a command never talks to one deployment's NATS and another's
 database, and never checks signatures with a key that belongs to neither.
 
+Each setting is declared once, in ``SETTINGS``: its flag (which the CLI gives every
+command of the setting's scope), its environment variable, what a dev instance lends.
 ``resolve()`` returns every setting with its source; ``--verbose`` and
 ``mainspring config show`` print them.
 """
@@ -19,7 +21,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -31,6 +33,9 @@ DEV_DIR = Path(".mainspring")
 DEV_POINTER = Path.home() / ".mainspring-dev.json"
 
 Source = Literal["flag", "environment", "dev", "default", "unset"]
+Scope = Literal["nats", "postgres", "signing", "verifying"]
+"""Which commands take a setting's flag: every command that connects (``nats``), those
+that read PostgreSQL, those that sign checkpoints, those that verify them."""
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,15 @@ class Setting:
     source: Source
     origin: str = ""
     """the flag, the variable, the dev instance's file, or empty"""
+    secret: bool = False
+    """printed redacted (a DSN's password hidden)"""
 
     @property
     def shown(self) -> str:
         """The value as it may be printed (a DSN's password hidden)."""
         if self.value is None:
             return "(none)"
-        return redact(self.value) if self.name == "postgres_dsn" else self.value
+        return redact(self.value) if self.secret else self.value
 
     def describe(self) -> str:
         where = {
@@ -108,6 +115,69 @@ class DevInstance:
         return self._file(f"{data_dir}/keys/signing.pem") if data_dir else None
 
 
+@dataclass(frozen=True)
+class SettingSpec:
+    """One connection setting, declared once: the CLI derives its flag and help from
+    this, ``resolve`` its value and source, ``config show`` its line."""
+
+    name: str
+    flag: str
+    var: str
+    help: str
+    scope: Scope
+    lent: Callable[[DevInstance], object] = lambda dev: None
+    """what a running dev instance lends (None: nothing)"""
+    default: str | None = None
+    empty_is_none: bool = True
+    """a variable set but empty is an explicit "none" (False: it is ignored)"""
+    secret: bool = False
+
+    @property
+    def help_text(self) -> str:
+        """The flag's help, naming its variable."""
+        return f"{self.help} [env: {self.var}]"
+
+
+SETTINGS = (
+    SettingSpec(
+        "nats_url",
+        "--nats-url",
+        "MAINSPRING_NATS_URL",
+        "NATS server URL",
+        "nats",
+        lent=lambda dev: dev.nats_url,
+        default=DEFAULT_NATS_URL,
+        empty_is_none=False,
+    ),
+    SettingSpec(
+        "postgres_dsn",
+        "--postgres-dsn",
+        "MAINSPRING_POSTGRES_DSN",
+        "PostgreSQL DSN",
+        "postgres",
+        lent=lambda dev: dev.postgres_dsn,
+        secret=True,
+    ),
+    SettingSpec(
+        "signing_key",
+        "--signing-key",
+        "MAINSPRING_SIGNING_KEY",
+        "Ed25519 private key (PEM) that signs checkpoints",
+        "signing",
+        lent=lambda dev: dev.signing_key,
+    ),
+    SettingSpec(
+        "verify_key",
+        "--public-key",
+        "MAINSPRING_VERIFY_KEY",
+        "Ed25519 public key (PEM) of the checkpoint signer",
+        "verifying",
+        lent=lambda dev: dev.verify_key,
+    ),
+)
+"""Every connection setting (a new one — credentials, TLS — is one more entry here)."""
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -156,16 +226,33 @@ def _same_url(a: str, b: str) -> bool:
 class Settings:
     """Every connection setting of one command, each with its source."""
 
-    nats_url: Setting
-    postgres_dsn: Setting
-    signing_key: Setting
-    verify_key: Setting
+    by_name: Mapping[str, Setting]
+    """each of ``SETTINGS``, in their order"""
     dev: DevInstance | None = None
     """the dev instance whose settings were used (None: none were)"""
     notes: list[str] = field(default_factory=list)
 
+    def __getitem__(self, name: str) -> Setting:
+        return self.by_name[name]
+
+    @property
+    def nats_url(self) -> Setting:
+        return self["nats_url"]
+
+    @property
+    def postgres_dsn(self) -> Setting:
+        return self["postgres_dsn"]
+
+    @property
+    def signing_key(self) -> Setting:
+        return self["signing_key"]
+
+    @property
+    def verify_key(self) -> Setting:
+        return self["verify_key"]
+
     def all(self) -> list[Setting]:
-        return [self.nats_url, self.postgres_dsn, self.signing_key, self.verify_key]
+        return list(self.by_name.values())
 
     def lines(self) -> list[str]:
         return [s.describe() for s in self.all()] + [f"note: {n}" for n in self.notes]
@@ -187,43 +274,36 @@ class Settings:
         }
 
 
-def _explicit(
-    name: str, flag_value: str | None, flag: str, var: str, env: Mapping[str, str], *, empty: bool
-) -> Setting | None:
-    """The flag's or the environment's value; ``empty`` means an empty variable counts
-    (as an explicit "none"), otherwise it is ignored."""
+def _explicit(spec: SettingSpec, flag_value: str | None, env: Mapping[str, str]) -> Setting | None:
+    """The flag's or the environment's value (an empty variable counts as an explicit
+    "none" when ``spec.empty_is_none``, otherwise it is ignored)."""
     if flag_value:
-        return Setting(name, flag_value, "flag", flag)
-    if var in env and (env[var] or empty):
-        return Setting(name, env[var] or None, "environment", var)
+        return Setting(spec.name, flag_value, "flag", spec.flag, spec.secret)
+    if spec.var in env and (env[spec.var] or spec.empty_is_none):
+        return Setting(spec.name, env[spec.var] or None, "environment", spec.var, spec.secret)
     return None
 
 
 def resolve(
+    flags: Mapping[str, str | None] | None = None,
     *,
-    nats_url: str | None = None,
-    postgres_dsn: str | None = None,
-    signing_key: str | None = None,
-    verify_key: str | None = None,
     environ: Mapping[str, str] | None = None,
     devs: list[DevInstance] | None = None,
+    **given: str | None,
 ) -> Settings:
-    """Each setting from its flag, else its variable, else a matching dev instance, else
-    its default. ``environ`` and ``devs`` default to the real ones (tests pass their own)."""
+    """Each setting from its flag (``flags`` and ``given``: values by setting name, as in
+    ``SETTINGS``), else its variable, else a matching dev instance, else its default.
+    ``environ`` and ``devs`` default to the real ones (tests pass their own)."""
     env = os.environ if environ is None else environ
+    asked = {**(flags or {}), **given}
+    unknown = set(asked) - {spec.name for spec in SETTINGS}
+    if unknown:
+        raise TypeError(f"resolve() got unknown settings {sorted(unknown)}")
     notes: list[str] = []
     if devs is None:
         devs, notes = find_devs()
-    nats = _explicit("nats_url", nats_url, "--nats-url", "MAINSPRING_NATS_URL", env, empty=False)
-    pg = _explicit(
-        "postgres_dsn", postgres_dsn, "--postgres-dsn", "MAINSPRING_POSTGRES_DSN", env, empty=True
-    )
-    sk = _explicit(
-        "signing_key", signing_key, "--signing-key", "MAINSPRING_SIGNING_KEY", env, empty=True
-    )
-    vk = _explicit(
-        "verify_key", verify_key, "--public-key", "MAINSPRING_VERIFY_KEY", env, empty=True
-    )
+    explicit = {spec.name: _explicit(spec, asked.get(spec.name), env) for spec in SETTINGS}
+    nats, pg = explicit["nats_url"], explicit["postgres_dsn"]
     dev = None
     for candidate in devs:
         conflicts = []
@@ -236,27 +316,19 @@ def resolve(
             continue
         dev = candidate
         break
-    origin = str(dev.path) if dev else ""
 
-    def from_dev(name: str, value: object) -> Setting | None:
-        return Setting(name, str(value), "dev", origin) if dev and value else None
+    def setting(spec: SettingSpec) -> Setting:
+        found = explicit[spec.name]
+        if found:
+            return found
+        lent = spec.lent(dev) if dev else None
+        if dev and lent:
+            return Setting(spec.name, str(lent), "dev", str(dev.path), spec.secret)
+        if spec.default is not None:
+            return Setting(spec.name, spec.default, "default", secret=spec.secret)
+        return Setting(spec.name, None, "unset", secret=spec.secret)
 
-    return Settings(
-        nats_url=nats
-        or from_dev("nats_url", dev and dev.nats_url)
-        or Setting("nats_url", DEFAULT_NATS_URL, "default"),
-        postgres_dsn=pg
-        or from_dev("postgres_dsn", dev and dev.postgres_dsn)
-        or Setting("postgres_dsn", None, "unset"),
-        signing_key=sk
-        or from_dev("signing_key", dev and dev.signing_key)
-        or Setting("signing_key", None, "unset"),
-        verify_key=vk
-        or from_dev("verify_key", dev and dev.verify_key)
-        or Setting("verify_key", None, "unset"),
-        dev=dev,
-        notes=notes,
-    )
+    return Settings({spec.name: setting(spec) for spec in SETTINGS}, dev=dev, notes=notes)
 
 
 def redact(dsn: str) -> str:
