@@ -17,10 +17,10 @@ import anyio
 import typer
 from nats.aio.client import Client as NATS
 
-from mainspring._config import Settings, redact, resolve
+from mainspring._config import Settings, resolve
 from mainspring._logging import configure_logging
 from mainspring._shutdown import until_signalled
-from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, RunState
+from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, RunState, redact
 from streams import Subjects, connect
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20

@@ -19,14 +19,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from schemas import ConfigError
+from schemas import ConfigError, redact
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEV_DIR = Path(".mainspring")
@@ -148,6 +147,7 @@ SETTINGS = (
         lent=lambda dev: dev.nats_url,
         default=DEFAULT_NATS_URL,
         empty_is_none=False,
+        secret=True,
     ),
     SettingSpec(
         "postgres_dsn",
@@ -329,18 +329,6 @@ def resolve(
         return Setting(spec.name, None, "unset", secret=spec.secret)
 
     return Settings({spec.name: setting(spec) for spec in SETTINGS}, dev=dev, notes=notes)
-
-
-def redact(dsn: str) -> str:
-    """A URL or DSN with its password replaced by ``***``."""
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    if "@" not in dsn:
-        return dsn
-    userinfo, rest = dsn.rsplit("@", 1)
-    scheme, sep, user = userinfo.rpartition("//")
-    if ":" not in user:
-        return dsn
-    return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{rest}"
 
 
 # --app paths documented before handlers, flows and the client left ``actors``: still

@@ -85,6 +85,7 @@ from schemas._payloads import (
     ref_of,
     stored_refs,
 )
+from schemas._secrets import redact
 from schemas._states import EffectState, RunState, WaitState
 from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
 from schemas._waits import WaitMatcher
@@ -172,6 +173,7 @@ __all__ = [
     "inbox_kind",
     "is_ref",
     "parse_ref",
+    "redact",
     "ref_json",
     "ref_of",
     "stored_refs",

@@ -13,7 +13,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from schemas import ConnectionFailed, MainspringError
+from schemas import ConnectionFailed, MainspringError, redact
 
 
 class ApiError(MainspringError):
@@ -71,6 +71,6 @@ async def connect(url: str, *, reconnect_forever: bool = False, **options: Any) 
         return await nats.connect(servers, **{**settings, **options})
     except Exception as e:  # nats-py raises several unrelated types here
         raise ConnectionFailed(
-            f"cannot reach NATS at {url} ({e}); start one with `mainspring dev`, or point "
-            "MAINSPRING_NATS_URL / --nats-url at your server"
+            f"cannot reach NATS at {redact(url)} ({redact(str(e))}); start one with "
+            "`mainspring dev`, or point MAINSPRING_NATS_URL / --nats-url at your server"
         ) from None

@@ -158,7 +158,7 @@ def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
 
 
 PUBLIC = {
-    "schemas": 86,
+    "schemas": 87,
     "streams": 51,
     "servers": 3,
     "client": 3,
