@@ -27,7 +27,7 @@ from mainspring import NatsServer
 from streams import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = "bench.apps:registry"
+APP = "tests.apps:registry"
 LIBRARY = (
     "mainspring",
     "actors",
@@ -57,7 +57,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class WorkerProc:
-    """A ``python -m mainspring worker`` subprocess serving ``bench.apps:registry``."""
+    """A ``python -m mainspring worker`` subprocess serving ``tests.apps:registry``."""
 
     def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
         self.popen = popen
@@ -205,7 +205,7 @@ async def connect(env: Environment) -> AsyncIterator[ms.Client]:
 async def warm_up(client: ms.Client, runs: int, *, steps: int = 10, timeout: float = 30) -> None:
     """Run ``runs`` chains one after another: proves a worker holds the partitions, warms caches."""
     for i in range(runs):
-        rid = await client.start("chain10", steps, run_id=f"warmup-{i}")
+        rid = await client.start("chain", steps, run_id=f"warmup-{i}")
         out = await client.result(rid, timeout=timeout)
         if out != steps:
             raise RuntimeError(f"warm-up run {rid} returned {out!r}, expected {steps}")

@@ -72,7 +72,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         inp = {"file": str(side), "steps": steps, "delay": args.delay}
 
         async def one(rid: str) -> None:
-            await client.start("side_effects", inp, run_id=rid)
+            await client.start("slow_chain", inp, run_id=rid)
             results[rid] = await client.result(rid, timeout=args.timeout)
             done.append(time.perf_counter())
 
