@@ -142,12 +142,12 @@ async def recurse(ctx: ms.Context, depth: int) -> int:
 
 
 @registry.workflow
-async def deterministic_values(ctx: ms.Context, _: None) -> list[object]:
-    a = ctx.random()
-    u = str(ctx.uuid())
-    t = ctx.now().isoformat()
-    await ctx.step(lambda: None, name="noop")
-    return [a, u, t, ctx.random()]
+async def deterministic_values(ctx: ms.Context, _: None) -> dict[str, object]:
+    """random/uuid/now as computed now, as a step journaled them when it first ran (the
+    same unless replay changes them), and random once more after the step."""
+    now = [ctx.random(), str(ctx.uuid()), ctx.now().isoformat()]
+    journaled = await ctx.step(lambda: now, name="record")
+    return {"now": now, "journaled": journaled, "after": ctx.random()}
 
 
 @registry.workflow
