@@ -81,6 +81,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
             log(f"starting {runs} runs x {steps} steps ({args.delay}s each)")
             for rid in ids:
                 tg.start_soon(partial(one, rid))
+            # the kill lands at --kill-after, mid-flight: that is the workload, not a settle
             await anyio.sleep(max(0.0, t0 + kill_after - time.perf_counter()))
             first.kill9()
             killed_at = datetime.now(UTC)

@@ -121,7 +121,7 @@ async def waiter(ctx: ms.Context, timeout: float) -> object:
 async def two_waits(ctx: ms.Context, _: None) -> list[object]:
     """Two waits for the same event name: each consumes one event, in order."""
     first = await ctx.wait_event("tick", int)
-    await ctx.sleep(0.05)
+    await ctx.sleep(0.05)  # a durable timer: the second tick may come while no wait is open
     second = await ctx.wait_event("tick", int)
     return [first, second]
 
@@ -286,7 +286,7 @@ class ChaosFx(msgspec.Struct):
 
 
 async def _busy_step(file: str, run_id: str, i: int, delay: float) -> int:
-    await anyio.sleep(delay)
+    await anyio.sleep(delay)  # holds the actor busy, so partition moves hit busy actors
     with Path(file).open("a") as f:
         f.write(f"step,{run_id},{i}\n")
     return i + 1

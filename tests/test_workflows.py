@@ -300,7 +300,7 @@ async def test_awaiting_asyncio_is_refused(
 
     @reg.workflow
     async def sneaky(ctx: ms.Context, _: None) -> None:
-        await anyio.sleep(0.01)
+        await anyio.sleep(0.01)  # the non-durable await under test
 
     async with running(nc, subjects, reg, forced_replay=forced_replay) as h:
         rid = await h.client.start("sneaky", None)
