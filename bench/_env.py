@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,9 @@ import mainspring as ms
 from bench._cpu import CpuMeter
 from mainspring import NatsServer
 from streams import Subjects
+from tests.procs import ROOT, Proc, spawn
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = "bench.apps:registry"
+APP = "tests.apps:registry"
 LIBRARY = (
     "mainspring",
     "actors",
@@ -56,39 +55,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-class WorkerProc:
-    """A ``python -m mainspring worker`` subprocess serving ``bench.apps:registry``."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.popen = popen
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def kill9(self) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
-
-    def stop(self) -> None:
-        """SIGINT (a clean stop), then SIGKILL if it lingers."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 class Environment:
     """A nats-server in a fresh temp dir plus the workers spawned against it."""
 
@@ -106,7 +72,7 @@ class Environment:
         self.subjects = Subjects(prefix="bench", partitions=partitions)
         self.server = NatsServer(self.dir / "nats", sync_always=fsync_always)
         self.profile_worker = profile_worker
-        self.workers: list[WorkerProc] = []
+        self.workers: list[Proc] = []
         self.loadavg_before = os.getloadavg()[0]
         self.source = source_state()
 
@@ -142,41 +108,23 @@ class Environment:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def spawn_worker(self, concurrency: int) -> WorkerProc:
+    def spawn_worker(self, concurrency: int) -> Proc:
         """Start a worker process (not yet ready: it still has to acquire its partitions)."""
         log_path = self.dir / f"worker-{len(self.workers) + 1}.log"
-        profile: list[str] = []
+        profile: tuple[str, ...] = ()
         if self.profile_worker is not None:  # cProfile writes its file when the worker stops
             prof = self.profile_worker.with_suffix(f".{len(self.workers) + 1}.prof")
-            profile = ["-m", "cProfile", "-o", str(prof)]
-        args = [
-            sys.executable,
-            *profile,
-            "-m",
-            "mainspring",
+            profile = ("-m", "cProfile", "-o", str(prof))
+        worker = spawn(
             "worker",
-            "--app",
             APP,
-            "--nats-url",
             self.url,
-            "--prefix",
-            self.subjects.prefix,
-            "--partitions",
-            str(self.subjects.partitions),
-            "--concurrency",
-            str(concurrency),
-        ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with log_path.open("ab") as out:
-            popen = subprocess.Popen(
-                args,
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches only us; we stop it
-            )
-        worker = WorkerProc(popen, log_path)
+            self.subjects,
+            log_path,
+            extra=("--concurrency", str(concurrency)),
+            python=profile,
+            new_session=True,  # a Ctrl-C in the terminal reaches only us; we stop it
+        )
         self.workers.append(worker)
         log(f"spawned worker {worker.pid} (concurrency {concurrency})")
         return worker
@@ -205,7 +153,7 @@ async def connect(env: Environment) -> AsyncIterator[ms.Client]:
 async def warm_up(client: ms.Client, runs: int, *, steps: int = 10, timeout: float = 30) -> None:
     """Run ``runs`` chains one after another: proves a worker holds the partitions, warms caches."""
     for i in range(runs):
-        rid = await client.start("chain10", steps, run_id=f"warmup-{i}")
+        rid = await client.start("chain", steps, run_id=f"warmup-{i}")
         out = await client.result(rid, timeout=timeout)
         if out != steps:
             raise RuntimeError(f"warm-up run {rid} returned {out!r}, expected {steps}")

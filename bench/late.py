@@ -19,6 +19,7 @@ import mainspring as ms
 from bench._env import Environment, common_fields, connect, log, percentile, warm_up
 from bench.w3 import _wait_all
 from streams import dead_letters
+from tests.harness import wait_until
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,10 +62,11 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         resumed_s = time.perf_counter() - t0
         # the flood is worked off when the worker has acknowledged every late event
         js = client.nc.jetstream()
-        with anyio.fail_after(args.timeout):
-            # polling the server's count: there is no event to wait on
-            while (await js.stream_info(env.subjects.inbox_stream)).state.messages > 0:  # noqa: ASYNC110
-                await anyio.sleep(0.05)
+
+        async def drained() -> bool:  # the server's count: there is no event to wait on
+            return (await js.stream_info(env.subjects.inbox_stream)).state.messages == 0
+
+        await wait_until(drained, timeout=args.timeout, interval=0.05)
         drained_s = time.perf_counter() - t0
         kept = len(await dead_letters(client.nc, env.subjects, source="late", run_id=ended))
     q50, f50 = percentile(quiet, 50), percentile(under, 50)

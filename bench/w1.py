@@ -26,7 +26,7 @@ async def burst(client: ms.Client, tag: str, runs: int, steps: int, timeout: flo
     done: list[float] = []
 
     async def one(i: int) -> None:
-        rid = await client.start("chain10", steps, run_id=f"{tag}-{i}")
+        rid = await client.start("chain", steps, run_id=f"{tag}-{i}")
         out = await client.result(rid, timeout=timeout)
         if out != steps:
             raise RuntimeError(f"run {rid} returned {out!r}, expected {steps}")

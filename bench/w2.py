@@ -40,7 +40,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         cpu.start()
         for i in range(runs):
             t0 = time.perf_counter()
-            rid = await client.start("chain10", steps, run_id=f"w2-{i}")
+            rid = await client.start("chain", steps, run_id=f"w2-{i}")
             out = await client.result(rid, timeout=args.timeout)
             run_ms.append((time.perf_counter() - t0) * 1000)
             if out != steps:

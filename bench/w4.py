@@ -72,7 +72,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         inp = {"file": str(side), "steps": steps, "delay": args.delay}
 
         async def one(rid: str) -> None:
-            await client.start("side_effects", inp, run_id=rid)
+            await client.start("slow_chain", inp, run_id=rid)
             results[rid] = await client.result(rid, timeout=args.timeout)
             done.append(time.perf_counter())
 
@@ -81,6 +81,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
             log(f"starting {runs} runs x {steps} steps ({args.delay}s each)")
             for rid in ids:
                 tg.start_soon(partial(one, rid))
+            # the kill lands at --kill-after, mid-flight: that is the workload, not a settle
             await anyio.sleep(max(0.0, t0 + kill_after - time.perf_counter()))
             first.kill9()
             killed_at = datetime.now(UTC)

@@ -26,7 +26,7 @@ async def _write_run(journal: Journal, run_id: str, events: int) -> None:
     """A genuine journal: appended with OCC and hash links, as a worker would."""
     at = datetime.now(UTC)
     stored = await journal.append(
-        RunStarted(run_id=run_id, n=1, at=at, workflow="chain10", version="1"),
+        RunStarted(run_id=run_id, n=1, at=at, workflow="chain", version="1"),
         expected_seq=0,
         prev=GENESIS,
     )
@@ -36,7 +36,7 @@ async def _write_run(journal: Journal, run_id: str, events: int) -> None:
             n=n,
             at=at,
             seq=n - 1,
-            name="_inc",
+            name="inc",
             result=msgspec.Raw(str(n - 1).encode()),
         )
         stored = await journal.append(ev, expected_seq=stored.seq, prev=stored.hash)

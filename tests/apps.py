@@ -1,4 +1,9 @@
-"""Workflows and handlers shared by tests (importable by worker subprocesses)."""
+"""Workflows and handlers shared by tests and benchmarks (importable by worker subprocesses
+as ``tests.apps:registry`` and ``tests.apps:handlers``).
+
+The one set: bench/ serves these too, so a workload and the test that proves its
+behaviour run the same code. tests/changed_apps.py is not a copy but a deliberately
+incompatible new version of `agent`, for replay tests."""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ class Approval(msgspec.Struct):
 
 @registry.workflow
 async def chain(ctx: ms.Context, n: int) -> int:
-    """n journaled local steps, each adding one."""
+    """n journaled local steps, each adding one (also benchmarks W1, W2, W6)."""
     x = 0
     for _ in range(n):
         x = await ctx.step(lambda v: v + 1, x, name="inc")
@@ -41,7 +46,7 @@ async def slow_chain(ctx: ms.Context, inp: SlowChain) -> int:
     path = Path(inp.file)
 
     async def side_effect(i: int) -> int:
-        await anyio.sleep(inp.delay)
+        await anyio.sleep(inp.delay)  # the step's work: slow enough for a kill to land mid-run
         with path.open("a") as f:
             f.write(f"{ctx.run_id},{i}\n")
         return i
@@ -57,6 +62,12 @@ async def agent(ctx: ms.Context, topic: str) -> dict[str, object]:
     draft = await ctx.effect("llm.mock", {"prompt": f"write about {topic}"})
     approval = await ctx.wait_event("approval", Approval, timeout=timedelta(minutes=5))
     return {"draft": draft, "approved": approval.approved, "by": approval.by}
+
+
+@registry.workflow
+async def wait_go(ctx: ms.Context, _: None) -> object:
+    """Wait for `go` (any JSON, no deadline) and return its payload (benchmarks W3, late)."""
+    return await ctx.wait_event("go", dict)
 
 
 @registry.workflow
@@ -110,7 +121,7 @@ async def waiter(ctx: ms.Context, timeout: float) -> object:
 async def two_waits(ctx: ms.Context, _: None) -> list[object]:
     """Two waits for the same event name: each consumes one event, in order."""
     first = await ctx.wait_event("tick", int)
-    await ctx.sleep(0.05)
+    await ctx.sleep(0.05)  # a durable timer: the second tick may come while no wait is open
     second = await ctx.wait_event("tick", int)
     return [first, second]
 
@@ -131,12 +142,12 @@ async def recurse(ctx: ms.Context, depth: int) -> int:
 
 
 @registry.workflow
-async def deterministic_values(ctx: ms.Context, _: None) -> list[object]:
-    a = ctx.random()
-    u = str(ctx.uuid())
-    t = ctx.now().isoformat()
-    await ctx.step(lambda: None, name="noop")
-    return [a, u, t, ctx.random()]
+async def deterministic_values(ctx: ms.Context, _: None) -> dict[str, object]:
+    """random/uuid/now as computed now, as a step journaled them when it first ran (the
+    same unless replay changes them), and random once more after the step."""
+    now = [ctx.random(), str(ctx.uuid()), ctx.now().isoformat()]
+    journaled = await ctx.step(lambda: now, name="record")
+    return {"now": now, "journaled": journaled, "after": ctx.random()}
 
 
 @registry.workflow
@@ -275,7 +286,7 @@ class ChaosFx(msgspec.Struct):
 
 
 async def _busy_step(file: str, run_id: str, i: int, delay: float) -> int:
-    await anyio.sleep(delay)
+    await anyio.sleep(delay)  # holds the actor busy, so partition moves hit busy actors
     with Path(file).open("a") as f:
         f.write(f"step,{run_id},{i}\n")
     return i + 1

@@ -26,7 +26,7 @@ import mainspring as ms
 from schemas import ChildStarted, EffectCompleted, StepCompleted, fold
 from streams import StoredEvent, Subjects
 from tests.chaos_report import ChaosReport, LogFacts
-from tests.harness import assert_journal_sound, types
+from tests.harness import assert_journal_sound, types, wait_until
 from tests.procs import Proc, spawn
 
 Send = Literal["before_start", "early", "anytime", "late"]
@@ -205,14 +205,14 @@ class Chaos:
     async def _pace(self) -> None:
         """A random pause, then two started workers, one of them a holder: one may
         die, and the holder survives to hand partitions to the newcomers."""
-        await anyio.sleep(self.rng.uniform(*self.settings.pause))
-        with anyio.fail_after(60):
-            while True:
-                self._reap()
-                started, ripe = self._census()
-                if len(started) >= 2 and ripe:
-                    return
-                await anyio.sleep(0.05)
+        await anyio.sleep(self.rng.uniform(*self.settings.pause))  # the plan's pace
+
+        async def ready() -> bool:
+            self._reap()
+            started, ripe = self._census()
+            return len(started) >= 2 and bool(ripe)
+
+        await wait_until(ready, timeout=60, interval=0.05)
 
     async def _chaos(self) -> None:
         s = self.settings
@@ -293,11 +293,11 @@ class Chaos:
         if plan.send == "late":
             await self.client.wait_for(plan.run_id, "waiting")
         elif plan.send == "anytime":
-            await anyio.sleep(plan.send_after)
+            await anyio.sleep(plan.send_after)  # when the plan sends it: the behaviour under test
         if plan.send in ("late", "anytime"):
             await self._send(plan)
         if plan.duplicate != "none":
-            await anyio.sleep(plan.duplicate_after)
+            await anyio.sleep(plan.duplicate_after)  # likewise the plan's timing
             await self._send(plan, again=plan.duplicate == "new_id")
 
     async def _send(self, plan: RunPlan, *, again: bool = False) -> None:
@@ -307,7 +307,7 @@ class Chaos:
         await self.client.send_event(plan.run_id, "go", plan.go, event_id=event_id)
 
     async def _cancel_later(self, rid: str, after: float) -> None:
-        await anyio.sleep(after)
+        await anyio.sleep(after)  # a cancellation mid-way, when the plan says
         await self.client.cancel(rid, reason="chaos")
 
     async def _end_of(self, rid: str) -> str:

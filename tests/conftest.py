@@ -51,6 +51,36 @@ def forced_replay(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "replayed: every case here that talks to NATS runs live and under forced replay "
+        "(takes the forced_replay fixture) or is marked live_only with the reason",
+    )
+    config.addinivalue_line(
+        "markers", "live_only(reason): a case of a `replayed` module that runs live only, and why"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep `replayed` modules true to their word: a case that uses NATS without the
+    forced_replay fixture must say why (live_only), and one that says so must not."""
+    wrong = []
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("replayed") is None:
+            continue
+        if "nc" not in item.fixturenames:  # no run, nothing to replay
+            continue
+        live_only = item.get_closest_marker("live_only")
+        replays = "forced_replay" in item.fixturenames
+        if live_only is None and not replays:
+            wrong.append(f"{item.nodeid}: take the forced_replay fixture, or mark it live_only")
+        elif live_only is not None and (replays or not live_only.args):
+            wrong.append(f"{item.nodeid}: live_only needs a reason and no forced_replay fixture")
+    if wrong:
+        raise pytest.UsageError("forced-replay coverage:\n  " + "\n  ".join(wrong))
+
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import anyio
@@ -38,7 +38,11 @@ async def running(
     options: WorkerOptions | None = None,
     projector: Projector | None = None,
 ) -> AsyncIterator[Harness]:
-    opts = options or WorkerOptions(forced_replay=forced_replay, lease_ttl_s=3.0)
+    """A worker (given a registry), a handler service (given handlers) and a projector
+    running beside a client; ``forced_replay`` applies to given ``options`` too."""
+    opts = options or WorkerOptions(lease_ttl_s=3.0)
+    if forced_replay:
+        opts = replace(opts, forced_replay=True)
     client = Client(nc, subjects)
     h = Harness(client)
     async with anyio.create_task_group() as tg:

@@ -1,4 +1,6 @@
-"""Worker and handler processes for crash tests (killed with real SIGKILL)."""
+"""`mainspring` processes (workers, handler services, CLI commands) for tests and benchmarks.
+
+Crash tests kill them with a real SIGKILL; bench/_env.py spawns its workers here too."""
 
 from __future__ import annotations
 
@@ -15,9 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Proc:
+    """A spawned `mainspring` process and the file its output goes to."""
+
     def __init__(self, popen: subprocess.Popen[bytes], log: Path) -> None:
         self.popen = popen
         self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
 
     def kill9(self) -> None:
         if self.popen.poll() is None:
@@ -25,12 +33,21 @@ class Proc:
             self.popen.wait()
 
     def stop(self) -> None:
+        """SIGINT (a clean stop), then SIGKILL if it lingers."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGINT)
             try:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill9()
+
+    def tail(self, lines: int = 20) -> str:
+        """The last lines of its output (for a failure report)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 def spawn(
@@ -42,11 +59,17 @@ def spawn(
     *,
     env: dict[str, str] | None = None,
     extra: tuple[str, ...] = (),
+    python: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> Proc:
-    """Start `mainspring <command> [--app <app>]` against the test server."""
+    """Start `mainspring <command> [--app <app>]` against the test server.
+
+    ``python``: interpreter options before ``-m mainspring`` (e.g. ``-m cProfile -o f``);
+    ``new_session``: a Ctrl-C in the terminal does not reach it (the caller stops it)."""
     app_args = ["--app", app] if app else []
     args = [
         sys.executable,
+        *python,
         "-m",
         "mainspring",
         command,
@@ -61,7 +84,14 @@ def spawn(
     ]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with log.open("ab") as out:
-        popen = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        popen = subprocess.Popen(
+            args,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=new_session,
+        )
     return Proc(popen, log)
 
 

@@ -1,4 +1,7 @@
-"""Declarative workflows: checkpointflow/v1 documents validate with positions and run durably."""
+"""Declarative workflows: checkpointflow/v1 documents validate with positions and run durably.
+
+The interpreter is a workflow like any other: each case that runs one runs live and under
+forced replay."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from handlers._builtins import run_command
 from streams import Subjects
 from tests.harness import running, types, wait_status, wait_until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
 ROOT = Path(__file__).resolve().parent.parent
 TAG_RELEASE = ROOT / "examples" / "flows" / "tag_release.yaml"
 
@@ -186,10 +189,14 @@ async def test_cli_command_cut_short_while_starting_closes_its_pipes() -> None:
         assert _open_pipes() <= before, f"pipes left open when cut short after {i * 0.5} ms"
 
 
-async def test_invalid_inputs_fail_the_run(nc: NATS, subjects: Subjects) -> None:
+async def test_invalid_inputs_fail_the_run(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Inputs not matching the spec's JSON Schema fail the run, naming the field."""
     spec = validate_spec(load_spec(TAG_RELEASE)).document
-    async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+    async with running(
+        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+    ) as h:
         rid = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r"}})
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=20)
@@ -197,10 +204,14 @@ async def test_invalid_inputs_fail_the_run(nc: NATS, subjects: Subjects) -> None
     assert "'tag' is a required property" in err.value.error.message
 
 
-async def test_mainspring_v1_kinds(nc: NATS, subjects: Subjects, tmp_path: Path) -> None:
+async def test_mainspring_v1_kinds(
+    nc: NATS, subjects: Subjects, tmp_path: Path, forced_replay: bool
+) -> None:
     """llm, sleep, effect, switch, if, a sub-workflow file and an enforced cli retry."""
     spec = resolve_refs(validate_spec(load_spec(ROOT / "examples" / "flows" / "triage.yaml")))
-    async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+    async with running(
+        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+    ) as h:
         high = await h.client.start(
             "flow",
             {
@@ -288,7 +299,9 @@ class _Api(BaseHTTPRequestHandler):
         pass
 
 
-async def test_api_foreach_parallel(nc: NATS, subjects: Subjects, tmp_path: Path) -> None:
+async def test_api_foreach_parallel(
+    nc: NATS, subjects: Subjects, tmp_path: Path, forced_replay: bool
+) -> None:
     """The original's later kinds: an HTTP call, a loop of child runs, parallel branches."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -298,7 +311,9 @@ async def test_api_foreach_parallel(nc: NATS, subjects: Subjects, tmp_path: Path
         path.write_text(LATER_KINDS)
         spec = validate_spec(load_spec(path)).document
         inputs = {"base_url": f"http://127.0.0.1:{server.server_port}", "names": ["ada", "bo"]}
-        async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+        async with running(
+            nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+        ) as h:
             rid = await h.client.start("flow", {"spec": spec, "inputs": inputs})
             out = await h.client.result(rid, timeout=30)
     finally:

@@ -1,5 +1,7 @@
 """Payloads of any size (DESIGN.md §10): large values go to the object store by reference,
-values over the cap end in a terminal payload_too_large, audits check the objects."""
+values over the cap end in a terminal payload_too_large, audits check the objects.
+
+Each case that runs a workflow runs live and under forced replay, or says why not."""
 
 from __future__ import annotations
 
@@ -42,10 +44,14 @@ from streams import Journal, Objects, PayloadLimits, StoredEvent, Subjects
 from tests.harness import assert_journal_sound, events_of, running, wait_status
 from tests.procs import acli, cli, conn_args
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
 MB = 1024 * 1024
 SMALL = PayloadLimits(threshold=16 * 1024, cap=256 * 1024)
 GOLDEN = Path(__file__).parent / "golden" / "refs-v1.jsonl"
+AUDIT_ONLY = (
+    "audit of a finished journal: the run only writes it (the same run replays in "
+    "test_user_value_that_reads_as_a_reference_round_trips)"
+)
 
 registry = Registry()
 handlers = ms.Handlers()
@@ -187,6 +193,7 @@ async def test_child_input_and_output_go_by_reference(
         assert stored_refs(_stored(stored, tag).data), f"{tag} holds no reference"
 
 
+@pytest.mark.live_only("no run: the object store alone")
 async def test_same_value_is_stored_once(nc: NATS, subjects: Subjects) -> None:
     """Objects are content-addressed: the same bytes stored twice are one object."""
     await ms.Client(nc, subjects)._ensure()
@@ -205,12 +212,12 @@ async def test_same_value_is_stored_once(nc: NATS, subjects: Subjects) -> None:
 
 @pytest.mark.parametrize("at_most_once", [False, True], ids=["retried", "at-most-once"])
 async def test_result_over_cap_fails_effect_once(
-    nc: NATS, subjects: Subjects, at_most_once: bool
+    nc: NATS, subjects: Subjects, at_most_once: bool, forced_replay: bool
 ) -> None:
     """A result over the cap fails the effect with payload_too_large: the handler runs once,
     nothing is retried or redelivered, and at-most-once does not say interrupted."""
     calls.clear()
-    async with serving(nc, subjects, payloads=SMALL) as client:
+    async with serving(nc, subjects, payloads=SMALL, forced_replay=forced_replay) as client:
         rid = await client.start("too_large_result", at_most_once)
         assert await client.result(rid, timeout=30) == "payload_too_large"
         info = await nc.jetstream().consumer_info(
@@ -226,10 +233,12 @@ async def test_result_over_cap_fails_effect_once(
     assert failed[0].error.details == {"size": 307_202, "cap": 262_144}
 
 
-async def test_step_result_and_output_over_cap_fail(nc: NATS, subjects: Subjects) -> None:
+async def test_step_result_and_output_over_cap_fail(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """A step result over the cap fails the step (payload_too_large, catchable); an output
     over the cap fails the run with it. Values between threshold and cap are fine."""
-    async with serving(nc, subjects, payloads=SMALL) as client:
+    async with serving(nc, subjects, payloads=SMALL, forced_replay=forced_replay) as client:
         step = await client.start("too_large_step", 300 * 1024)
         assert await client.result(step, timeout=30) == "payload_too_large"
         ok = await client.start("too_large_step", 200 * 1024)
@@ -243,6 +252,7 @@ async def test_step_result_and_output_over_cap_fail(nc: NATS, subjects: Subjects
     assert [s.error.type for s in step_failed] == ["payload_too_large"]
 
 
+@pytest.mark.live_only("no run: the client refuses the input before it sends anything")
 async def test_client_refuses_input_over_cap(nc: NATS, subjects: Subjects) -> None:
     """The client checks an input against the cap before publishing anything."""
     client = Client(nc, subjects, payloads=SMALL)
@@ -255,20 +265,22 @@ async def test_client_refuses_input_over_cap(nc: NATS, subjects: Subjects) -> No
 
 
 async def test_user_value_that_reads_as_a_reference_round_trips(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """A user value shaped like a reference is never mistaken for one: it is stored by
     reference itself and comes back as it was."""
     value = {"$ms_ref": "sha256:" + "0" * 64, "size": 3}
-    async with serving(nc, subjects) as client:
+    async with serving(nc, subjects, forced_replay=forced_replay) as client:
         rid = await client.start("lookalike", value)
         assert await client.result(rid, timeout=30) == value
 
 
-async def test_objects_interoperate_with_nats_object_store(nc: NATS, subjects: Subjects) -> None:
+async def test_objects_interoperate_with_nats_object_store(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """The bucket is a standard NATS object store: what Mainspring stores any client reads
     by digest, and a result a foreign handler stored and referenced reaches the workflow."""
-    async with serving(nc, subjects) as client:
+    async with serving(nc, subjects, forced_replay=forced_replay) as client:
         rid = await client.start(
             "big", {"data": "f" * MB, "result_size": 10, "step_size": 1}, run_id="r-foreign"
         )
@@ -289,6 +301,7 @@ async def test_objects_interoperate_with_nats_object_store(nc: NATS, subjects: S
     assert out["event"] == json.loads(value)
 
 
+@pytest.mark.live_only(AUDIT_ONLY)
 async def test_audit_detects_replaced_and_missing_objects(nc: NATS, subjects: Subjects) -> None:
     """audit verify checks each referenced object against its digest: a replaced or deleted
     object is reported at the event that references it, naming the digest."""
@@ -311,6 +324,7 @@ async def test_audit_detects_replaced_and_missing_objects(nc: NATS, subjects: Su
     assert (rid, step.n, "object-missing") in {(p.run_id, p.n, p.kind) for p in report.problems}
 
 
+@pytest.mark.live_only(AUDIT_ONLY)
 async def test_export_carries_objects_and_verifies_offline(nc: NATS, subjects: Subjects) -> None:
     """audit export writes the referenced objects beside the events; the file verifies
     offline, and an altered or dropped object line is reported at its event."""
@@ -370,6 +384,10 @@ workflow:
 """
 
 
+@pytest.mark.live_only(
+    "the CLI's handling of a large input; the kernel's, under forced replay, is "
+    "test_large_values_round_trip_by_reference"
+)
 async def test_cli_run_with_a_5mb_input_completes(
     nc: NATS, nats_server: ms.NatsServer, subjects: Subjects, tmp_path: Path
 ) -> None:

@@ -1,5 +1,7 @@
 """Poison messages end: every inbox message is applied, rejected with a reason, or moved
-to the dead-letter stream with the reason; nothing is redelivered forever."""
+to the dead-letter stream with the reason; nothing is redelivered forever.
+
+Each case where the worker judges the input runs live and under forced replay."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tests.apps import registry
 from tests.harness import events_of, running, types, wait_status, wait_until
 from tests.procs import Proc, acli, conn_args, spawn
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flows"
 
 
@@ -33,11 +35,11 @@ async def _letters(
 
 
 async def test_late_events_are_dead_lettered_once_and_live_runs_carry_on(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """Events sent to an ended run are kept as dead letters (not journaled, not
     redelivered), and a live run in the same worker still resumes."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         ended = await h.client.start("chain", 1, run_id="ended")
         assert await h.client.result(ended) == 1
         live = await h.client.start("waiter", 60, run_id="live")
@@ -56,11 +58,11 @@ async def test_late_events_are_dead_lettered_once_and_live_runs_carry_on(
 
 
 async def test_event_names_from_raw_publishers_are_validated_by_the_worker(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """Names a client would refuse (unicode, too long, wildcards) published by hand onto
     the public subject are dead-lettered with the reason, never journaled."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         rid = await h.client.start("waiter", 60, run_id="named")
         await wait_status(h.client, rid, "waiting")
         bad = ["grüße", "x" * 3000, "*", ">"]
@@ -75,12 +77,12 @@ async def test_event_names_from_raw_publishers_are_validated_by_the_worker(
 
 
 async def test_junk_has_a_bound_of_its_own_and_cannot_end_a_run(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """Rejected events do not use up max_events; past max_rejections further junk is
     dead-lettered (not journaled) and the run still takes a good event."""
     opts = ms.WorkerOptions(lease_ttl_s=3, max_events=10, max_rejections=5)
-    async with running(nc, subjects, registry, options=opts) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=opts) as h:
         rid = await h.client.start("waiter", 60, run_id="junked")
         await wait_status(h.client, rid, "waiting")
         for i in range(8):  # not JSON
@@ -97,13 +99,13 @@ async def test_junk_has_a_bound_of_its_own_and_cannot_end_a_run(
 
 
 async def test_an_input_that_keeps_failing_is_dead_lettered_and_can_be_reinjected(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """An activation that raises on every delivery ends in the dead-letter stream after
     a bounded number of deliveries; after the fix, re-injecting it runs it."""
     apps.BROKEN.add("poisoned")
     opts = ms.WorkerOptions(lease_ttl_s=3, poison_deliveries=3)
-    async with running(nc, subjects, registry, options=opts) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=opts) as h:
         await h.client.start("fragile", {"name": "poisoned"}, run_id="poisoned")
         (letter,) = await _letters(nc, subjects, 1, source="inbox", run_id="poisoned")
         assert "activation failed 3 times" in letter.reason
@@ -116,10 +118,12 @@ async def test_an_input_that_keeps_failing_is_dead_lettered_and_can_be_reinjecte
         assert await dead_letters(nc, subjects) == []
 
 
-async def test_undecodable_inbox_message_is_dead_lettered(nc: NATS, subjects: Subjects) -> None:
+async def test_undecodable_inbox_message_is_dead_lettered(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Bytes on an internal inbox subject that are no Mainspring message are kept with
     the decoding error, not redelivered, not dropped silently."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         rid = await h.client.start("waiter", 60, run_id="garbage")
         await wait_status(h.client, rid, "waiting")
         await nc.publish(subjects.inbox(rid, "effect.result"), b'{"kind": "nonsense"}')
@@ -129,6 +133,10 @@ async def test_undecodable_inbox_message_is_dead_lettered(nc: NATS, subjects: Su
             await reinject(nc, subjects, letter.seq + 10_000)
 
 
+@pytest.mark.live_only(
+    "the handler service's delivery limit, with handler processes killed for real; the "
+    "kernel only journals the failed effect (as in test_workflows' effect failures)"
+)
 async def test_handler_crashing_on_a_request_ends_the_effect_after_bounded_deliveries(
     nc: NATS, nats_server: NatsServer, subjects: Subjects, tmp_path: Path
 ) -> None:
@@ -166,6 +174,7 @@ async def test_handler_crashing_on_a_request_ends_the_effect_after_bounded_deliv
         await reinject(nc, subjects, letter.seq)
 
 
+@pytest.mark.live_only("no run: a handler service alone")
 async def test_undecodable_effect_request_is_dead_lettered(nc: NATS, subjects: Subjects) -> None:
     """Bytes on an effect-request subject that are no request: kept with the reason."""
     async with running(nc, subjects, handlers=apps.handlers):
@@ -174,6 +183,10 @@ async def test_undecodable_effect_request_is_dead_lettered(nc: NATS, subjects: S
         assert "not a Mainspring effect request" in letter.reason
 
 
+@pytest.mark.live_only(
+    "the CLI over the dead-letter stream; the worker's side of it runs under forced replay "
+    "in test_an_input_that_keeps_failing_is_dead_lettered_and_can_be_reinjected"
+)
 async def test_cli_lists_dead_letters_and_reinjects_one(
     nc: NATS, nats_server: NatsServer, subjects: Subjects
 ) -> None:
@@ -204,7 +217,7 @@ async def test_cli_lists_dead_letters_and_reinjects_one(
 
 
 async def test_declarative_run_rejects_event_names_its_document_does_not_declare(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """A spec run journals an event its document declares no await_event for as rejected,
     naming the events it accepts; the run keeps waiting and takes the declared one."""
@@ -212,7 +225,9 @@ async def test_declarative_run_rejects_event_names_its_document_does_not_declare
     from handlers import builtin_handlers
 
     spec = validate_spec(load_spec(EXAMPLES / "tag_release.yaml")).document
-    async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+    async with running(
+        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+    ) as h:
         rid = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r", "tag": "v1"}})
         await wait_status(h.client, rid, "waiting")
         await h.client.send_event(rid, "start", {"decision": "publish"})
@@ -227,12 +242,12 @@ async def _rejections(client: ms.Client, rid: str) -> list[EventRejected]:
 
 
 async def test_duplicate_event_past_the_dedupe_window_is_ignored_once(
-    nc: NATS, subjects: Subjects
+    nc: NATS, subjects: Subjects, forced_replay: bool
 ) -> None:
     """An event whose id the run has already journaled (a re-injected copy, or one sent
     again after the stream's de-duplication window) is acknowledged and logged as a
     duplicate: not journaled twice, not retried, not dead-lettered."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         rid = await h.client.start("two_waits", None, run_id="dupes")
         await wait_status(h.client, rid, "waiting")
         await h.client.send_event(rid, "tick", 1, event_id="first")

@@ -1,4 +1,4 @@
-"""End-to-end behaviour of runs on a real nats-server."""
+"""End-to-end behaviour of runs on a real nats-server (each case live and under forced replay)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import assert_journal_sound, running, types, wait_status
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
 
 
 async def test_chain_of_steps_completes(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:

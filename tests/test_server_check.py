@@ -8,11 +8,13 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from mainspring import NatsServer
 from schemas import ServerUnsupported
 from servers._nats import free_port
 from streams import Subjects, ensure_topology
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -45,22 +47,20 @@ async def test_old_server_is_refused(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        nc = None
-        for _ in range(100):  # connect as soon as it listens
-            try:
-                nc = await nats.connect(
-                    f"nats://127.0.0.1:{port}",
-                    connect_timeout=0.2,
-                    max_reconnect_attempts=0,
-                    allow_reconnect=False,
-                )
-                break
-            except Exception:
-                import anyio
 
-                await anyio.sleep(0.05)
-        assert nc is not None
+    async def listening() -> NATS | None:
+        try:
+            return await nats.connect(
+                f"nats://127.0.0.1:{port}",
+                connect_timeout=0.2,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+            )
+        except Exception:  # not listening yet (nats-py raises several kinds)
+            return None
+
+    try:
+        nc = await wait_until(listening, timeout=20, interval=0.05)
         found = ".".join(map(str, _version(OLD)))
         with pytest.raises(ServerUnsupported, match=rf"{found}.*2\.12\.0"):
             await ensure_topology(nc, Subjects("old"))

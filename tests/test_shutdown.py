@@ -20,7 +20,7 @@ from mainspring import NatsServer
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import Harness, running, wait_until
-from tests.procs import ROOT
+from tests.procs import ROOT, conn_args
 
 pytestmark = pytest.mark.anyio
 
@@ -49,17 +49,6 @@ def _service(
             cwd=ROOT,
             preexec_fn=_as_background_job if background else None,
         )
-
-
-def _conn(server: NatsServer, subjects: Subjects) -> list[str]:
-    return [
-        "--nats-url",
-        server.url,
-        "--prefix",
-        subjects.prefix,
-        "--partitions",
-        str(subjects.partitions),
-    ]
 
 
 async def _stop_and_time(proc: subprocess.Popen[bytes], sig: signal.Signals) -> float:
@@ -102,7 +91,7 @@ async def test_worker_stops_within_seconds_under_load(
 ) -> None:
     """A worker busy with hundreds of runs stops within seconds of the signal, exit 0."""
     worker = _service(
-        ["worker", "--app", "tests.apps:registry", *_conn(nats_server, subjects)],
+        ["worker", "--app", "tests.apps:registry", *conn_args(nats_server, subjects)],
         tmp_path / "worker.log",
         background=background,
     )
@@ -126,7 +115,7 @@ async def test_handlers_stop_within_seconds_mid_effects(
     of the signal, exit 0."""
     side = tmp_path / "fx.txt"
     service = _service(
-        ["handlers", "--app", "tests.apps:handlers", *_conn(nats_server, subjects)],
+        ["handlers", "--app", "tests.apps:handlers", *conn_args(nats_server, subjects)],
         tmp_path / "handlers.log",
         background=background,
         env={"MS_LINGER": "60"},
@@ -159,7 +148,7 @@ async def test_projector_stops_within_seconds_while_projecting(
     async with running(nc, subjects, registry, handlers) as h:
         await _flood(h, 150)
         projector = _service(
-            ["projector", *_conn(nats_server, subjects), "--postgres-dsn", pg_dsn],
+            ["projector", *conn_args(nats_server, subjects, pg_dsn)],
             tmp_path / "projector.log",
             background=background,
         )

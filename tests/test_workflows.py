@@ -1,4 +1,8 @@
-"""Workflow features end to end (each test runs live and in forced-replay mode)."""
+"""Workflow features end to end.
+
+Each case that runs a workflow runs twice: live, and under forced replay (the run is
+dropped from memory after every decision and rebuilt from its journal), which is how
+nondeterminism is found early. A case that cannot says why with ``live_only``."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from tests.harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
 
 
 async def test_parallel_effects(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
@@ -65,20 +69,20 @@ async def test_child_runs(nc: NATS, subjects: Subjects, forced_replay: bool) -> 
     assert child.output == 2
 
 
-async def test_child_depth_limit(nc: NATS, subjects: Subjects) -> None:
+async def test_child_depth_limit(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """Recursion deeper than max_depth ends the run with limit.child_depth."""
     opts = ms.WorkerOptions(max_depth=2, lease_ttl_s=3)
-    async with running(nc, subjects, registry, options=opts) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=opts) as h:
         rid = await h.client.start("recurse", 5, run_id="deep")
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=20)
     assert "limit.child_depth" in str(err.value)
 
 
-async def test_event_limit(nc: NATS, subjects: Subjects) -> None:
+async def test_event_limit(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """A run that would exceed max_events fails with limit.events at the limit."""
     opts = ms.WorkerOptions(max_events=10, lease_ttl_s=3)
-    async with running(nc, subjects, registry, options=opts) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=opts) as h:
         rid = await h.client.start("chain", 50)
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=10)
@@ -119,9 +123,11 @@ async def test_duplicate_event_changes_nothing(
     assert kinds.count("event.received") == 2
 
 
-async def test_duplicate_effect_result_changes_nothing(nc: NATS, subjects: Subjects) -> None:
+async def test_duplicate_effect_result_changes_nothing(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """A second result for an effect (past JetStream's dedup window) is ignored."""
-    async with running(nc, subjects, registry, handlers) as h:
+    async with running(nc, subjects, registry, handlers, forced_replay=forced_replay) as h:
         rid = await h.client.start("agent", "dup")
         await wait_status(h.client, rid, "waiting")
         fake = EffectResult(
@@ -163,9 +169,11 @@ async def test_invalid_event_rejected_run_keeps_waiting(
     )
 
 
-async def test_plain_nats_publish_resumes(nc: NATS, subjects: Subjects) -> None:
+async def test_plain_nats_publish_resumes(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """A core `nats pub` (no SDK, no ack) to the documented subject resumes the run."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         rid = await h.client.start("waiter", 60)
         await wait_status(h.client, rid, "waiting")
         await nc.publish(f"{subjects.prefix}.event.{rid}.go", b'{"approved": true, "by": "cli"}')
@@ -189,9 +197,9 @@ async def test_durable_sleep(nc: NATS, subjects: Subjects, forced_replay: bool) 
     assert kinds == ["run.started", "timer.started", "timer.fired", "run.completed"]
 
 
-async def test_cancel_waiting_run(nc: NATS, subjects: Subjects) -> None:
+async def test_cancel_waiting_run(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """Cancelling a waiting run ends it as cancelled; later events change nothing."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         rid = await h.client.start("waiter", 60)
         await wait_status(h.client, rid, "waiting")
         await h.client.cancel(rid, "no longer needed")
@@ -202,23 +210,18 @@ async def test_cancel_waiting_run(nc: NATS, subjects: Subjects) -> None:
     assert st.status == "cancelled"
 
 
-async def test_deterministic_values_replay_identically(nc: NATS, subjects: Subjects) -> None:
+async def test_deterministic_values_replay_identically(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """random/uuid/now are the same whether computed live or on replay."""
-    async with running(nc, subjects, registry) as h:
-        live = await h.client.result(
-            await h.client.start("deterministic_values", None, run_id="dv")
-        )
-    other = Subjects(subjects.prefix, subjects.partitions)
-    async with running(nc, other, registry, forced_replay=True) as h:
-        replayed = await h.client.result(
-            await h.client.start("deterministic_values", None, run_id="dv2")
-        )
-    assert live[0] != live[3]  # the generator advances
-    assert isinstance(replayed[1], str)
-    # same run id -> same seeded values: check by re-running the same id fresh
-    async with running(nc, subjects, registry, forced_replay=True) as h:
-        st = await h.client.status("dv")
-    assert st.output == live
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
+        rid = await h.client.start("deterministic_values", None, run_id="dv")
+        out = await h.client.result(rid, timeout=10)
+    # the values the code computed now (on replay: after its step) and those its step
+    # journaled when it first ran
+    assert out["now"] == out["journaled"]
+    a, _, _ = out["now"]
+    assert a != out["after"]  # the generator advances
 
 
 async def test_step_failure_is_catchable(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
@@ -228,33 +231,38 @@ async def test_step_failure_is_catchable(nc: NATS, subjects: Subjects, forced_re
         assert await h.client.result(rid, timeout=10) == "caught ValueError: no good"
 
 
-async def test_effect_retries_then_succeeds(nc: NATS, subjects: Subjects) -> None:
+async def test_effect_retries_then_succeeds(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Transient handler failures are retried with backoff; attempts are recorded."""
-    async with running(nc, subjects, registry, handlers) as h:
+    async with running(nc, subjects, registry, handlers, forced_replay=forced_replay) as h:
         rid = await h.client.start("flaky_effect", {"fail_times": 2})
         assert await h.client.result(rid, timeout=10) == {"attempt": 3}
         done = events_of(await h.client.history(rid), EffectCompleted)
     assert done[0].attempts == 3
 
 
-async def test_terminal_error_is_not_retried(nc: NATS, subjects: Subjects) -> None:
+async def test_terminal_error_is_not_retried(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """A TerminalError fails the effect at once; the run fails with its type."""
-    async with running(nc, subjects, registry, handlers) as h:
+    async with running(nc, subjects, registry, handlers, forced_replay=forced_replay) as h:
         rid = await h.client.start("flaky_effect", {"terminal": True})
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=10)
     assert err.value.error.type == "flaky.refused"
 
 
-async def test_effect_timeout(nc: NATS, subjects: Subjects) -> None:
+async def test_effect_timeout(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """An attempt that overruns its timeout fails as effect.timeout after all attempts."""
-    async with running(nc, subjects, registry, handlers) as h:
+    async with running(nc, subjects, registry, handlers, forced_replay=forced_replay) as h:
         rid = await h.client.start("flaky_effect", {"sleep": 5, "timeout": 0.2})
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=20)
     assert err.value.error.type == "effect.timeout"
 
 
+@pytest.mark.live_only("no run: the client refuses the id before it sends anything")
 async def test_bad_run_id_is_refused(nc: NATS, subjects: Subjects) -> None:
     """A run id that cannot be a subject token is refused, saying what is allowed."""
     client = ms.Client(nc, subjects)
@@ -262,16 +270,18 @@ async def test_bad_run_id_is_refused(nc: NATS, subjects: Subjects) -> None:
         await client.start("chain", 1, run_id="a.b")
 
 
-async def test_invalid_input_fails_run_naming_field(nc: NATS, subjects: Subjects) -> None:
+async def test_invalid_input_fails_run_naming_field(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Input failing the workflow's type fails the run with input.invalid and the path."""
-    async with running(nc, subjects, registry, handlers) as h:
+    async with running(nc, subjects, registry, handlers, forced_replay=forced_replay) as h:
         rid = await h.client.start("chain", {"not": "an int"})
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=10)
     assert err.value.error.type == "input.invalid"
 
 
-async def test_code_version_recorded(nc: NATS, subjects: Subjects) -> None:
+async def test_code_version_recorded(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """The version of the code that started a run is recorded in run.started."""
     reg = ms.Registry()
 
@@ -279,15 +289,15 @@ async def test_code_version_recorded(nc: NATS, subjects: Subjects) -> None:
     async def versioned(ctx: ms.Context, _: None) -> str:
         return ctx.version
 
-    async with running(nc, subjects, reg) as h:
+    async with running(nc, subjects, reg, forced_replay=forced_replay) as h:
         rid = await h.client.start("versioned", None)
         assert await h.client.result(rid, timeout=10) == "2024-06-01"
         assert (await h.client.status(rid)).version == "2024-06-01"
 
 
-async def test_idempotent_start(nc: NATS, subjects: Subjects) -> None:
+async def test_idempotent_start(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """Starting the same run id twice runs it once."""
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         await h.client.start("chain", 3, run_id="same")
         await h.client.start("chain", 3, run_id="same")
         assert await h.client.result("same", timeout=10) == 3
@@ -295,24 +305,28 @@ async def test_idempotent_start(nc: NATS, subjects: Subjects) -> None:
     assert kinds.count("run.started") == 1
 
 
-async def test_awaiting_asyncio_is_refused(nc: NATS, subjects: Subjects) -> None:
+async def test_awaiting_asyncio_is_refused(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Workflow code awaiting a non-durable awaitable fails with a message saying why."""
     reg = ms.Registry()
 
     @reg.workflow
     async def sneaky(ctx: ms.Context, _: None) -> None:
-        await anyio.sleep(0.01)
+        await anyio.sleep(0.01)  # the non-durable await under test
 
-    async with running(nc, subjects, reg) as h:
+    async with running(nc, subjects, reg, forced_replay=forced_replay) as h:
         rid = await h.client.start("sneaky", None)
         with pytest.raises(ms.RunFailedError, match="only await ctx"):
             await h.client.result(rid, timeout=10)
 
 
-async def test_idle_runs_are_evicted_and_replayed(nc: NATS, subjects: Subjects) -> None:
+async def test_idle_runs_are_evicted_and_replayed(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """Memory is bounded: beyond max_actors idle runs are evicted, then replay on input."""
     opts = ms.WorkerOptions(max_actors=2, lease_ttl_s=3)
-    async with running(nc, subjects, registry, options=opts) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=opts) as h:
         ids = [await h.client.start("waiter", 60, run_id=f"ev{i}") for i in range(6)]
         for rid in ids:
             await wait_status(h.client, rid, "waiting")
@@ -323,6 +337,10 @@ async def test_idle_runs_are_evicted_and_replayed(nc: NATS, subjects: Subjects) 
     assert results == [{"approved": True, "by": rid} for rid in ids]
 
 
+@pytest.mark.live_only(
+    "handler-service behaviour (instances sharing one consumer); the kernel's side of a "
+    "fan-out runs under forced replay in test_fan_out_100_effects"
+)
 async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) -> None:
     """Two instances serving one effect kind split the requests between them."""
     served: dict[str, int] = {"a": 0, "b": 0}
@@ -357,7 +375,9 @@ async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) ->
     assert served["b"] > 0
 
 
-async def test_corrupt_journal_holds_that_run_only(nc: NATS, subjects: Subjects) -> None:
+async def test_corrupt_journal_holds_that_run_only(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """A run whose journal fails verification is held (never appended to); others go on."""
     from datetime import UTC, datetime
 
@@ -379,7 +399,7 @@ async def test_corrupt_journal_holds_that_run_only(nc: NATS, subjects: Subjects)
         expected_seq=first.seq,
         prev=b"\x09" * 32,
     )
-    async with running(nc, subjects, registry) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
         await h.client.send_event("bent", "go", {"approved": True})
         js = nc.jetstream()
         held = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.bent.ev.go")
@@ -397,7 +417,7 @@ async def test_corrupt_journal_holds_that_run_only(nc: NATS, subjects: Subjects)
         assert len(await h.client.journal.load("bent", verify=False)) == 2
 
 
-async def test_cost_budget_ends_the_run(nc: NATS, subjects: Subjects) -> None:
+async def test_cost_budget_ends_the_run(nc: NATS, subjects: Subjects, forced_replay: bool) -> None:
     """Effects reporting cost_usd count against the run's budget; crossing it fails the
     run with limit.cost before the next decision."""
     reg, hs = ms.Registry(), ms.Handlers()
@@ -412,7 +432,7 @@ async def test_cost_budget_ends_the_run(nc: NATS, subjects: Subjects) -> None:
             await ctx.effect("paid.call")
         return 5
 
-    async with running(nc, subjects, reg, hs) as h:
+    async with running(nc, subjects, reg, hs, forced_replay=forced_replay) as h:
         rid = await h.client.start("spender", None, max_cost_usd=1.0)
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=10)
@@ -421,10 +441,12 @@ async def test_cost_budget_ends_the_run(nc: NATS, subjects: Subjects) -> None:
     assert kinds.count("effect.completed") == 3  # 1.2 > 1.0: no fourth call
 
 
-async def test_wall_time_limit_ends_a_waiting_run(nc: NATS, subjects: Subjects) -> None:
+async def test_wall_time_limit_ends_a_waiting_run(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
     """A run still going at its wall-time limit fails with limit.wall_time (durable timer)."""
     opts = ms.WorkerOptions(max_duration_s=0.5, lease_ttl_s=3)
-    async with running(nc, subjects, registry, options=opts) as h:
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=opts) as h:
         rid = await h.client.start("waiter", 600)
         with pytest.raises(ms.RunFailedError) as err:
             await h.client.result(rid, timeout=15)
