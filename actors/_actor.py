@@ -117,6 +117,8 @@ class RunActor:
         self._declared: Collection[str] | None = None
         self._declared_known = False
         self.rejections = 0
+        self.fed_live = False
+        """the machine has taken an event since it was replayed (forced replay reloads)"""
         self.junk_events = 0
         """journal events spent on rejected input: not counted against max_events"""
 
@@ -433,6 +435,12 @@ class RunActor:
     async def _advance(self) -> None:
         """Journal the code's pending decisions until it waits for the outside world."""
         while self.machine is not None and self.terminal is None:
+            if self.rt.options.forced_replay and self.fed_live:
+                # Test mode: what the code decides next comes from code replayed
+                # from the journal, never from state built up live.
+                self.evict()
+                await self._load()
+                continue
             m = self.machine
             budget = self.started.max_cost_usd if self.started else 0.0
             if budget and self.cost_usd > budget:
@@ -450,9 +458,6 @@ class RunActor:
             if m.pending:
                 assert self.started is not None  # a machine is built from run.started
                 await self._append(await decision_event(m.pending[0], self.rt, self.started))
-                if self.rt.options.forced_replay and self.terminal is None:
-                    self.evict()
-                    await self._load()
                 continue
             if m.main is not None and m.main.done():
                 await self._append(self._completion(m))
@@ -515,6 +520,7 @@ class RunActor:
             await self._after_terminal(children)
         elif self.machine is not None:
             self.machine.feed(event)
+            self.fed_live = True
         return stored
 
     async def _after_terminal(self, open_children: list[str] | None = None) -> None:

@@ -47,7 +47,8 @@ class WorkerOptions:
     lease_ttl_s: float = 10.0
     ack_wait_s: float = 30.0
     forced_replay: bool = False
-    """drop each run from memory after every journal append (test mode to find nondeterminism)"""
+    """test mode to find nondeterminism: after every journal append, the run's code is
+    replayed from the journal before it decides anything more"""
     payloads: PayloadLimits = field(default_factory=PayloadLimits)
     """values over ``threshold`` go to the object store; over ``cap``: payload_too_large"""
 
