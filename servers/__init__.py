@@ -3,7 +3,8 @@
 on a free port as a child that dies with its parent (DESIGN.md §12).
 """
 
-from servers._nats import NatsServer, free_port
+from servers._launch import free_port
+from servers._nats import NatsServer
 from servers._postgres import PostgresServer
 
 __all__ = ["NatsServer", "PostgresServer", "free_port"]

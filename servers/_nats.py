@@ -7,75 +7,22 @@ leaves no server behind.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import sysconfig
-import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-import anyio
-
 from schemas import ConfigError, ConnectionFailed
-
-_PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def die_with_parent(sig: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child sent ``sig`` when this process dies (Linux).
-
-    The kernel ties the parent-death signal to the *thread* that forks the child, so
-    it is armed only when called on the main thread (whose end is the process's end);
-    on other threads, and off Linux, this returns None and the child is stopped only
-    by ``stop``/``kill``. Launch servers from the main thread (``start_async`` does).
-    """
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    args = (ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig))
-    parent = os.getpid()
-
-    def preexec() -> None:  # in the child between fork and exec: keep it tiny
-        prctl(*args)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os.kill(os.getpid(), sig)
-
-    return preexec
-
-
-def stop_children(procs: list[tuple[subprocess.Popen[bytes], int]], timeout: float) -> None:
-    """Send each child its stop signal at once, wait ``timeout`` in all, SIGKILL the rest."""
-    for proc, sig in procs:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-    deadline = time.monotonic() + timeout
-    for proc, _ in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a child started in its own session, with everything it started."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+from servers._launch import (
+    ChildServer,
+    die_with_parent,
+    free_port,
+    start_retrying,
+    start_retrying_async,
+)
 
 
 def server_binary() -> str:
@@ -89,7 +36,7 @@ def server_binary() -> str:
     return found
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """A nats-server child process with JetStream in ``store_dir``.
 
     ``sync_always=True`` fsyncs every write (power-loss safe on one node); the
@@ -97,6 +44,7 @@ class NatsServer:
     """
 
     stop_signal = signal.SIGTERM  # graceful: flushes and exits in milliseconds
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -156,33 +104,16 @@ class NatsServer:
         if not wait:
             self.launch()
             return self
-        for attempt in range(3):
-            self.launch()
-            try:
-                self.wait_ready(timeout)
-                return self
-            except ConnectionFailed:
-                if not self._pick_new_ports(attempt):
-                    raise
+        start_retrying(self, timeout)
         return self
 
     async def start_async(self, timeout: float = 15.0) -> NatsServer:
-        """``start`` for async callers: launched on the calling (event loop) thread, so
-        the parent-death signal holds for the process's life; waited for in a worker
-        thread, abandoned at once when cancelled."""
-        for attempt in range(3):
-            self.launch()
-            try:
-                await anyio.to_thread.run_sync(self.wait_ready, timeout, abandon_on_cancel=True)
-                return self
-            except ConnectionFailed:
-                if not self._pick_new_ports(attempt):
-                    raise
+        """``start`` for async callers (see ``start_retrying_async``)."""
+        await start_retrying_async(self, timeout)
         return self
 
-    def _pick_new_ports(self, attempt: int) -> bool:
-        """A port picked for us was taken meanwhile: pick others and try again."""
-        if not self._auto_ports or attempt == 2 or not self._port_in_use():
+    def repick_ports(self) -> bool:
+        if not self._auto_ports or not self._port_in_use():
             return False
         self.port, self.monitor_port = free_port(), free_port()
         return True
@@ -220,17 +151,6 @@ class NatsServer:
                 pass
             time.sleep(0.05)  # polling a condition with a deadline, not settling
         raise ConnectionFailed(f"nats-server did not become ready within {timeout}s")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM); SIGKILL if it takes longer than ``timeout``."""
-        if self.proc is not None:
-            stop_children([(self.proc, self.stop_signal)], timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-        self.proc = None
 
     def __enter__(self) -> NatsServer:
         return self.start()

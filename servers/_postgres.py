@@ -36,7 +36,13 @@ from pathlib import Path
 import anyio
 
 from schemas import ConfigError, ConnectionFailed
-from servers._nats import die_with_parent, free_port, kill_group, stop_children
+from servers._launch import (
+    ChildServer,
+    die_with_parent,
+    free_port,
+    start_retrying,
+    start_retrying_async,
+)
 
 PG_USER = "mainspring_pg"
 RELOCATION_ROOT = Path("/var/lib/mainspring-pg")
@@ -205,7 +211,7 @@ def _place(requested: Path, user: str | None, root: Path, bin_dir: Path) -> _Pla
     return _Placement(root / _digest(str(requested)), bin_dir, relocated=True)
 
 
-class PostgresServer:
+class PostgresServer(ChildServer):
     """A PostgreSQL cluster for ``data_dir`` listening on 127.0.0.1:<port>.
 
     ``data_dir`` is where the cluster was asked to live; ``self.data_dir`` is where
@@ -213,6 +219,7 @@ class PostgresServer:
     """
 
     stop_signal = signal.SIGINT  # "fast" shutdown: disconnect clients, checkpoint, exit
+    stop_timeout = 30.0
 
     def __init__(
         self,
@@ -308,14 +315,7 @@ class PostgresServer:
 
     def start(self, timeout: float = 30.0) -> PostgresServer:
         self.init()
-        for attempt in range(3):
-            self.launch()
-            try:
-                self.wait_ready(timeout)
-                return self
-            except ConnectionFailed:
-                if not self._pick_new_port(attempt):
-                    raise
+        start_retrying(self, timeout)
         return self
 
     async def start_async(self, timeout: float = 30.0) -> PostgresServer:
@@ -323,19 +323,11 @@ class PostgresServer:
         (abandoned when cancelled); the server launched on the calling thread, so its
         parent-death signal holds for the process's life."""
         await anyio.to_thread.run_sync(self.init, abandon_on_cancel=True)
-        for attempt in range(3):
-            self.launch()
-            try:
-                await anyio.to_thread.run_sync(self.wait_ready, timeout, abandon_on_cancel=True)
-                return self
-            except ConnectionFailed:
-                if not self._pick_new_port(attempt):
-                    raise
+        await start_retrying_async(self, timeout)
         return self
 
-    def _pick_new_port(self, attempt: int) -> bool:
-        """A port picked for us was taken meanwhile: pick another and try again."""
-        if not self._auto_port or attempt == 2 or not self._port_in_use():
+    def repick_ports(self) -> bool:
+        if not self._auto_port or not self._port_in_use():
             return False
         self.port = free_port()
         return True
@@ -383,18 +375,6 @@ class PostgresServer:
                 return
             time.sleep(0.05)  # polling readiness with a deadline
         raise ConnectionFailed(f"postgres did not accept connections within {timeout}s; see {log}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT): disconnect clients, write a checkpoint, exit;
-        SIGKILL if that takes longer than ``timeout``."""
-        if self.proc is not None:
-            stop_children([(self.proc, self.stop_signal)], timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-        self.proc = None
 
     def destroy(self) -> None:
         """Stop and delete the cluster (and, when relocated, the record of where it was)."""

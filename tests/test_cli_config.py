@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from mainspring import NatsServer
 from mainspring._config import DevInstance, resolve
 from projections import Projector, Signer
-from servers._nats import free_port
+from servers import free_port
 from streams import Subjects
 from tests.apps import registry
 from tests.harness import projected, running

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from flows import flow_registry, load_spec, resolve_refs, validate_spec
 from handlers import builtin_handlers
 from mainspring import NatsServer
-from servers._nats import free_port
+from servers import free_port
 from streams import Subjects
 from tests.apps import handlers, registry
 from tests.harness import running, wait_status

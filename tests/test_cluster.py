@@ -9,7 +9,7 @@ import pytest
 
 import mainspring as ms
 from mainspring import NatsServer
-from servers._nats import free_port
+from servers import free_port
 from streams import Subjects, TopologyConfig, connect, ensure_topology
 from tests.apps import handlers, registry
 from tests.harness import assert_journal_sound, running, wait_status

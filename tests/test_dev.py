@@ -16,7 +16,7 @@ import nats
 import pytest
 
 import mainspring as ms
-from servers._nats import free_port
+from servers import free_port
 from servers._postgres import PostgresServer
 from streams import Subjects
 from tests.procs import ROOT, cli

@@ -29,18 +29,9 @@ from schemas import (
     StepFailed,
     WaitState,
 )
+from tests.test_layout import ALLOWED
 
-PACKAGES = (
-    "schemas",
-    "streams",
-    "servers",
-    "client",
-    "handlers",
-    "actors",
-    "projections",
-    "flows",
-    "mainspring",
-)
+PACKAGES = tuple(ALLOWED)  # every package of ours, bottom to top
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:

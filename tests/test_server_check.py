@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from mainspring import NatsServer
 from schemas import ServerUnsupported
-from servers._nats import free_port
+from servers import free_port
 from streams import Subjects, ensure_topology
 from tests.harness import wait_until
 
