@@ -11,9 +11,12 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
 
 from schemas import ConnectionFailed, MainspringError, redact
+
+log = structlog.get_logger()
 
 
 class ApiError(MainspringError):
@@ -64,11 +67,22 @@ async def connect(url: str, *, reconnect_forever: bool = False, **options: Any) 
     unreachable server is a ``ConnectionFailed`` saying what to do."""
     import nats
 
+    connected = False
+
+    async def on_error(e: Exception) -> None:
+        # nats-py's default prints a traceback per attempt; before the first connection
+        # the ConnectionFailed below says it all, after it one line says what happened.
+        level = log.warning if connected else log.debug
+        level("nats_error", error=redact(str(e)) or type(e).__name__)
+
     settings: dict[str, Any] = {"connect_timeout": 3, "reconnect_time_wait": 0.2}
     settings["max_reconnect_attempts"] = -1 if reconnect_forever else 3
+    settings["error_cb"] = on_error
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
     try:
-        return await nats.connect(servers, **{**settings, **options})
+        nc = await nats.connect(servers, **{**settings, **options})
+        connected = True
+        return nc
     except Exception as e:  # nats-py raises several unrelated types here
         raise ConnectionFailed(
             f"cannot reach NATS at {redact(url)} ({redact(str(e))}); start one with "
