@@ -13,7 +13,6 @@ import anyio
 import nats.errors
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from ulid import ULID
@@ -24,6 +23,7 @@ from actors._runtime import Runtime, WorkerOptions
 from schemas import ConnectionFailed, MainspringError
 from streams import (
     ConsumerSpec,
+    InFlight,
     Lease,
     Leases,
     Subjects,
@@ -37,7 +37,6 @@ from streams import (
 
 log = structlog.get_logger()
 
-Tagged = tuple[int, Msg]
 """An inbox message and the generation of the partition consumer that fetched it."""
 
 
@@ -52,15 +51,16 @@ class _Held:
     """monotonic time the last successful renewal (or the acquisition) was *sent*"""
 
 
-class _TagSink:
-    """Tags each fetched message with its consumer's generation on the way to dispatch."""
+class _Router:
+    """Where a partition's pull loops put what they fetch: routed to its run's actor at
+    once, tagged with the consumer's generation (no queue and no task hop between
+    fetching and routing; the activation limiter and the pull batch bound the work)."""
 
-    def __init__(self, out: MemoryObjectSendStream[Tagged], generation: int) -> None:
-        self._out = out
-        self._generation = generation
+    def __init__(self, worker: Worker, tg: TaskGroup, generation: int) -> None:
+        self._worker, self._tg, self._generation = worker, tg, generation
 
     async def send(self, item: Msg, /) -> None:
-        await self._out.send((self._generation, item))
+        self._worker._route(self._generation, item, self._tg)
 
 
 class Worker:
@@ -89,7 +89,7 @@ class Worker:
         self._generations = itertools.count(1)
         self.moves_while_busy = 0
         """partitions let go while one of their runs was mid-activation (chaos tests count them)"""
-        self._inflight: dict[int, tuple[Msg, float]] = {}
+        self._inflight = InFlight(self.options.ack_wait_s)
         self._limiter = anyio.CapacityLimiter(self.options.concurrency)
         self.log = log.bind(worker=self.worker_id)
 
@@ -109,19 +109,16 @@ class Worker:
             await msg.respond(b"ok")
 
         ping = await nc.subscribe(self.subjects.worker_ping(self.worker_id), cb=pong)
-        send, recv = anyio.create_memory_object_stream[Tagged](max_buffer_size=4096)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._dispatch, recv, tg)
                 share = await retrying(self._fair_share, "counting live workers")
-                await retrying(lambda: self._acquire(tg, send, share), "acquiring partitions")
-                tg.start_soon(self._lease_loop, tg, send)
+                await retrying(lambda: self._acquire(tg, share), "acquiring partitions")
+                tg.start_soon(self._lease_loop, tg)
                 tg.start_soon(self._expiry_watch)
-                tg.start_soon(self._heartbeats)
+                tg.start_soon(self._inflight.keep_alive)
                 self.log.info("worker_started", partitions=len(self._held))
                 task_status.started()
         finally:
-            send.close()  # lives as long as the worker: partitions come and go
             with anyio.CancelScope(shield=True):
                 for held in list(self._held.values()):
                     # best effort: if this fails the lease TTL frees the partition anyway
@@ -138,9 +135,7 @@ class Worker:
         """Partitions this worker should hold: ⌈partitions ÷ live workers⌉."""
         return math.ceil(self.subjects.partitions / await self.leases.live_members())
 
-    async def _acquire(
-        self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged], share: int
-    ) -> None:
+    async def _acquire(self, tg: TaskGroup, share: int) -> None:
         """Take free (or dead workers') partitions up to this worker's fair share."""
         acquired: list[int] = []
         total = self.subjects.partitions
@@ -163,7 +158,7 @@ class Worker:
                 # delivered again now, not after an ack-wait.
                 await ensure_consumer(self.rt.nc, spec, recreate=True)
             generation = next(self._generations)
-            scope = await tg.start(self._consume, specs, _TagSink(send, generation))
+            scope = await tg.start(self._consume, specs, _Router(self, tg, generation))
             self._held[p] = _Held(lease, scope, generation, sent_at)
             acquired.append(p)
         if acquired:
@@ -185,7 +180,7 @@ class Worker:
     async def _consume(
         self,
         specs: list[ConsumerSpec],
-        out: _TagSink,
+        out: _Router,
         *,
         task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -199,18 +194,18 @@ class Worker:
                     )
                 task_status.started(scope)
 
-    async def _lease_loop(self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged]) -> None:
+    async def _lease_loop(self, tg: TaskGroup) -> None:
         period = self.options.lease_ttl_s / 3
         while True:
             await anyio.sleep(period)
             try:
-                await self._lease_round(tg, send)
+                await self._lease_round(tg)
             except (nats.errors.Error, MainspringError) as exc:
                 # NATS briefly unreachable: keep consuming; if we stay cut off past the
                 # TTL another worker may take over, and journal OCC keeps runs correct.
                 self.log.warning("lease_round_failed", error=str(exc))
 
-    async def _lease_round(self, tg: TaskGroup, send: MemoryObjectSendStream[Tagged]) -> None:
+    async def _lease_round(self, tg: TaskGroup) -> None:
         await self.leases.announce()
         for p, held in list(self._held.items()):
             sent_at = time.monotonic()
@@ -221,7 +216,7 @@ class Worker:
                 self._give_up(p)
         share = await self._fair_share()
         await self._rebalance(share)
-        await self._acquire(tg, send, share)
+        await self._acquire(tg, share)
 
     async def _rebalance(self, share: int) -> None:
         """Hand partitions beyond this worker's fair share back, for newcomers to take.
@@ -277,41 +272,29 @@ class Worker:
             self.moves_while_busy += 1
             self.log.info("partition_left_while_busy", partition=partition, busy_runs=busy)
 
-    async def _heartbeats(self) -> None:
-        """Keep long activations from being redelivered: +WPI every third of ack-wait."""
-        period = self.options.ack_wait_s / 3
-        while True:
-            await anyio.sleep(period)
-            now = time.monotonic()
-            for msg, since in list(self._inflight.values()):
-                if now - since > period:
-                    with contextlib.suppress(nats.errors.Error):
-                        await msg.in_progress()
-
     # ------------------------------------------------------------------ dispatch
-    async def _dispatch(self, recv: MemoryObjectReceiveStream[Tagged], tg: TaskGroup) -> None:
-        async with recv:
-            async for generation, msg in recv:
-                unrouted = self.subjects.is_unrouted(msg.subject)
-                run_id, event = ("", None) if unrouted else self.subjects.parse_inbox(msg.subject)
-                held = self._held.get(0 if unrouted else self.subjects.partition(run_id))
-                if held is None or held.generation != generation:
-                    # Fetched before this worker let the partition go: left unacked, the
-                    # current owner's consumer delivers it (again).
-                    continue
-                if unrouted:
-                    tg.start_soon(self._unroutable, msg)
-                    continue
-                actor = self.actors.get(run_id)
-                if actor is None:
-                    actor = RunActor(run_id, self.rt)
-                    self.actors[run_id] = actor
-                else:
-                    self.actors.move_to_end(run_id)
-                actor.mailbox.append(Input(msg, event))
-                if not actor.busy:
-                    actor.busy = True
-                    tg.start_soon(self._drain, actor)
+    def _route(self, generation: int, msg: Msg, tg: TaskGroup) -> None:
+        """Put a fetched message in its run's mailbox (starting the run's turn)."""
+        unrouted = self.subjects.is_unrouted(msg.subject)
+        run_id, event = ("", None) if unrouted else self.subjects.parse_inbox(msg.subject)
+        held = self._held.get(0 if unrouted else self.subjects.partition(run_id))
+        if held is None or held.generation != generation:
+            # Fetched before this worker let the partition go: left unacked, the
+            # current owner's consumer delivers it (again).
+            return
+        if unrouted:
+            tg.start_soon(self._unroutable, msg)
+            return
+        actor = self.actors.get(run_id)
+        if actor is None:
+            actor = RunActor(run_id, self.rt)
+            self.actors[run_id] = actor
+        else:
+            self.actors.move_to_end(run_id)
+        actor.mailbox.append(Input(msg, event))
+        if not actor.busy:
+            actor.busy = True
+            tg.start_soon(self._drain, actor)
 
     async def _drain(self, actor: RunActor) -> None:
         try:
@@ -334,17 +317,20 @@ class Worker:
 
     async def _activate(self, actor: RunActor, inp: Input) -> None:
         msg = inp.msg
-        key = id(msg)
-        self._inflight[key] = (msg, time.monotonic())
-        try:
-            async with self._limiter:
-                outcome = await actor.handle(inp)
-        except Exception as exc:
-            actor.log.exception("activation_failed", error=str(exc))
-            actor.evict()
-            outcome = await self._after_failure(actor, msg, exc)
-        finally:
-            self._inflight.pop(key, None)
+        with self._inflight.holding(msg):  # long activations are not redelivered
+            try:
+                try:  # a free slot costs no trip through the event loop
+                    self._limiter.acquire_nowait()
+                except anyio.WouldBlock:
+                    await self._limiter.acquire()
+                try:
+                    outcome = await actor.handle(inp)
+                finally:
+                    self._limiter.release()
+            except Exception as exc:
+                actor.log.exception("activation_failed", error=str(exc))
+                actor.evict()
+                outcome = await self._after_failure(actor, msg, exc)
         await _settle(msg, outcome)
 
     async def _unroutable(self, msg: Msg) -> None:

@@ -27,7 +27,7 @@ import anyio
 import msgspec
 import nats.errors
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -46,6 +46,7 @@ from streams import (
     ConsumerSpec,
     EffectMarkers,
     Inbox,
+    InFlight,
     Objects,
     PayloadLimits,
     Subjects,
@@ -173,30 +174,27 @@ class HandlerService:
             max_ack_pending=hdef.concurrency * 4,
         )
         await ensure_consumer(self.nc, spec)
-        send, recv = anyio.create_memory_object_stream[Msg](max_buffer_size=hdef.concurrency)
-        limiter = anyio.Semaphore(hdef.concurrency)
-        async with anyio.create_task_group() as tg, send:
+        async with anyio.create_task_group() as tg:
+            runner = _Runner(self, hdef, tg)
+            tg.start_soon(runner.inflight.keep_alive)  # long effects (and retry waits) stay ours
             await tg.start(
                 lambda task_status: pull_loop(
-                    self.nc, spec, send, batch=hdef.concurrency, task_status=task_status
+                    self.nc, spec, runner, batch=hdef.concurrency, task_status=task_status
                 )
             )
             log.info("handler_serving", kind=hdef.kind)
             task_status.started()
-            async with recv:
-                async for msg in recv:
-                    await limiter.acquire()
-                    tg.start_soon(self._one, hdef, msg, limiter)
 
-    async def _one(self, hdef: HandlerDef, msg: Msg, limiter: anyio.Semaphore) -> None:
+    async def _one(self, runner: _Runner, msg: Msg) -> None:
         try:
-            await self._execute(hdef, msg)
+            with runner.inflight.holding(msg):
+                await self._execute(runner.hdef, msg)
         except Exception as exc:  # reply could not be published: let JetStream redeliver
-            log.warning("effect_reply_failed", kind=hdef.kind, error=str(exc))
+            log.warning("effect_reply_failed", kind=runner.hdef.kind, error=str(exc))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=min(2.0 ** num_delivered(msg), 30.0))
         finally:
-            limiter.release()
+            runner.limiter.release()
 
     async def _execute(self, hdef: HandlerDef, msg: Msg) -> None:
         try:
@@ -243,7 +241,7 @@ class HandlerService:
                 if not retry_ok:
                     await self._reply(req, msg, ok=False, attempts=attempts, error=error)
                     return
-                await _sleep_heartbeating(req.retry.backoff(attempts), msg, hdef.ack_wait_s)
+                await anyio.sleep(req.retry.backoff(attempts))
                 continue
             try:
                 data = msgspec.json.encode(result)
@@ -312,20 +310,8 @@ class HandlerService:
             raise TerminalError(
                 f"payload of {req.kind}: {e}", type=ErrorCode.PAYLOAD_INVALID
             ) from e
-        failure: Exception | None = None
-        result: Any = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_heartbeat_forever, ctx, hdef.ack_wait_s)
-            try:
-                with anyio.fail_after(req.timeout_s):
-                    result = await (hdef.fn(payload, ctx) if hdef.wants_ctx else hdef.fn(payload))
-            except Exception as exc:  # raised outside the task group, not as a group
-                failure = exc
-            finally:
-                tg.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        return result
+        with anyio.fail_after(req.timeout_s):
+            return await (hdef.fn(payload, ctx) if hdef.wants_ctx else hdef.fn(payload))
 
     async def _reply(
         self,
@@ -354,6 +340,24 @@ class HandlerService:
         await msg.ack()  # only after the result is safely in the run's inbox
 
 
+class _Runner:
+    """Where the pull loop puts each request of one kind: it starts at once in a task of
+    its own, up to the kind's concurrency; beyond it the pull loop waits for a slot
+    (back-pressure without a queue between fetching and running)."""
+
+    def __init__(self, service: HandlerService, hdef: HandlerDef, tg: TaskGroup) -> None:
+        self.service, self.hdef, self.tg = service, hdef, tg
+        self.limiter = anyio.Semaphore(hdef.concurrency)
+        self.inflight = InFlight(hdef.ack_wait_s)
+
+    async def send(self, msg: Msg) -> None:
+        try:  # a free slot costs no trip through the event loop
+            self.limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.limiter.acquire()
+        self.tg.start_soon(self.service._one, self, msg)
+
+
 def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:
     if isinstance(exc, TimeoutError):
         return ErrorInfo(
@@ -365,16 +369,3 @@ def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:
         return ErrorInfo(type=exc.type, message=str(exc), retryable=False)
     name = type(exc).__name__
     return ErrorInfo(type=name, message=str(exc), retryable=name not in req.retry.non_retryable)
-
-
-async def _heartbeat_forever(ctx: EffectContext, ack_wait_s: float) -> None:
-    while True:
-        await anyio.sleep(ack_wait_s / 3)
-        await ctx.heartbeat()
-
-
-async def _sleep_heartbeating(delay: float, msg: Msg, ack_wait_s: float) -> None:
-    end = anyio.current_time() + delay
-    while (left := end - anyio.current_time()) > 0:
-        await anyio.sleep(min(left, ack_wait_s / 3))
-        await msg.in_progress()

@@ -18,6 +18,7 @@ from streams._deadletters import (
     reinject,
 )
 from streams._inbox import Inbox
+from streams._inflight import InFlight
 from streams._journal import (
     GENESIS,
     HDR_HASH,
@@ -58,6 +59,7 @@ __all__ = [
     "HDR_N",
     "HDR_PREV",
     "HDR_TYPE",
+    "InFlight",
     "Inbox",
     "InboxWriter",
     "Journal",
