@@ -44,7 +44,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             "--profile-worker",
             type=Path,
             metavar="PATH",
-            help="run workers under cProfile; stats go to PATH.<n>.prof",
+            help="run workers and handler services under cProfile; stats go to PATH.<n>.prof",
         )
         module.add_arguments(p)
     return parser.parse_args(argv)
