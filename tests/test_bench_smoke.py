@@ -111,3 +111,15 @@ def test_w8_effects_through_handlers() -> None:
     busy = result["cpu_busy_2_handlers"]
     assert isinstance(busy, dict)
     assert {"worker1", "handlers1", "handlers2"} <= busy.keys()
+
+
+def test_w9_agent_overhead() -> None:
+    """W9 runs agent-shaped runs to the end; reports overhead fractions over the work."""
+    result = run_bench("w9", "--runs", "4", "--warmup", "1")
+    keys = {"overhead_p50", "overhead_p99", "gross_overhead_p50", "gap_p50_ms", "work_p50_ms"}
+    assert COMMON | keys <= result.keys()
+    assert result["runs"] == 4
+    assert number(result, "handler_concurrency") >= 4
+    assert number(result, "work_p50_ms") > 0
+    assert number(result, "overhead_p50") <= number(result, "overhead_p99")
+    assert number(result, "gap_p50_ms") >= 0
