@@ -31,6 +31,11 @@ Per run::
   reaching the client) counts as overhead.
 
 ``overhead_p50`` / ``overhead_p99``: percentiles over the runs, as fractions (0.05 = 5 %).
+
+The runs start together and so move in step: each of their phases reaches the worker
+and the handler process as one burst of ``--runs`` requests, and what a run waits for
+its turn in that burst counts as overhead (it is what a user of a loaded deployment
+sees). ``--runs 1`` gives the overhead of a run on an idle deployment.
 """
 
 from __future__ import annotations
