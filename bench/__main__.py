@@ -13,7 +13,7 @@ from types import ModuleType
 
 import anyio
 
-from bench import chaos, late, w1, w2, w3, w4, w5, w6
+from bench import chaos, late, w1, w2, w3, w4, w5, w6, w8, w9
 from bench._env import Environment
 from mainspring._logging import configure_logging
 
@@ -24,6 +24,8 @@ WORKLOADS: dict[str, tuple[ModuleType, str]] = {
     "w4": (w4, "crash recovery: SIGKILL a worker mid-flight, time a replacement"),
     "w5": (w5, "audit replay speed: events/s whose hash chains are verified from the stream"),
     "w6": (w6, "projection lag under W1 load, and projector throughput rebuilding"),
+    "w8": (w8, "effects through a handler process: per-effect latency, effects/s"),
+    "w9": (w9, "agent-shaped runs: runtime overhead over the handlers' own work"),
     "late": (late, "resume latency of live runs while late events flood an ended run"),
     "chaos": (chaos, "no run stalls: worker SIGKILLs and partition moves under a mixed load"),
 }
@@ -44,7 +46,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             "--profile-worker",
             type=Path,
             metavar="PATH",
-            help="run workers under cProfile; stats go to PATH.<n>.prof",
+            help="run workers and handler services under cProfile; stats go to PATH.<n>.prof",
         )
         module.add_arguments(p)
     return parser.parse_args(argv)

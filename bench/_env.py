@@ -18,7 +18,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 
+import anyio
 import nats
+import nats.js.errors
 
 import mainspring as ms
 from bench._cpu import CpuMeter
@@ -27,6 +29,7 @@ from streams import Subjects
 from tests.procs import ROOT, Proc, spawn
 
 APP = "tests.apps:registry"
+HANDLERS = "tests.apps:handlers"
 LIBRARY = (
     "mainspring",
     "actors",
@@ -56,7 +59,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Environment:
-    """A nats-server in a fresh temp dir plus the workers spawned against it."""
+    """A nats-server in a fresh temp dir plus the workers and handler services spawned
+    against it."""
 
     def __init__(
         self,
@@ -73,6 +77,7 @@ class Environment:
         self.server = NatsServer(self.dir / "nats", sync_always=fsync_always)
         self.profile_worker = profile_worker
         self.workers: list[Proc] = []
+        self.handlers: list[Proc] = []
         self.loadavg_before = os.getloadavg()[0]
         self.source = source_state()
 
@@ -98,10 +103,10 @@ class Environment:
         self._cleanup(failed=exc_type is not None)
 
     def _cleanup(self, *, failed: bool) -> None:
-        for w in self.workers:
+        for name, p in self._procs():
             if failed:
-                log(f"worker {w.pid} log tail:\n{w.tail()}")
-            w.stop()
+                log(f"{name} {p.pid} log tail:\n{p.tail()}")
+            p.stop()
         self.server.stop()
         if self.keep or failed:
             log(f"kept {self.dir}")
@@ -110,33 +115,61 @@ class Environment:
 
     def spawn_worker(self, concurrency: int) -> Proc:
         """Start a worker process (not yet ready: it still has to acquire its partitions)."""
-        log_path = self.dir / f"worker-{len(self.workers) + 1}.log"
-        profile: tuple[str, ...] = ()
-        if self.profile_worker is not None:  # cProfile writes its file when the worker stops
-            prof = self.profile_worker.with_suffix(f".{len(self.workers) + 1}.prof")
-            profile = ("-m", "cProfile", "-o", str(prof))
+        n = len(self.workers) + 1
         worker = spawn(
             "worker",
             APP,
             self.url,
             self.subjects,
-            log_path,
+            self.dir / f"worker-{n}.log",
             extra=("--concurrency", str(concurrency)),
-            python=profile,
+            python=self._profile(f"{n}"),
             new_session=True,  # a Ctrl-C in the terminal reaches only us; we stop it
         )
         self.workers.append(worker)
         log(f"spawned worker {worker.pid} (concurrency {concurrency})")
         return worker
 
+    def spawn_handlers(self, concurrency: int) -> Proc:
+        """Start a handler service (``mainspring handlers --app tests.apps:handlers``);
+        ``concurrency``: max in-flight requests of each bench.* kind in this process.
+
+        Not yet ready: ``handlers_ready`` tells when it pulls requests."""
+        n = len(self.handlers) + 1
+        proc = spawn(
+            "handlers",
+            HANDLERS,
+            self.url,
+            self.subjects,
+            self.dir / f"handlers-{n}.log",
+            env={"MS_BENCH_HANDLER_CONCURRENCY": str(concurrency)},
+            python=self._profile(f"handlers{n}"),
+            new_session=True,
+        )
+        self.handlers.append(proc)
+        log(f"spawned handler service {proc.pid} (concurrency {concurrency} per kind)")
+        return proc
+
+    def _profile(self, tag: str) -> tuple[str, ...]:
+        """Interpreter options that run a process under cProfile (it writes its file when
+        it stops), or none."""
+        if self.profile_worker is None:
+            return ()
+        return ("-m", "cProfile", "-o", str(self.profile_worker.with_suffix(f".{tag}.prof")))
+
+    def _procs(self) -> list[tuple[str, Proc]]:
+        named = [(f"worker{i}", w) for i, w in enumerate(self.workers, start=1)]
+        return named + [(f"handlers{i}", h) for i, h in enumerate(self.handlers, start=1)]
+
     def cpu_meter(self) -> CpuMeter:
-        """CPU use of this process, nats-server and the live workers over the timed phase."""
+        """CPU use of this process, nats-server and the live workers and handler services
+        over the timed phase."""
         pids = {"client": os.getpid()}
         if self.server.proc is not None:
             pids["nats_server"] = self.server.proc.pid
-        for i, w in enumerate(self.workers, start=1):
-            if w.popen.poll() is None:
-                pids[f"worker{i}"] = w.pid
+        for name, p in self._procs():
+            if p.popen.poll() is None:
+                pids[name] = p.pid
         return CpuMeter(pids)
 
 
@@ -150,10 +183,41 @@ async def connect(env: Environment) -> AsyncIterator[ms.Client]:
         await nc.close()
 
 
-async def warm_up(client: ms.Client, runs: int, *, steps: int = 10, timeout: float = 30) -> None:
-    """Run ``runs`` chains one after another: proves a worker holds the partitions, warms caches."""
+async def handlers_ready(
+    env: Environment, client: ms.Client, kinds: tuple[str, ...], *, timeout: float = 30
+) -> None:
+    """Wait until every live handler process pulls requests of each of ``kinds``: each
+    one keeps one pull request open on the kind's durable consumer (``num_waiting``)."""
+    want = sum(1 for h in env.handlers if h.popen.poll() is None)
+    js = client.nc.jetstream()
+    s = env.subjects
+    with anyio.fail_after(timeout):
+        for kind in kinds:
+            while True:
+                try:
+                    info = await js.consumer_info(s.journal_stream, s.effect_consumer(kind))
+                except nats.js.errors.NotFoundError:
+                    info = None  # not created yet
+                if info is not None and (info.num_waiting or 0) >= want:
+                    break
+                await anyio.sleep(0.05)
+    log(f"{want} handler process(es) pulling {', '.join(kinds)}")
+
+
+async def warm_up(
+    client: ms.Client,
+    runs: int,
+    *,
+    steps: int = 10,
+    timeout: float = 30,
+    workflow: str = "chain",
+    tag: str = "warmup",
+) -> None:
+    """Run ``runs`` chains one after another: proves a worker holds the partitions, warms caches.
+
+    ``workflow``: any that takes a count and returns it (``echo_chain``: through handlers)."""
     for i in range(runs):
-        rid = await client.start("chain", steps, run_id=f"warmup-{i}")
+        rid = await client.start(workflow, steps, run_id=f"{tag}-{i}")
         out = await client.result(rid, timeout=timeout)
         if out != steps:
             raise RuntimeError(f"warm-up run {rid} returned {out!r}, expected {steps}")

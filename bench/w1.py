@@ -21,12 +21,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-async def burst(client: ms.Client, tag: str, runs: int, steps: int, timeout: float) -> float:
-    """Start ``runs`` chains at once; seconds from the first start to the last result."""
+async def burst(
+    client: ms.Client,
+    tag: str,
+    runs: int,
+    steps: int,
+    timeout: float,
+    *,
+    workflow: str = "chain",
+) -> float:
+    """Start ``runs`` chains at once; seconds from the first start to the last result.
+
+    ``workflow``: any that takes a count and returns it when all went well
+    (``echo_chain`` for W8)."""
     done: list[float] = []
 
     async def one(i: int) -> None:
-        rid = await client.start("chain", steps, run_id=f"{tag}-{i}")
+        rid = await client.start(workflow, steps, run_id=f"{tag}-{i}")
         out = await client.result(rid, timeout=timeout)
         if out != steps:
             raise RuntimeError(f"run {rid} returned {out!r}, expected {steps}")

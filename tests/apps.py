@@ -8,6 +8,7 @@ incompatible new version of `agent`, for replay tests."""
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -352,3 +353,66 @@ async def crash_effect(ctx: ms.Context, _: None) -> str:
     except ms.EffectFailedError as e:
         return e.error.type
     return "completed"
+
+
+# --- benchmarks W8 (effects through a handler process) and W9 (agent-shaped runs) ------
+
+BENCH_HANDLER_CONCURRENCY = int(os.environ.get("MS_BENCH_HANDLER_CONCURRENCY", "64"))
+"""Max in-flight requests per handler process of the bench.* kinds (bench/_env.py sets
+it to at least the effects a workload has in flight, so no request queues for a slot)."""
+LLM_S = 0.05
+"""what the LLM-like handler of W9 sleeps"""
+TOOL_S = 0.005
+"""what each tool handler of W9 sleeps"""
+
+
+@registry.workflow
+async def echo_chain(ctx: ms.Context, n: int) -> int:
+    """n sequential effects to `bench.echo`; returns how many came back unchanged (W8)."""
+    intact = 0
+    for i in range(n):
+        intact += await ctx.effect("bench.echo", i) == i
+    return intact
+
+
+@handlers.handler("bench.echo", concurrency=BENCH_HANDLER_CONCURRENCY)
+async def bench_echo(payload: object) -> object:
+    """The trivial handler: its payload back (W8 times the effect path, not the work)."""
+    return payload
+
+
+class Worked(msgspec.Struct):
+    """A W9 handler's result: the seconds its work took, measured inside the handler."""
+
+    seconds: float
+
+
+async def _work(seconds: float) -> Worked:
+    t0 = time.perf_counter()
+    await anyio.sleep(seconds)
+    return Worked(time.perf_counter() - t0)
+
+
+@handlers.handler("bench.llm", concurrency=BENCH_HANDLER_CONCURRENCY)
+async def bench_llm(_: None) -> Worked:
+    """LLM-like work: 50 ms of waiting on someone else (W9)."""
+    return await _work(LLM_S)
+
+
+@handlers.handler("bench.tool", concurrency=BENCH_HANDLER_CONCURRENCY)
+async def bench_tool(_: None) -> Worked:
+    """A quick tool call: 5 ms (W9)."""
+    return await _work(TOOL_S)
+
+
+@registry.workflow
+async def agent_turn(ctx: ms.Context, _: None) -> float:
+    """W9's agent-shaped run, one step after the other: an LLM-like effect, two tool
+    effects, a wait for `approval`, one more LLM-like effect. Returns the seconds of work
+    the handlers measured inside themselves, summed (what the run cannot be faster than)."""
+    worked: list[Worked] = []
+    for kind in ("bench.llm", "bench.tool", "bench.tool"):
+        worked.append(await ctx.effect(kind, result_type=Worked))
+    await ctx.wait_event("approval", Approval)
+    worked.append(await ctx.effect("bench.llm", result_type=Worked))
+    return sum(w.seconds for w in worked)

@@ -31,6 +31,13 @@ def run_bench(*args: str) -> dict[str, object]:
     return result
 
 
+def number(result: dict[str, object], key: str) -> float:
+    """A numeric field of a result."""
+    value = result[key]
+    assert isinstance(value, int | float), f"{key}: {value!r}"
+    return float(value)
+
+
 def test_w1_throughput() -> None:
     """W1 runs and reports durable steps/s."""
     result = run_bench("w1", "--runs", "10")
@@ -89,3 +96,30 @@ def test_late_event_flood() -> None:
     assert result["flood"] == 200
     assert result["dead_letters_kept"] == 200
     assert isinstance(result["flood_to_quiet_p50"], float)
+
+
+def test_w8_effects_through_handlers() -> None:
+    """W8 sends effects through handler processes; reports latency and both throughputs."""
+    sizes = ("--seq-runs", "3", "--seq-effects", "4", "--runs", "5", "--effects", "3")
+    result = run_bench("w8", *sizes, "--warmup", "1")
+    keys = {"effect_p50_ms", "effect_p99_ms", "run_p50_ms", "effects_per_s"}
+    assert COMMON | keys | {"effects_per_s_2_handlers", "handler_concurrency"} <= result.keys()
+    assert result["effect_samples"] == 12
+    assert 0 < number(result, "effect_p50_ms") <= number(result, "effect_p99_ms")
+    assert number(result, "effects_per_s") > 0
+    assert number(result, "effects_per_s_2_handlers") > 0
+    busy = result["cpu_busy_2_handlers"]
+    assert isinstance(busy, dict)
+    assert {"worker1", "handlers1", "handlers2"} <= busy.keys()
+
+
+def test_w9_agent_overhead() -> None:
+    """W9 runs agent-shaped runs to the end; reports overhead fractions over the work."""
+    result = run_bench("w9", "--runs", "4", "--warmup", "1")
+    keys = {"overhead_p50", "overhead_p99", "gross_overhead_p50", "gap_p50_ms", "work_p50_ms"}
+    assert COMMON | keys <= result.keys()
+    assert result["runs"] == 4
+    assert number(result, "handler_concurrency") >= 4
+    assert number(result, "work_p50_ms") > 0
+    assert number(result, "overhead_p50") <= number(result, "overhead_p99")
+    assert number(result, "gap_p50_ms") >= 0
