@@ -33,11 +33,10 @@ from streams import (
     partition_of,
     pull_loop,
     retrying,
+    take_slot,
 )
 
 log = structlog.get_logger()
-
-"""An inbox message and the generation of the partition consumer that fetched it."""
 
 
 @dataclass
@@ -319,10 +318,7 @@ class Worker:
         msg = inp.msg
         with self._inflight.holding(msg):  # long activations are not redelivered
             try:
-                try:  # a free slot costs no trip through the event loop
-                    self._limiter.acquire_nowait()
-                except anyio.WouldBlock:
-                    await self._limiter.acquire()
+                await take_slot(self._limiter)
                 try:
                     outcome = await actor.handle(inp)
                 finally:

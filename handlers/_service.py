@@ -56,6 +56,7 @@ from streams import (
     num_delivered,
     pull_loop,
     retrying,
+    take_slot,
 )
 
 log = structlog.get_logger()
@@ -184,17 +185,6 @@ class HandlerService:
             )
             log.info("handler_serving", kind=hdef.kind)
             task_status.started()
-
-    async def _one(self, runner: _Runner, msg: Msg) -> None:
-        try:
-            with runner.inflight.holding(msg):
-                await self._execute(runner.hdef, msg)
-        except Exception as exc:  # reply could not be published: let JetStream redeliver
-            log.warning("effect_reply_failed", kind=runner.hdef.kind, error=str(exc))
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=min(2.0 ** num_delivered(msg), 30.0))
-        finally:
-            runner.limiter.release()
 
     async def _execute(self, hdef: HandlerDef, msg: Msg) -> None:
         try:
@@ -351,11 +341,19 @@ class _Runner:
         self.inflight = InFlight(hdef.ack_wait_s)
 
     async def send(self, msg: Msg) -> None:
-        try:  # a free slot costs no trip through the event loop
-            self.limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await self.limiter.acquire()
-        self.tg.start_soon(self.service._one, self, msg)
+        await take_slot(self.limiter)
+        self.tg.start_soon(self._run, msg)
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            with self.inflight.holding(msg):
+                await self.service._execute(self.hdef, msg)
+        except Exception as exc:  # reply could not be published: let JetStream redeliver
+            log.warning("effect_reply_failed", kind=self.hdef.kind, error=str(exc))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=min(2.0 ** num_delivered(msg), 30.0))
+        finally:
+            self.limiter.release()
 
 
 def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:

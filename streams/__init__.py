@@ -18,7 +18,7 @@ from streams._deadletters import (
     reinject,
 )
 from streams._inbox import Inbox
-from streams._inflight import InFlight
+from streams._inflight import InFlight, take_slot
 from streams._journal import (
     GENESIS,
     HDR_HASH,
@@ -101,5 +101,6 @@ __all__ = [
     "reinject",
     "retrying",
     "stream_seq",
+    "take_slot",
     "verify_chain",
 ]

@@ -1,4 +1,4 @@
-"""Messages being worked on, kept from redelivery while the work goes on."""
+"""Messages being worked on: a slot each, and kept from redelivery while the work goes on."""
 
 from __future__ import annotations
 
@@ -37,3 +37,12 @@ class InFlight:
                 if now - since > self.period:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
+
+
+async def take_slot(slots: anyio.Semaphore | anyio.CapacityLimiter) -> None:
+    """Take one of a consumer's work slots, waiting while none is free; a free one
+    costs no trip through the event loop (``acquire`` always yields once)."""
+    try:
+        slots.acquire_nowait()
+    except anyio.WouldBlock:
+        await slots.acquire()
