@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import anyio
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from ulid import ULID
 
@@ -32,7 +34,6 @@ from schemas import (
 )
 from schemas import ErrorInfo as _ErrorInfo
 from streams import (
-    HDR_TYPE,
     Inbox,
     Journal,
     Objects,
@@ -44,7 +45,10 @@ from streams import (
     publish_checked,
 )
 
-_TERMINAL_TYPES = {"run.completed", "run.failed", "run.cancelled"}
+RECHECK_S = 10.0
+"""``result`` looks at the journal again after this long without news: a notification
+missed while the connection was re-established (core NATS does not keep it), or a
+terminal event journaled by a worker older than the ``.end`` subject, is noticed then."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,8 @@ class Client:
         """Wait until the run's status is one of ``statuses`` (e.g. ``RunState.WAITING``
         or ``"waiting"``).
 
-        Event-driven: woken by each journal append of the run, no polling.
+        Event-driven: woken by each journal append of the run (and, should a
+        notification be missed while reconnecting, a look every ``RECHECK_S``).
         Terminal statuses always end the wait (check the returned status). With
         ``after=n``, only states reached once the journal holds more than n events count.
         """
@@ -218,7 +223,8 @@ class Client:
                         status = status_from_journal([e.event for e in events])
                         if status.status in wanted:
                             return status
-                    await sub.next_msg(timeout=None)
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        await sub.next_msg(timeout=RECHECK_S)
         finally:
             await sub.unsubscribe()
 
@@ -228,7 +234,8 @@ class Client:
         """Wait for the run to end; return its output or raise RunFailedError/RunCancelledError."""
         check_run_id(run_id)
         await self._ensure()
-        sub = await self.nc.subscribe(self.subjects.watch_run(run_id))
+        # Only the terminal append is announced there: one message per run, however long.
+        sub = await self.nc.subscribe(self.subjects.watch_end(run_id))
         try:
             with anyio.fail_after(timeout):
                 while True:
@@ -237,10 +244,8 @@ class Client:
                         last.event, RunCompleted | RunFailed | RunCancelled
                     ):
                         return _outcome(last.event, output_type)
-                    while True:
-                        msg = await sub.next_msg(timeout=None)
-                        if (msg.headers or {}).get(HDR_TYPE) in _TERMINAL_TYPES:
-                            break
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        await sub.next_msg(timeout=RECHECK_S)
         finally:
             await sub.unsubscribe()
 

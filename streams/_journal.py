@@ -28,6 +28,7 @@ from schemas import (
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
+    TERMINAL_EVENTS,
     PayloadUnavailable,
     decode_event,
     encode_event,
@@ -93,6 +94,8 @@ class Journal:
     def subject_for(self, event: JournalEvent) -> str:
         if isinstance(event, EffectRequested):
             return self._s.journal_effect(event.run_id, event.kind)
+        if isinstance(event, TERMINAL_EVENTS):
+            return self._s.journal_end(event.run_id)
         return self._s.journal(event.run_id)
 
     async def append(self, event: JournalEvent, *, expected_seq: int, prev: bytes) -> StoredEvent:
@@ -169,8 +172,12 @@ class Journal:
         return await self._direct_one({"seq": seq})
 
     async def last(self, run_id: str, *, resolve: bool = True) -> StoredEvent | None:
-        """The newest non-effect event of a run (its terminal event when it ended)."""
-        stored = await self._direct_one({"last_by_subj": self._s.journal(run_id)})
+        """The newest event of a run that is not an effect request: its terminal event
+        when it ended (stored on its own subject, or, by journals written before that
+        subject existed, on the run's event subject)."""
+        stored = await self._direct_one({"last_by_subj": self._s.journal_end(run_id)})
+        if stored is None:
+            stored = await self._direct_one({"last_by_subj": self._s.journal(run_id)})
         return await self._resolved(stored) if resolve and stored is not None else stored
 
     async def _direct_one(self, req: dict[str, object]) -> StoredEvent | None:

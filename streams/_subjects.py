@@ -4,7 +4,9 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
 
     ms.j.<run>.e                 journal events of a run (stream MS_JOURNAL)
     ms.j.<run>.fx.<kind>         journal events that are effect requests of <kind>
-    ms.jn.<run>...               headers-only republish of every journal append (watchers)
+    ms.j.<run>.end               the run's terminal event (completed, failed, cancelled)
+    ms.jn.<run>...               headers-only republish of every journal append (watchers;
+                                 ``ms.jn.<run>.end`` alone tells that the run ended)
     ms.event.<run>.<name>        public: publish JSON here to resume a run (stream MS_INBOX)
     ms.in.<p>.<run>.ev.<name>    ...where the stream's transform stores it, p = partition
     ms.in.<p>.<run>.<kind>       internal inbox messages (start, effect.result, ...)
@@ -56,6 +58,11 @@ class Subjects:
     def journal(self, run_id: str) -> str:
         return f"{self.prefix}.j.{run_id}.e"
 
+    def journal_end(self, run_id: str) -> str:
+        """The subject of a run's terminal event (journals written before 2026-12 hold
+        it on ``journal(run_id)``)."""
+        return f"{self.prefix}.j.{run_id}.end"
+
     def journal_effect(self, run_id: str, kind: str) -> str:
         return f"{self.prefix}.j.{run_id}.fx.{kind}"
 
@@ -73,6 +80,10 @@ class Subjects:
 
     def watch_run(self, run_id: str) -> str:
         return f"{self.prefix}.jn.{run_id}.>"
+
+    def watch_end(self, run_id: str) -> str:
+        """Where the append of a run's terminal event is announced (and nothing else)."""
+        return f"{self.prefix}.jn.{run_id}.end"
 
     # inbox ------------------------------------------------------------------
     def event(self, run_id: str, name: str) -> str:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import anyio
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from schemas import JournalConflict, JournalCorrupt, RunStarted, StepCompleted
-from streams import GENESIS, Journal, Subjects, ensure_topology, partition_of
+from client import Client
+from schemas import (
+    JournalConflict,
+    JournalCorrupt,
+    JournalEvent,
+    RunCompleted,
+    RunStarted,
+    StepCompleted,
+)
+from streams import GENESIS, HDR_TYPE, Journal, Subjects, ensure_topology, partition_of
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -86,3 +95,66 @@ async def test_partition_function_matches_server_transform(nc: NATS, subjects: S
         await js.publish(subjects.event(rid, "ping"), b"{}")
         msg = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.{rid}.ev.ping")
         assert msg.subject == f"{subjects.prefix}.in.{partition_of(rid, 4)}.{rid}.ev.ping"
+
+
+class _EndOnEventSubject(Journal):
+    """A journal as written before terminal events had a subject of their own."""
+
+    def subject_for(self, event: JournalEvent) -> str:
+        if isinstance(event, RunCompleted):
+            return self._s.journal(event.run_id)
+        return super().subject_for(event)
+
+
+def _completed(run_id: str, n: int, output: bytes) -> RunCompleted:
+    return RunCompleted(run_id=run_id, n=n, at=NOW, output=msgspec.Raw(output))
+
+
+async def test_the_end_is_stored_and_announced_on_its_own_subject(
+    nc: NATS, subjects: Subjects
+) -> None:
+    """A waiting client hears of a run's end alone, not of each of its events."""
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    heard = await nc.subscribe(subjects.watch_end("r5"))
+    head = await j.append(_started("r5"), expected_seq=0, prev=GENESIS)
+    for n in range(2, 5):
+        head = await j.append(_step("r5", n, n - 1, n), expected_seq=head.seq, prev=head.hash)
+    end = await j.append(_completed("r5", 5, b"7"), expected_seq=head.seq, prev=head.hash)
+    assert end.subject == subjects.journal_end("r5")
+    note = await heard.next_msg(timeout=5)
+    assert note.subject == subjects.watch_end("r5")
+    assert (note.headers or {})[HDR_TYPE] == "run.completed"
+    assert [e.n for e in await j.load("r5")] == [1, 2, 3, 4, 5]  # one chain over the subjects
+    last = await j.last("r5")
+    assert last is not None
+    assert last.n == 5
+    assert await Client(nc, subjects).result("r5", timeout=5) == 7
+
+
+async def test_result_reads_journals_written_before_the_end_subject(
+    nc: NATS, subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run ended by an older worker (its end on the event subject, announced where a
+    new client does not listen) is found at once when it had ended, and by the
+    client's look after RECHECK_S when it ends while the client waits."""
+    import client._client
+
+    monkeypatch.setattr(client._client, "RECHECK_S", 0.2)
+    await ensure_topology(nc, subjects)
+    old = _EndOnEventSubject(nc, subjects)
+    c = Client(nc, subjects)
+    first = await old.append(_started("r6"), expected_seq=0, prev=GENESIS)
+    await old.append(_completed("r6", 2, b"1"), expected_seq=first.seq, prev=first.hash)
+    assert await c.result("r6", timeout=5) == 1
+
+    first = await old.append(_started("r7"), expected_seq=0, prev=GENESIS)
+    async with anyio.create_task_group() as tg:
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await c.result("r7", timeout=10))
+
+        tg.start_soon(wait)
+        await old.append(_completed("r7", 2, b"2"), expected_seq=first.seq, prev=first.hash)
+    assert got == [2]
