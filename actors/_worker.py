@@ -27,6 +27,7 @@ from streams import (
     Lease,
     Leases,
     Subjects,
+    Tasks,
     ensure_consumer,
     ensure_topology,
     num_delivered,
@@ -55,11 +56,11 @@ class _Router:
     once, tagged with the consumer's generation (no queue and no task hop between
     fetching and routing; the activation limiter and the pull batch bound the work)."""
 
-    def __init__(self, worker: Worker, tg: TaskGroup, generation: int) -> None:
-        self._worker, self._tg, self._generation = worker, tg, generation
+    def __init__(self, worker: Worker, generation: int) -> None:
+        self._worker, self._generation = worker, generation
 
     async def send(self, item: Msg, /) -> None:
-        self._worker._route(self._generation, item, self._tg)
+        self._worker._route(self._generation, item)
 
 
 class Worker:
@@ -90,6 +91,9 @@ class Worker:
         """partitions let go while one of their runs was mid-activation (chaos tests count them)"""
         self._inflight = InFlight(self.options.ack_wait_s)
         self._limiter = anyio.CapacityLimiter(self.options.concurrency)
+        self._tasks = Tasks()
+        """activations (a task per busy run) and dead-lettering of unroutable input;
+        a new set for each ``run``"""
         self.log = log.bind(worker=self.worker_id)
 
     @property
@@ -99,6 +103,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         nc = self.rt.nc
+        self._tasks = Tasks()
         await ensure_topology(nc, self.subjects)
         # A new (replicated) lease bucket may need a moment before it answers.
         await retrying(self.leases.open, "opening the lease bucket")
@@ -109,7 +114,7 @@ class Worker:
 
         ping = await nc.subscribe(self.subjects.worker_ping(self.worker_id), cb=pong)
         try:
-            async with anyio.create_task_group() as tg:
+            async with self._tasks, anyio.create_task_group() as tg:
                 share = await retrying(self._fair_share, "counting live workers")
                 await retrying(lambda: self._acquire(tg, share), "acquiring partitions")
                 tg.start_soon(self._lease_loop, tg)
@@ -157,7 +162,7 @@ class Worker:
                 # delivered again now, not after an ack-wait.
                 await ensure_consumer(self.rt.nc, spec, recreate=True)
             generation = next(self._generations)
-            scope = await tg.start(self._consume, specs, _Router(self, tg, generation))
+            scope = await tg.start(self._consume, specs, _Router(self, generation))
             self._held[p] = _Held(lease, scope, generation, sent_at)
             acquired.append(p)
         if acquired:
@@ -272,7 +277,7 @@ class Worker:
             self.log.info("partition_left_while_busy", partition=partition, busy_runs=busy)
 
     # ------------------------------------------------------------------ dispatch
-    def _route(self, generation: int, msg: Msg, tg: TaskGroup) -> None:
+    def _route(self, generation: int, msg: Msg) -> None:
         """Put a fetched message in its run's mailbox (starting the run's turn)."""
         unrouted = self.subjects.is_unrouted(msg.subject)
         run_id, event = ("", None) if unrouted else self.subjects.parse_inbox(msg.subject)
@@ -282,7 +287,7 @@ class Worker:
             # current owner's consumer delivers it (again).
             return
         if unrouted:
-            tg.start_soon(self._unroutable, msg)
+            self._tasks.start_soon(self._unroutable, msg)
             return
         actor = self.actors.get(run_id)
         if actor is None:
@@ -293,7 +298,7 @@ class Worker:
         actor.mailbox.append(Input(msg, event))
         if not actor.busy:
             actor.busy = True
-            tg.start_soon(self._drain, actor)
+            self._tasks.start_soon(self._drain, actor)
 
     async def _drain(self, actor: RunActor) -> None:
         try:

@@ -27,7 +27,7 @@ import anyio
 import msgspec
 import nats.errors
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -50,6 +50,7 @@ from streams import (
     Objects,
     PayloadLimits,
     Subjects,
+    Tasks,
     dead_letter_msg,
     ensure_consumer,
     ensure_topology,
@@ -175,8 +176,8 @@ class HandlerService:
             max_ack_pending=hdef.concurrency * 4,
         )
         await ensure_consumer(self.nc, spec)
-        async with anyio.create_task_group() as tg:
-            runner = _Runner(self, hdef, tg)
+        async with Tasks() as tasks, anyio.create_task_group() as tg:
+            runner = _Runner(self, hdef, tasks)
             tg.start_soon(runner.inflight.keep_alive)  # long effects (and retry waits) stay ours
             await tg.start(
                 lambda task_status: pull_loop(
@@ -335,14 +336,14 @@ class _Runner:
     its own, up to the kind's concurrency; beyond it the pull loop waits for a slot
     (back-pressure without a queue between fetching and running)."""
 
-    def __init__(self, service: HandlerService, hdef: HandlerDef, tg: TaskGroup) -> None:
-        self.service, self.hdef, self.tg = service, hdef, tg
+    def __init__(self, service: HandlerService, hdef: HandlerDef, tasks: Tasks) -> None:
+        self.service, self.hdef, self.tasks = service, hdef, tasks
         self.limiter = anyio.Semaphore(hdef.concurrency)
         self.inflight = InFlight(hdef.ack_wait_s)
 
     async def send(self, msg: Msg) -> None:
         await take_slot(self.limiter)
-        self.tg.start_soon(self._run, msg)
+        self.tasks.start_soon(self._run, msg)
 
     async def _run(self, msg: Msg) -> None:
         try:

@@ -18,7 +18,7 @@ from streams._deadletters import (
     reinject,
 )
 from streams._inbox import Inbox
-from streams._inflight import InFlight, take_slot
+from streams._inflight import InFlight, Tasks, take_slot
 from streams._journal import (
     GENESIS,
     HDR_HASH,
@@ -76,6 +76,7 @@ __all__ = [
     "ServerFeatures",
     "StoredEvent",
     "Subjects",
+    "Tasks",
     "TopologyConfig",
     "api_request",
     "chain",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import Any
 
 import anyio
 import nats.errors
@@ -46,3 +49,54 @@ async def take_slot(slots: anyio.Semaphore | anyio.CapacityLimiter) -> None:
         slots.acquire_nowait()
     except anyio.WouldBlock:
         await slots.acquire()
+
+
+class Tasks:
+    """Short tasks started on the hot path (one per activation, one per effect request)
+    at asyncio's cost: ``async with Tasks() as tasks: ... tasks.start_soon(fn, arg)``.
+
+    anyio's ``TaskGroup.start_soon`` costs 25-50 µs a call here (a handle, a cancel
+    scope, a name); ``loop.create_task`` 3-5 µs. Like a task group, the block does not
+    outlive its tasks: leaving it (cancelled, or because a task raised) cancels those
+    still running and waits for them, and a task's exception cancels the block and is
+    raised from it. Tasks are expected to handle their own errors; that is the backstop.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failed: BaseException | None = None
+        self._scope = anyio.CancelScope()
+
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        task = asyncio.get_running_loop().create_task(fn(*args))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._failed is None:
+            self._failed = exc
+            self._scope.cancel()
+
+    async def __aenter__(self) -> Tasks:
+        self._scope.__enter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        with anyio.CancelScope(shield=True):
+            for task in list(self._tasks):
+                task.cancel()
+            while self._tasks:
+                await asyncio.wait(list(self._tasks))
+        swallowed = self._scope.__exit__(exc_type, exc, tb)
+        if self._failed is not None:
+            raise self._failed
+        return bool(swallowed)

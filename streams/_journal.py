@@ -23,12 +23,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import (
+    TERMINAL_EVENTS,
     ConnectionFailed,
     EffectRequested,
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
-    TERMINAL_EVENTS,
     PayloadUnavailable,
     decode_event,
     encode_event,

@@ -68,3 +68,31 @@ async def test_long_activation_is_not_redelivered(nc: NATS, subjects: Subjects) 
         rid = await h.client.start("slow_step", 4 * ACK_WAIT)
         assert await h.client.result(rid, timeout=30) == "rested"
     assert calls["step"] == 1
+
+
+async def test_hot_path_tasks_end_with_their_block() -> None:
+    """A worker's activations and a handler's requests run as plain asyncio tasks: they
+    still end when their block does, and one that raises stops the block with its error."""
+    from streams import Tasks
+
+    cancelled = anyio.Event()
+
+    async def forever() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    with anyio.move_on_after(0.2):
+        async with Tasks() as tasks:
+            tasks.start_soon(forever)
+            await anyio.sleep_forever()
+    assert cancelled.is_set()
+
+    async def broken(what: str) -> None:
+        raise LookupError(what)
+
+    with pytest.raises(LookupError, match="lost"), anyio.fail_after(5):
+        async with Tasks() as tasks:
+            tasks.start_soon(broken, "lost")
+            await anyio.sleep_forever()
