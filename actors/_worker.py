@@ -321,17 +321,19 @@ class Worker:
 
     async def _activate(self, actor: RunActor, inp: Input) -> None:
         msg = inp.msg
-        with self._inflight.holding(msg):  # long activations are not redelivered
+        self._inflight.hold(msg)  # long activations are not redelivered
+        try:
+            await take_slot(self._limiter)
             try:
-                await take_slot(self._limiter)
-                try:
-                    outcome = await actor.handle(inp)
-                finally:
-                    self._limiter.release()
-            except Exception as exc:
-                actor.log.exception("activation_failed", error=str(exc))
-                actor.evict()
-                outcome = await self._after_failure(actor, msg, exc)
+                outcome = await actor.handle(inp)
+            finally:
+                self._limiter.release()
+        except Exception as exc:
+            actor.log.exception("activation_failed", error=str(exc))
+            actor.evict()
+            outcome = await self._after_failure(actor, msg, exc)
+        finally:
+            self._inflight.release(msg)
         await _settle(msg, outcome)
 
     async def _unroutable(self, msg: Msg) -> None:

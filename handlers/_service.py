@@ -17,6 +17,7 @@ finds the record reports the effect interrupted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -196,12 +197,11 @@ class HandlerService:
             return
         assert isinstance(req, EffectRequested)
         delivery = num_delivered(msg)
-        bound = log.bind(run_id=req.run_id, effect_id=req.effect_id, kind=req.kind)
         if delivery > hdef.max_deliveries:
             await self._give_up(hdef, req, msg, delivery)
             return
         if req.at_most_once and not await self._first_start(req, delivery):
-            bound.warning("effect_interrupted", delivery=delivery)
+            _bound(req).warning("effect_interrupted", delivery=delivery)
             await self._reply(
                 req,
                 msg,
@@ -223,7 +223,7 @@ class HandlerService:
             except Exception as exc:
                 error = _classify(exc, req)
                 retry_ok = error.retryable and attempts < req.retry.max_attempts
-                bound.info(
+                _bound(req).info(
                     "effect_attempt_failed",
                     attempt=attempts,
                     error=error.message,
@@ -301,7 +301,7 @@ class HandlerService:
             raise TerminalError(
                 f"payload of {req.kind}: {e}", type=ErrorCode.PAYLOAD_INVALID
             ) from e
-        with anyio.fail_after(req.timeout_s):
+        async with asyncio.timeout(req.timeout_s):  # anyio.fail_after: 4-7 % of the CPU here
             return await (hdef.fn(payload, ctx) if hdef.wants_ctx else hdef.fn(payload))
 
     async def _reply(
@@ -346,15 +346,21 @@ class _Runner:
         self.tasks.start_soon(self._run, msg)
 
     async def _run(self, msg: Msg) -> None:
+        self.inflight.hold(msg)
         try:
-            with self.inflight.holding(msg):
-                await self.service._execute(self.hdef, msg)
+            await self.service._execute(self.hdef, msg)
         except Exception as exc:  # reply could not be published: let JetStream redeliver
+            self.inflight.release(msg)
             log.warning("effect_reply_failed", kind=self.hdef.kind, error=str(exc))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=min(2.0 ** num_delivered(msg), 30.0))
         finally:
+            self.inflight.release(msg)
             self.limiter.release()
+
+
+def _bound(req: EffectRequested) -> structlog.typing.FilteringBoundLogger:
+    return log.bind(run_id=req.run_id, effect_id=req.effect_id, kind=req.kind)  # type: ignore[no-any-return]
 
 
 def _classify(exc: BaseException, req: EffectRequested) -> ErrorInfo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -23,14 +23,13 @@ class InFlight:
         self.period = ack_wait_s / 3
         self._held: dict[int, tuple[Msg, float]] = {}
 
-    @contextlib.contextmanager
-    def holding(self, msg: Msg) -> Iterator[None]:
-        key = id(msg)
-        self._held[key] = (msg, time.monotonic())
-        try:
-            yield
-        finally:
-            self._held.pop(key, None)
+    def hold(self, msg: Msg) -> None:
+        """Mark ``msg`` as being worked on (``release`` it when done, in a ``finally``;
+        plain calls: a context manager here cost 2-4 % of a worker's CPU)."""
+        self._held[id(msg)] = (msg, time.monotonic())
+
+    def release(self, msg: Msg) -> None:
+        self._held.pop(id(msg), None)
 
     async def keep_alive(self) -> None:
         while True:

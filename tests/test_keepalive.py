@@ -92,7 +92,10 @@ async def test_hot_path_tasks_end_with_their_block() -> None:
     async def broken(what: str) -> None:
         raise LookupError(what)
 
-    with pytest.raises(LookupError, match="lost"), anyio.fail_after(5):
+    async def block() -> None:
         async with Tasks() as tasks:
             tasks.start_soon(broken, "lost")
             await anyio.sleep_forever()
+
+    with anyio.fail_after(5), pytest.raises(LookupError, match="lost"):
+        await block()
