@@ -172,12 +172,9 @@ class Journal:
         return await self._direct_one({"seq": seq})
 
     async def last(self, run_id: str, *, resolve: bool = True) -> StoredEvent | None:
-        """The newest event of a run that is not an effect request: its terminal event
-        when it ended (stored on its own subject, or, by journals written before that
-        subject existed, on the run's event subject)."""
-        stored = await self._direct_one({"last_by_subj": self._s.journal_end(run_id)})
-        if stored is None:
-            stored = await self._direct_one({"last_by_subj": self._s.journal(run_id)})
+        """The newest event of a run, whatever its subject: its terminal event when it
+        ended (one direct get over the run's subjects)."""
+        stored = await self._direct_one({"last_by_subj": self._s.journal_run_filter(run_id)})
         return await self._resolved(stored) if resolve and stored is not None else stored
 
     async def _direct_one(self, req: dict[str, object]) -> StoredEvent | None:
