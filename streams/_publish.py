@@ -104,15 +104,12 @@ class _Acks:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def request(
-        self, subject: str, data: bytes, headers: dict[str, str], timeout: float
-    ) -> Msg:
+    async def request(self, subject: str, data: bytes, block: bytes, timeout: float) -> Msg:
         nc = self._nc
         if self._sub is None:
             async with self._subscribing:
                 if self._sub is None:
                     self._sub = await nc.subscribe(self._prefix + "*", cb=self._answered)
-        block = _header_block(headers)
         if len(block) + len(data) > nc.max_payload:
             raise nats.errors.MaxPayloadError
         token = str(next(self._tokens))
@@ -130,7 +127,9 @@ class _Acks:
             self._waiting.pop(token, None)
 
 
-def _header_block(headers: dict[str, str]) -> bytes:
+def header_block(headers: dict[str, str]) -> bytes:
+    """A NATS header block (``NATS/1.0`` and one ``Key: value`` line per header); a
+    caller on the hot path may build the same bytes itself and publish those."""
     lines = ["NATS/1.0"]
     for key, value in headers.items():
         if "\n" in value or "\r" in value:
@@ -148,23 +147,43 @@ def _expire(fut: asyncio.Future[Msg]) -> None:
 _acks: weakref.WeakKeyDictionary[NATS, _Acks] = weakref.WeakKeyDictionary()
 
 
-async def _request(
-    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float
-) -> Msg:
-    if not nc.is_connected or nc.is_draining_pubs or not headers:
+Headers = dict[str, str] | bytes
+"""as a dict, or as the header block ready to send (``header_block``)"""
+
+
+async def _request(nc: NATS, subject: str, data: bytes, headers: Headers, timeout: float) -> Msg:
+    if not nc.is_connected or nc.is_draining_pubs:
         # reconnecting, closing or draining: nats-py's own checks and buffering
-        return await nc.request(subject, data, timeout=timeout, headers=headers)
-    acks = _acks.get(nc)
-    if acks is None:
-        acks = _acks[nc] = _Acks(nc)
-    return await acks.request(subject, data, headers, timeout)
+        as_dict = _parse_block(headers) if isinstance(headers, bytes) else headers
+        msg = await nc.request(subject, data, timeout=timeout, headers=as_dict)
+    else:
+        acks = _acks.get(nc)
+        if acks is None:
+            acks = _acks[nc] = _Acks(nc)
+        block = headers if isinstance(headers, bytes) else header_block(headers)
+        msg = await acks.request(subject, data, block, timeout)
+    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        raise nats.errors.NoRespondersError  # no stream (yet): an election, a restart
+    return msg
+
+
+def _parse_block(block: bytes) -> dict[str, str]:
+    lines = block.decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines if line)
+
+
+_RETRIED = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+)
 
 
 async def publish(
     nc: NATS,
     subject: str,
     data: bytes,
-    headers: dict[str, str] | None = None,
+    headers: Headers,
     *,
     timeout: float = 5.0,
     retry_for: float = 30.0,
@@ -176,12 +195,13 @@ async def publish(
         msg = await _request(nc, subject, data, headers, timeout)
         return _ack_decoder.decode(msg.data)
 
-    return await retrying(once, f"publishing to {subject}", retry_for)
+    try:  # the first attempt without retrying's closure and bookkeeping
+        return await once()
+    except _RETRIED:
+        return await retrying(once, f"publishing to {subject}", retry_for)
 
 
-async def publish_checked(
-    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None = None
-) -> PubAck:
+async def publish_checked(nc: NATS, subject: str, data: bytes, headers: Headers) -> PubAck:
     """Publish; raise ``ConnectionFailed`` if the stream refused the message."""
     ack = await publish(nc, subject, data, headers)
     if ack.error is not None:

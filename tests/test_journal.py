@@ -158,3 +158,12 @@ async def test_result_reads_journals_written_before_the_end_subject(
         tg.start_soon(wait)
         await old.append(_completed("r7", 2, b"2"), expected_seq=first.seq, prev=first.hash)
     assert got == [2]
+
+
+async def test_publish_where_no_stream_listens_is_a_clear_error(nc: NATS) -> None:
+    """JetStream's 'no responders' (no stream yet, an election) is retried, then named."""
+    from schemas import ConnectionFailed
+    from streams import publish
+
+    with pytest.raises(ConnectionFailed, match="no answer.*NoResponders"):
+        await publish(nc, "nostream.x", b"1", {"Nats-Msg-Id": "x"}, retry_for=0.5)
