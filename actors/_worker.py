@@ -161,9 +161,16 @@ class Worker:
                 # Recreate the consumer: whatever the previous owner left unacked is
                 # delivered again now, not after an ack-wait.
                 await ensure_consumer(self.rt.nc, spec, recreate=True)
+            # Held before its consumers start: a message they fetch at once is routed,
+            # not taken for one fetched before a move (left unacked for the ack wait).
             generation = next(self._generations)
-            scope = await tg.start(self._consume, specs, _Router(self, generation))
-            self._held[p] = _Held(lease, scope, generation, sent_at)
+            held = self._held[p] = _Held(lease, anyio.CancelScope(), generation, sent_at)
+            try:
+                await tg.start(self._consume, specs, _Router(self, generation), held.scope)
+            except BaseException:
+                if self._held.get(p) is held:
+                    del self._held[p]
+                raise
             acquired.append(p)
         if acquired:
             self.log.info("partitions_acquired", partitions=acquired)
@@ -185,10 +192,11 @@ class Worker:
         self,
         specs: list[ConsumerSpec],
         out: _Router,
+        scope: anyio.CancelScope,
         *,
-        task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        with anyio.CancelScope() as scope:
+        with scope:
             async with anyio.create_task_group() as tg:
                 for spec in specs:
                     await tg.start(
@@ -196,7 +204,7 @@ class Worker:
                             self.rt.nc, spec, out, task_status=task_status
                         )
                     )
-                task_status.started(scope)
+                task_status.started()
 
     async def _lease_loop(self, tg: TaskGroup) -> None:
         period = self.options.lease_ttl_s / 3

@@ -44,3 +44,21 @@ async def test_workers_share_partitions_and_take_over(nc: NATS, subjects: Subjec
         await client.send_event(rid, "go", {"approved": True, "by": "second"})
         assert await client.result(rid, timeout=10) == {"approved": True, "by": "second"}
         outer.cancel_scope.cancel()
+
+
+async def test_input_waiting_when_a_worker_starts_is_taken_at_once(
+    nc: NATS, subjects: Subjects
+) -> None:
+    """Runs started while no worker ran sit in every partition; a worker taking the
+    partitions one after the other works them all off without waiting out the ack wait.
+    (W4 once showed three runs stalled for exactly ack_wait_s after a takeover: a
+    message fetched before its partition was recorded as held was left unacked.)"""
+    client = ms.Client(nc, subjects)
+    ids = [await client.start("chain", 3, run_id=f"early-{i}") for i in range(150)]
+    worker = ms.Worker(nc, registry, subjects=subjects, options=ms.WorkerOptions(ack_wait_s=60))
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        with anyio.fail_after(30):  # half the ack wait: nothing may depend on a redelivery
+            for rid in ids:
+                assert await client.result(rid) == 3
+        tg.cancel_scope.cancel()
