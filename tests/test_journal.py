@@ -165,5 +165,5 @@ async def test_publish_where_no_stream_listens_is_a_clear_error(nc: NATS) -> Non
     from schemas import ConnectionFailed
     from streams import publish
 
-    with pytest.raises(ConnectionFailed, match="no answer.*NoResponders"):
+    with pytest.raises(ConnectionFailed, match=r"no answer.*NoResponders"):
         await publish(nc, "nostream.x", b"1", {"Nats-Msg-Id": "x"}, retry_for=0.5)
