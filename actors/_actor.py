@@ -58,6 +58,7 @@ from streams import GENESIS, StoredEvent, num_delivered, stream_seq
 
 log = structlog.get_logger()
 _MAX_CONFLICT_RETRIES = 5
+_START = "." + str(StartRun.__struct_config__.tag)  # an inbox subject's last token
 
 
 class Outcome(Enum):
@@ -105,6 +106,8 @@ class RunActor:
 
     def _reset(self) -> None:
         self.loaded = False
+        self.assumed_new = False
+        """loaded without reading the journal (a start): true until an append succeeds"""
         self.machine: Machine | None = None
         self.started: RunStarted | None = None
         self.terminal: JournalEvent | None = None
@@ -139,14 +142,24 @@ class RunActor:
 
     # ------------------------------------------------------------------ entry
     async def handle(self, inp: Input) -> Outcome:
-        for _ in range(_MAX_CONFLICT_RETRIES):
+        is_start = inp.event is None and inp.msg.subject.endswith(_START)
+        for attempt in range(_MAX_CONFLICT_RETRIES):
             try:
                 fresh = not self.loaded
-                if fresh:
+                if fresh and attempt == 0 and is_start:
+                    # A start is almost always for a run that does not exist yet: append
+                    # run.started as if the journal were empty (its OCC check says if it
+                    # is not) instead of reading it first. Saves a read per run.
+                    self.loaded = self.assumed_new = True
+                elif fresh:
                     await self._load_or_park()
-                return await self._activate(inp, fresh=fresh)
+                outcome = await self._activate(inp, fresh=fresh)
+                if self.assumed_new:  # nothing appended: what we assumed was never checked
+                    self.evict()
+                return outcome
             except JournalConflict as conflict:
-                self.log.info("journal_conflict", detail=str(conflict))
+                if not self.assumed_new:  # else: the run existed; read it and go on
+                    self.log.info("journal_conflict", detail=str(conflict))
                 self.evict()
                 if self.retired:  # another worker owns the run now: leave it to them
                     return Outcome.RETRY
@@ -212,6 +225,10 @@ class RunActor:
         message = await resolve_input(self.rt.objects, message)  # payloads sent by reference
         if isinstance(message, StartRun):
             return await self._on_start(msg, message)
+        if self.assumed_new:  # not a start after all (on a start subject): read the journal
+            self.evict()
+            await self._load_or_park()
+            return await self._activate(inp, fresh=True)
         if self.started is None:
             if isinstance(message, CancelRun):
                 return Outcome.ACK
@@ -375,9 +392,16 @@ class RunActor:
             elif self.machine is not None:
                 await self._advance()
             return Outcome.ACK
+        opts = self.rt.options
+        deadline = opts.max_duration_s if start.max_duration_s is None else start.max_duration_s
+        if self.assumed_new and deadline > 0:
+            # The deadline is scheduled before the fact: only for a run known to be new
+            # (a redelivered start must not move an existing run's deadline).
+            self.evict()
+            await self._load_or_park()
+            return await self._on_start(msg, start)
         cause = f"inbox:{stream_seq(msg)}"
         registry = self.rt.registry
-        opts = self.rt.options
         version = registry.get(start.workflow).version if start.workflow in registry else "?"
         started = RunStarted(
             run_id=self.run_id,
@@ -391,9 +415,7 @@ class RunActor:
             max_depth=opts.max_depth,
             max_rejections=opts.max_rejections,
             max_cost_usd=opts.max_cost_usd if start.max_cost_usd is None else start.max_cost_usd,
-            max_duration_s=(
-                opts.max_duration_s if start.max_duration_s is None else start.max_duration_s
-            ),
+            max_duration_s=deadline,
         )
         if started.max_duration_s > 0:  # scheduled before the fact, so a crash cannot lose it
             await self.rt.schedule(
@@ -507,6 +529,7 @@ class RunActor:
             event = too_large(event, e)
             stored = await self.rt.journal.append(event, expected_seq=self.last_seq, prev=self.head)
         self.n, self.last_seq, self.head = n, stored.seq, stored.hash
+        self.assumed_new = False
         self.last_type = type(event).__struct_config__.tag  # type: ignore[assignment]
         if isinstance(event, EffectCompleted) and started is not None and started.max_cost_usd:
             self.cost_usd += usage_of(event.result).cost_usd  # only a budget needs it

@@ -17,6 +17,7 @@ from schemas import (
     EffectResult,
     EventReceived,
     EventRejected,
+    StartRun,
     encode_inbox,
     fold,
 )
@@ -303,6 +304,38 @@ async def test_idempotent_start(nc: NATS, subjects: Subjects, forced_replay: boo
         assert await h.client.result("same", timeout=10) == 3
         kinds = types(await h.client.history("same"))
     assert kinds.count("run.started") == 1
+
+
+async def test_a_start_arriving_again_changes_nothing(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
+    """A start that reaches a worker again for a running run (resent after the
+    stream's duplicate window, so under a new Msg-Id) neither starts it twice nor moves
+    its wall-time deadline; the run goes on. The second worker has the run not in
+    memory: it appends run.started without reading the journal first, and the
+    journal's check sends it back to read it."""
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
+        rid = await h.client.start("waiter", 60, run_id="again", max_duration_s=600)
+        await wait_status(h.client, rid, "waiting")
+    deadline_before = await _scheduled(nc, subjects, rid)
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
+        again = StartRun(
+            run_id=rid, workflow="waiter", input=msgspec.Raw(b"60"), max_duration_s=600
+        )
+        await h.client.inbox.send(again, msg_id="start-again")
+        await h.client.send_event(rid, "go", {"approved": True, "by": "me"})  # after it
+        assert await h.client.result(rid, timeout=10) == {"approved": True, "by": "me"}
+        assert types(await h.client.history(rid)).count("run.started") == 1
+    assert await _scheduled(nc, subjects, rid) == deadline_before
+
+
+async def _scheduled(nc: NATS, subjects: Subjects, run_id: str) -> tuple[str, str]:
+    """The stream sequence and time of a run's wall-time deadline timer."""
+    req = msgspec.json.encode({"last_by_subj": subjects.schedule(run_id, 0)})
+    msg = await nc.request(f"$JS.API.DIRECT.GET.{subjects.inbox_stream}", req, timeout=5)
+    headers = msg.headers or {}
+    assert "Status" not in headers, headers
+    return headers["Nats-Sequence"], headers["Nats-Schedule"]
 
 
 async def test_awaiting_asyncio_is_refused(
