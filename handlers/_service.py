@@ -38,10 +38,12 @@ from schemas import (
     EffectResult,
     ErrorCode,
     ErrorInfo,
+    JournalEvent,
     PayloadTooLarge,
     TerminalError,
     check_effect_kind,
     decode_event,
+    event_type,
 )
 from streams import (
     ConsumerSpec,
@@ -195,7 +197,12 @@ class HandlerService:
             await self._dead_letter(msg, f"not a Mainspring effect request: {e}", "")
             await msg.term()
             return
-        assert isinstance(req, EffectRequested)
+        refusal = self._misfit(hdef, req, msg.subject)
+        if refusal is not None:  # never executed, and its result goes nowhere
+            await self._dead_letter(msg, f"effect request refused: {refusal}", "")
+            await msg.term()
+            return
+        assert isinstance(req, EffectRequested)  # _misfit said so
         delivery = num_delivered(msg)
         if delivery > hdef.max_deliveries:
             await self._give_up(hdef, req, msg, delivery)
@@ -249,6 +256,28 @@ class HandlerService:
                 return
             await self._reply(req, msg, ok=True, attempts=attempts, result=data)
             return
+
+    def _misfit(self, hdef: HandlerDef, req: JournalEvent, subject: str) -> str | None:
+        """Why a message on an effect-request subject is not executed although it
+        decodes: it is no request, it does not say what its subject says, or it names
+        another result inbox than its run's. Workers never write such a request; a
+        publisher who wants a command run and its output sent where they choose does."""
+        if not isinstance(req, EffectRequested):
+            return f"a {event_type(req)} event, not effect.requested"
+        s = self.subjects
+        if req.kind != hdef.kind or subject != s.journal_effect(req.run_id, req.kind):
+            return (
+                f"it says run {req.run_id!r}, kind {req.kind!r} but was stored on {subject} "
+                f"(served here: {hdef.kind})"
+            )
+        inbox = s.inbox(req.run_id, "effect.result")
+        if req.inbox and req.inbox != inbox:
+            return (
+                f"it names {req.inbox} for its result, not its run's inbox {inbox} (a forged "
+                f"request, or this handler's partitions ({s.partitions}) differ from the "
+                "workers')"
+            )
+        return None
 
     async def _give_up(
         self, hdef: HandlerDef, req: EffectRequested, msg: Msg, delivery: int
@@ -327,7 +356,8 @@ class HandlerService:
             error=error,
             attempts=attempts,
         )
-        await self.inbox.send(reply, msg_id=req.effect_id, subject=req.inbox or None)
+        # to the run's own inbox, derived from the run id (_misfit checked the request's)
+        await self.inbox.send(reply, msg_id=req.effect_id)
         await msg.ack()  # only after the result is safely in the run's inbox
 
 

@@ -24,12 +24,13 @@ class Inbox:
         self._nc = nc
         self._subjects = subjects
 
-    async def send(self, message: InboxUnion, *, msg_id: str, subject: str | None = None) -> None:
+    async def send(self, message: InboxUnion, *, msg_id: str) -> None:
         """Publish ``message`` (as it goes on the wire: large values already stored by
-        reference) to its run's inbox, or to ``subject`` (the inbox an effect request
-        named), and wait for the stream's ack."""
+        reference) to its run's inbox, and wait for the stream's ack. The subject comes
+        from the message's run id alone: never one a request named (a forged request
+        could name any)."""
         kind = str(type(message).__struct_config__.tag)
-        target = subject or self._subjects.inbox(message.run_id, kind)
+        target = self._subjects.inbox(message.run_id, kind)
         await publish_checked(self._nc, target, encode_inbox(message), {"Nats-Msg-Id": msg_id})
 
     async def schedule(self, fire: TimerFire, when: datetime) -> None:

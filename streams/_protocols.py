@@ -43,9 +43,8 @@ class JournalStore(Protocol):
 class InboxWriter(Protocol):
     """Runs' inboxes, written by clients, handlers and the kernel itself."""
 
-    async def send(self, message: InboxUnion, *, msg_id: str, subject: str | None = None) -> None:
-        """Deliver ``message`` to its run's inbox (or ``subject``), at most once per
-        ``msg_id``."""
+    async def send(self, message: InboxUnion, *, msg_id: str) -> None:
+        """Deliver ``message`` to its run's inbox, at most once per ``msg_id``."""
         ...
 
     async def schedule(self, fire: TimerFire, when: datetime) -> None:

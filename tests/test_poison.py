@@ -5,6 +5,7 @@ Each case where the worker judges the input runs live and under forced replay.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -13,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from mainspring import NatsServer
-from schemas import EventRejected
+from schemas import EffectRequested, EventRejected, RunStarted, encode_event
 from streams import DeadLetter, Subjects, dead_letters, reinject
 from tests import apps
 from tests.apps import registry
@@ -181,6 +182,54 @@ async def test_undecodable_effect_request_is_dead_lettered(nc: NATS, subjects: S
         await nc.publish(subjects.journal_effect("forged", "math.double"), b"not json")
         (letter,) = await _letters(nc, subjects, 1, source="fx")
         assert "not a Mainspring effect request" in letter.reason
+
+
+@pytest.mark.live_only("no run: a handler service alone")
+async def test_forged_effect_requests_are_refused_not_executed(
+    nc: NATS, subjects: Subjects
+) -> None:
+    """Requests published by hand onto an effect-request subject that no worker would
+    write are never executed: one naming a result inbox of the publisher's choosing
+    (to collect a command's output), one whose body names another run or kind than
+    its subject, and a journal event of another type. Each is dead-lettered once with
+    its reason, and nothing reaches the chosen inbox."""
+    served, ran = ms.Handlers(), []
+
+    @served.handler("math.double")
+    async def double(x: int) -> int:
+        ran.append(x)
+        return x * 2
+
+    def request(run_id: str, kind: str = "math.double", inbox: str = "") -> bytes:
+        return encode_event(
+            EffectRequested(
+                run_id=run_id,
+                n=2,
+                at=datetime.now(UTC),
+                seq=1,
+                effect_id=f"{run_id}.fx.1",
+                kind=kind,
+                payload=msgspec.Raw(b"21"),
+                inbox=inbox,
+            )
+        )
+
+    loot = await nc.subscribe("loot.>")
+    async with running(nc, subjects, handlers=served):
+        where = subjects.journal_effect
+        await nc.publish(where("victim", "math.double"), request("victim", inbox="loot.out"))
+        await nc.publish(where("victim", "math.double"), request("other"))
+        await nc.publish(where("victim", "math.double"), request("victim", kind="cli"))
+        started = RunStarted(run_id="victim", n=1, at=datetime.now(UTC), workflow="w", version="1")
+        await nc.publish(where("victim", "math.double"), encode_event(started))
+        letters = await _letters(nc, subjects, 4, source="fx")
+    reasons = sorted(letter.reason for letter in letters)
+    assert all(r.startswith("effect request refused: ") for r in reasons), reasons
+    assert sum("names loot.out for its result" in r for r in reasons) == 1
+    assert sum("was stored on" in r for r in reasons) == 2  # another run; another kind
+    assert sum("a run.started event" in r for r in reasons) == 1
+    assert ran == []  # the handler ran none of them
+    assert loot.pending_msgs == 0  # refused before anything could be sent there
 
 
 @pytest.mark.live_only(
