@@ -36,6 +36,7 @@ from schemas import ErrorInfo as _ErrorInfo
 from streams import (
     Inbox,
     Journal,
+    NatsAuth,
     Objects,
     PayloadLimits,
     StoredEvent,
@@ -106,9 +107,16 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str = "nats://127.0.0.1:4222", *, prefix: str = "ms", partitions: int = 16
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "ms",
+        partitions: int = 16,
+        auth: NatsAuth | None = None,
     ) -> Client:
-        nc = await connect(url)
+        """Connect to a deployment; ``auth`` holds NATS credentials and TLS files
+        (``streams.NatsAuth``) when the server asks for them."""
+        nc = await connect(url, auth=auth)
         return cls(nc, Subjects(prefix, partitions), owns_nc=True)
 
     async def __aenter__(self) -> Client:

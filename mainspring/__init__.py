@@ -45,7 +45,7 @@ from schemas import (
     WorkflowNotFound,
 )
 from servers import NatsServer
-from streams import PayloadLimits, Subjects
+from streams import NatsAuth, PayloadLimits, Subjects
 
 __all__ = [
     "ChildFailedError",
@@ -61,6 +61,7 @@ __all__ = [
     "Handlers",
     "InvalidNameError",
     "MainspringError",
+    "NatsAuth",
     "NatsServer",
     "NondeterminismError",
     "PayloadLimits",

@@ -17,7 +17,7 @@ import anyio
 import typer
 from nats.aio.client import Client as NATS
 
-from mainspring._config import Settings, resolve
+from mainspring._config import Settings, nats_auth, resolve
 from mainspring._logging import configure_logging
 from mainspring._shutdown import until_signalled
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, RunState, redact
@@ -138,7 +138,7 @@ def run_command(
                 "MAINSPRING_POSTGRES_DSN (and run `mainspring projector`); "
                 "`mainspring config show` says what is configured"
             )
-        nc = await connect(url, reconnect_forever=service)
+        nc = await connect(url, auth=nats_auth(settings), reconnect_forever=service)
         pool = None
         try:
             if dsn:

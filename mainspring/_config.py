@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from schemas import ConfigError, redact
+from schemas import ConfigError, add_secret, redact
+from streams import NatsAuth
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEV_DIR = Path(".mainspring")
@@ -130,6 +131,8 @@ class SettingSpec:
     empty_is_none: bool = True
     """a variable set but empty is an explicit "none" (False: it is ignored)"""
     secret: bool = False
+    whole_secret: bool = False
+    """the whole value is secret (a token, a password): shown as ``***`` everywhere"""
 
     @property
     def help_text(self) -> str:
@@ -157,6 +160,67 @@ SETTINGS = (
         "postgres",
         lent=lambda dev: dev.postgres_dsn,
         secret=True,
+    ),
+    SettingSpec(
+        "nats_creds",
+        "--nats-creds",
+        "MAINSPRING_NATS_CREDS",
+        "NATS credentials file (.creds: a user JWT and its nkey seed)",
+        "nats",
+    ),
+    SettingSpec(
+        "nats_nkey",
+        "--nats-nkey",
+        "MAINSPRING_NATS_NKEY",
+        "file holding a NATS nkey seed (SU...)",
+        "nats",
+    ),
+    SettingSpec(
+        "nats_token",
+        "--nats-token",
+        "MAINSPRING_NATS_TOKEN",
+        "NATS authentication token",
+        "nats",
+        secret=True,
+        whole_secret=True,
+    ),
+    SettingSpec("nats_user", "--nats-user", "MAINSPRING_NATS_USER", "NATS user name", "nats"),
+    SettingSpec(
+        "nats_password",
+        "--nats-password",
+        "MAINSPRING_NATS_PASSWORD",
+        "NATS password (of --nats-user)",
+        "nats",
+        secret=True,
+        whole_secret=True,
+    ),
+    SettingSpec(
+        "nats_tls_ca",
+        "--nats-tls-ca",
+        "MAINSPRING_NATS_TLS_CA",
+        "CA certificates (PEM) the NATS server's certificate must chain to (turns TLS on)",
+        "nats",
+    ),
+    SettingSpec(
+        "nats_tls_cert",
+        "--nats-tls-cert",
+        "MAINSPRING_NATS_TLS_CERT",
+        "client certificate (PEM) for NATS servers that verify clients",
+        "nats",
+    ),
+    SettingSpec(
+        "nats_tls_key",
+        "--nats-tls-key",
+        "MAINSPRING_NATS_TLS_KEY",
+        "private key (PEM) of --nats-tls-cert",
+        "nats",
+    ),
+    SettingSpec(
+        "nats_tls_server_name",
+        "--nats-tls-server-name",
+        "MAINSPRING_NATS_TLS_SERVER_NAME",
+        "name the NATS server's certificate must carry (default: the URL's host)",
+        "nats",
     ),
     SettingSpec(
         "signing_key",
@@ -328,7 +392,27 @@ def resolve(
             return Setting(spec.name, spec.default, "default", secret=spec.secret)
         return Setting(spec.name, None, "unset", secret=spec.secret)
 
-    return Settings({spec.name: setting(spec) for spec in SETTINGS}, dev=dev, notes=notes)
+    resolved = {spec.name: setting(spec) for spec in SETTINGS}
+    for spec in SETTINGS:
+        value = resolved[spec.name].value
+        if spec.whole_secret and value:
+            add_secret(value)  # from here on no log line or message shows it
+    return Settings(resolved, dev=dev, notes=notes)
+
+
+def nats_auth(settings: Settings) -> NatsAuth:
+    """The NATS credentials and TLS files the settings name."""
+    return NatsAuth(
+        creds=settings["nats_creds"].value,
+        nkey=settings["nats_nkey"].value,
+        token=settings["nats_token"].value,
+        user=settings["nats_user"].value,
+        password=settings["nats_password"].value,
+        tls_ca=settings["nats_tls_ca"].value,
+        tls_cert=settings["nats_tls_cert"].value,
+        tls_key=settings["nats_tls_key"].value,
+        tls_server_name=settings["nats_tls_server_name"].value,
+    )
 
 
 # --app paths documented before handlers, flows and the client left ``actors``: still

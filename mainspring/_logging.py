@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+
+from schemas import redact
+
+
+def _redacted(_logger: object, _name: str, rendered: Any) -> Any:
+    """The rendered line (the renderer's string) with URL credentials, ``password=``
+    values and registered secrets (tokens, passwords: ``schemas.add_secret``) replaced
+    by ``***``."""
+    return redact(rendered) if isinstance(rendered, str) else rendered
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -20,6 +30,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
+            _redacted,  # last: whatever a line holds, no secret leaves in it
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

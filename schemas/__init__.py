@@ -85,7 +85,7 @@ from schemas._payloads import (
     ref_of,
     stored_refs,
 )
-from schemas._secrets import redact
+from schemas._secrets import add_secret, redact
 from schemas._states import EffectState, RunState, WaitState
 from schemas._view import TERMINAL_STATUSES, EffectView, RunView, WaitView, fold, usage_of
 from schemas._waits import WaitMatcher
@@ -159,6 +159,7 @@ __all__ = [
     "WaitView",
     "WakeRun",
     "WorkflowNotFound",
+    "add_secret",
     "check_effect_kind",
     "check_event_name",
     "check_run_id",

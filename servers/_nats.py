@@ -57,6 +57,7 @@ class NatsServer(ChildServer):
         cluster_name: str | None = None,
         cluster_port: int | None = None,
         routes: list[int] | None = None,
+        extra_config: str = "",
     ) -> None:
         self.store_dir = Path(store_dir)
         self._auto_ports = port is None
@@ -68,6 +69,8 @@ class NatsServer(ChildServer):
         self.cluster_name = cluster_name
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.extra_config = extra_config
+        """more server configuration, as written in nats-server.conf (authorization, tls)"""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,7 +98,7 @@ class NatsServer(ChildServer):
                 f'cluster {{\n  name: "{self.cluster_name}"\n'
                 f'  listen: "{self.host}:{self.cluster_port}"\n  routes: [{routes}]\n}}\n'
             )
-        conf.write_text(text)
+        conf.write_text(text + self.extra_config)
         return conf
 
     def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:

@@ -33,7 +33,7 @@ from streams._journal import (
     read_records,
     verify_chain,
 )
-from streams._jsapi import ApiError, api_request, connect
+from streams._jsapi import ApiError, NatsAuth, api_request, connect
 from streams._leases import Lease, Leases
 from streams._markers import EffectMarkers
 from streams._objects import Objects, PayloadLimits, object_problem
@@ -69,6 +69,7 @@ __all__ = [
     "MIN_API_LEVEL",
     "MIN_SERVER",
     "MsgSink",
+    "NatsAuth",
     "Objects",
     "PayloadLimits",
     "PubAck",

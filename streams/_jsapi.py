@@ -7,16 +7,22 @@ batch direct get) or want to see exactly what the server echoes back.
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from schemas import ConnectionFailed, MainspringError, redact
+from schemas import ConfigError, ConnectionFailed, MainspringError, add_secret, redact
 
 log = structlog.get_logger()
+CONNECT_WITHIN_S = 15.0
+"""the first connection succeeds within this long or fails with what went wrong"""
 
 
 class ApiError(MainspringError):
@@ -62,29 +68,118 @@ async def api_request(nc: NATS, subject: str, body: Any = None, timeout: float =
     return msgspec.json.decode(msg.data)
 
 
-async def connect(url: str, *, reconnect_forever: bool = False, **options: Any) -> NATS:
-    """Connect to NATS (``url`` may list a cluster's servers, comma-separated); an
-    unreachable server is a ``ConnectionFailed`` saying what to do."""
-    import nats
+@dataclass(frozen=True)
+class NatsAuth:
+    """How a process proves who it is to NATS, and how it checks the server: each of
+    nats-server's client authentication methods, and TLS. Empty fields are not used;
+    credentials in the URL (``nats://user:pass@host``, ``nats://token@host``) work too."""
 
+    creds: str | None = None
+    """a ``.creds`` file (user JWT and nkey seed; decentralized auth with accounts)"""
+    nkey: str | None = None
+    """a file holding an nkey seed (``SU...``)"""
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    """CA certificates (PEM) the server's certificate must chain to"""
+    tls_cert: str | None = None
+    """this client's certificate (PEM), for servers that verify clients"""
+    tls_key: str | None = None
+    tls_server_name: str | None = None
+    """the name to check the server's certificate against (default: the URL's host)"""
+
+    def options(self) -> dict[str, Any]:
+        """nats-py ``connect`` options. Secret values are registered with ``redact``."""
+        for secret in (self.token, self.password):
+            if secret:
+                add_secret(secret)
+        opts: dict[str, Any] = {}
+        for path, what in ((self.creds, "credentials file"), (self.nkey, "nkey seed file")):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"the NATS {what} {path} does not exist (or is not a file)")
+        if self.creds:
+            opts["user_credentials"] = self.creds
+        if self.nkey:
+            opts["nkeys_seed"] = self.nkey
+        if self.token:
+            opts["token"] = self.token
+        if self.user:
+            opts["user"] = self.user
+        if self.password:
+            opts["password"] = self.password
+        if self.tls_cert and not self.tls_key:
+            raise ConfigError("a NATS TLS client certificate needs its key: give the key file too")
+        if self.tls_ca or self.tls_cert:
+            opts["tls"] = self._tls_context()
+        if self.tls_server_name:
+            opts["tls_hostname"] = self.tls_server_name
+        return opts
+
+    def _tls_context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert and self.tls_key:
+                ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot use the NATS TLS files: {e}") from None
+        return ctx
+
+
+async def connect(
+    url: str, *, auth: NatsAuth | None = None, reconnect_forever: bool = False, **options: Any
+) -> NATS:
+    """Connect to NATS (``url`` may list a cluster's servers, comma-separated), with
+    ``auth`` (credentials, TLS); an unreachable server or a refused login is a
+    ``ConnectionFailed`` saying what to do."""
     connected = False
+    errors: list[str] = []
 
     async def on_error(e: Exception) -> None:
         # nats-py's default prints a traceback per attempt; before the first connection
         # the ConnectionFailed below says it all, after it one line says what happened.
         level = log.warning if connected else log.debug
-        level("nats_error", error=redact(str(e)) or type(e).__name__)
+        text = redact(str(e)) or type(e).__name__
+        errors.append(text)
+        level("nats_error", error=text)
 
     settings: dict[str, Any] = {"connect_timeout": 3, "reconnect_time_wait": 0.2}
     settings["max_reconnect_attempts"] = -1 if reconnect_forever else 3
     settings["error_cb"] = on_error
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
+    if auth is not None:
+        settings.update(auth.options())
+    nc = NATS()
     try:
-        nc = await nats.connect(servers, **{**settings, **options})
+        # bounded: after a failed TLS handshake nats-py retries without end
+        with anyio.fail_after(CONNECT_WITHIN_S):
+            await nc.connect(servers, **{**settings, **options})
         connected = True
         return nc
     except Exception as e:  # nats-py raises several unrelated types here
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+        last = errors[-1] if errors else redact(str(e)) or type(e).__name__
+
+        def first(*words: str) -> str | None:  # the attempt's errors come in any order
+            return next((t for t in errors if any(w in t.lower() for w in words)), None)
+
+        refused = first("authorization", "authentication")
+        if refused is not None:
+            raise ConnectionFailed(
+                f"NATS at {redact(url)} refused this connection ({refused}): give the "
+                "credentials this server expects (--nats-creds, --nats-nkey, --nats-token, "
+                "--nats-user/--nats-password or the URL; `mainspring config show` says "
+                "what is configured)"
+            ) from None
+        tls = first("ssl", "certificate", "tls")
+        if tls is not None:
+            raise ConnectionFailed(
+                f"TLS with NATS at {redact(url)} failed ({tls}): check --nats-tls-ca (the "
+                "CA the server's certificate chains to), --nats-tls-cert/--nats-tls-key "
+                "(when the server verifies clients) and --nats-tls-server-name"
+            ) from None
         raise ConnectionFailed(
-            f"cannot reach NATS at {redact(url)} ({redact(str(e))}); start one with "
+            f"cannot reach NATS at {redact(url)} ({last}); start one with "
             "`mainspring dev`, or point MAINSPRING_NATS_URL / --nats-url at your server"
         ) from None

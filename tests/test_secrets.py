@@ -20,13 +20,27 @@ from tests.procs import cli
         ("postgresql://ms:hunter2@db:5432/ms", "postgresql://ms:***@db:5432/ms"),
         ("host=db user=ms password=hunter2 dbname=ms", "host=db user=ms password=*** dbname=ms"),
         ("host=db password='hunter 2' dbname=ms", "host=db password=*** dbname=ms"),
-        ("nats://token@h:4222", "nats://token@h:4222"),
+        ("nats://s3cr3t-token@h:4222", "nats://***@h:4222"),  # NATS: a user part alone is a token
+        (
+            "postgresql://db/ms?sslmode=require&password=hunter2",
+            "postgresql://db/ms?sslmode=require&password=***",
+        ),
         ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
     ],
 )
 def test_redact_hides_every_password(text: str, shown: str) -> None:
-    """URL passwords (each server of a cluster list) and libpq password= values become ***."""
+    """URL passwords (each server of a cluster list), NATS URL tokens and libpq
+    password= values become ***."""
     assert redact(text) == shown
+
+
+def test_registered_secrets_are_redacted_everywhere() -> None:
+    """A token or password given on its own (--nats-token, --nats-password) is masked
+    wherever it appears once it is registered, as the CLI does when it reads it."""
+    from schemas import add_secret
+
+    add_secret("canary-7f3a9c")
+    assert redact("login with canary-7f3a9c refused") == "login with *** refused"
 
 
 @pytest.mark.parametrize(
