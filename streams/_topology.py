@@ -89,6 +89,9 @@ def journal_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, 
         "duplicate_window": int(cfg.duplicate_window_s * _NS),
         "allow_direct": True,
         "deny_delete": True,
+        # No purge either, of the stream or of a run's subjects: history cannot be cut
+        # through the API. NATS cannot lift this once set (docs/concepts.md).
+        "deny_purge": True,
         "allow_rollup_hdrs": False,
         "republish": {
             "src": subjects.journal_all(),
@@ -197,7 +200,11 @@ async def ensure_topology(
     features = await check_server(nc)
     journal = journal_stream_config(subjects, cfg)
     inbox = inbox_stream_config(subjects, cfg)
-    _require(await _create_or_update(nc, journal), journal, ("allow_direct", "republish"))
+    _require(
+        await _create_or_update(nc, journal),
+        journal,
+        ("allow_direct", "republish", "deny_delete", "deny_purge"),
+    )
     _require(
         await _create_or_update(nc, inbox),
         inbox,

@@ -167,3 +167,20 @@ async def test_publish_where_no_stream_listens_is_a_clear_error(nc: NATS) -> Non
 
     with pytest.raises(ConnectionFailed, match=r"no answer.*NoResponders"):
         await publish(nc, "nostream.x", b"1", {"Nats-Msg-Id": "x"}, retry_for=0.5)
+
+
+async def test_journal_history_cannot_be_purged_or_deleted(nc: NATS, subjects: Subjects) -> None:
+    """Neither the whole journal, nor one run's subjects, nor one message can be removed
+    through the JetStream API: the server refuses (deny_purge, deny_delete)."""
+    from streams import ApiError, api_request
+
+    await ensure_topology(nc, subjects)
+    j = Journal(nc, subjects)
+    first = await j.append(_started("r9"), expected_seq=0, prev=GENESIS)
+    stream = subjects.journal_stream
+    for body in ({}, {"filter": subjects.journal_run_filter("r9")}):
+        with pytest.raises(ApiError, match="purge not permitted"):
+            await api_request(nc, f"$JS.API.STREAM.PURGE.{stream}", body)
+    with pytest.raises(ApiError, match="delete"):
+        await api_request(nc, f"$JS.API.STREAM.MSG.DELETE.{stream}", {"seq": first.seq})
+    assert [e.n for e in await j.load("r9")] == [1]
