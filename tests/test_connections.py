@@ -208,16 +208,9 @@ async def test_tls_with_client_certificates(tmp_path: Path) -> None:
         files["tls_key"] = f"{pki['client']}.key"
         env = {f"MAINSPRING_NATS_{k.upper()}": v for k, v in files.items()}
         rid, _ = await _run_through(tmp_path, server, NatsAuth(**files), env)
+        client_cert = ("--nats-tls-cert", files["tls_cert"], "--nats-tls-key", files["tls_key"])
         flags = _flags(server, "--nats-tls-ca", files["tls_ca"])
-        ok = await acli(
-            "status",
-            rid,
-            *flags,
-            "--nats-tls-cert",
-            files["tls_cert"],
-            "--nats-tls-key",
-            files["tls_key"],
-        )
+        ok = await acli("status", rid, *flags, *client_cert)
         assert ok.returncode == 0, ok.stderr
         no_cert = await acli("status", rid, *flags)
         assert no_cert.returncode != 0
@@ -225,13 +218,7 @@ async def test_tls_with_client_certificates(tmp_path: Path) -> None:
         (tmp_path / "other").mkdir()
         other_ca = _pki(tmp_path / "other")
         untrusted = await acli(
-            "status",
-            rid,
-            *_flags(server, "--nats-tls-ca", f"{other_ca['ca']}.pem"),
-            "--nats-tls-cert",
-            files["tls_cert"],
-            "--nats-tls-key",
-            files["tls_key"],
+            "status", rid, *_flags(server, "--nats-tls-ca", f"{other_ca['ca']}.pem"), *client_cert
         )
         assert untrusted.returncode != 0
         assert "certificate" in untrusted.stderr.lower()
