@@ -18,6 +18,7 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
 from __future__ import annotations
 
 import base64
+import functools
 import re
 
 from schemas import ConfigError
@@ -27,9 +28,11 @@ _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 
 
+@functools.lru_cache(maxsize=65_536)
 def partition_of(run_id: str, partitions: int) -> int:
     """FNV-1a 32 of the run id modulo ``partitions``: the same function as the
-    server's ``{{partition(N,1)}}`` subject transform (a test pins the equality)."""
+    server's ``{{partition(N,1)}}`` subject transform (a test pins the equality).
+    Cached: every inbox message and effect request of a run asks again."""
     h = _FNV_OFFSET
     for byte in run_id.encode():
         h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
