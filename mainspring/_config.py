@@ -92,6 +92,12 @@ class DevInstance:
         value = self.info.get("postgres_dsn")
         return str(value) if value else None
 
+    @property
+    def nats_token(self) -> str | None:
+        """the token its NATS server asks for (dev runs with authorization on)"""
+        value = self.info.get("nats_token")
+        return str(value) if value else None
+
     def _file(self, value: object) -> Path | None:
         """A path the dev instance wrote (absolute, or relative to the folder it ran in)."""
         if not value:
@@ -181,6 +187,7 @@ SETTINGS = (
         "MAINSPRING_NATS_TOKEN",
         "NATS authentication token",
         "nats",
+        lent=lambda dev: dev.nats_token,
         secret=True,
         whole_secret=True,
     ),

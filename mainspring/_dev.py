@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from mainspring._config import DEV_POINTER
 from mainspring._shutdown import until_signalled
 from projections import Projector, Signer
 from servers import NatsServer, PostgresServer
-from streams import Subjects, connect
+from streams import NatsAuth, Subjects, connect
 
 log = structlog.get_logger()
 
@@ -42,6 +43,22 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _nats_token(data_dir: Path) -> str:
+    """The token dev's NATS server asks every client for: made once, kept (0600) beside
+    the data so scripts keep working across restarts. Other ``mainspring`` commands
+    read it from dev.json; anything else passes it (``nats://<token>@127.0.0.1:4222``)."""
+    path = data_dir / "nats.token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
 
 
 def _signer(keys: Path) -> Signer:
@@ -64,7 +81,12 @@ async def run_dev(
     grace_s: float = 10.0,
 ) -> None:
     """Run until SIGINT or SIGTERM (or cancelled); ``data_dir`` must exist."""
-    nats_server = NatsServer(data_dir / "nats", port=nats_port if _port_free(nats_port) else None)
+    token = _nats_token(data_dir)
+    nats_server = NatsServer(
+        data_dir / "nats",
+        port=nats_port if _port_free(nats_port) else None,
+        extra_config=f'authorization {{ token: "{token}" }}\n',
+    )
     pg = PostgresServer(data_dir / "postgres")
 
     def kill_servers() -> None:  # the clean stop is stuck: do not leave servers behind
@@ -72,6 +94,7 @@ async def run_dev(
         nats_server.kill()
 
     serve = _Dev(data_dir, registry, handlers, nats_server, pg, prefix, partitions, status_every)
+    serve.token = token
     await until_signalled(serve.run, grace_s=grace_s, on_force=kill_servers)
 
 
@@ -96,6 +119,7 @@ class _Dev:
         self.partitions = partitions
         self.status_every = status_every
         self.info_files = [data_dir / "dev.json", DEV_POINTER]
+        self.token = ""
 
     async def run(self) -> None:
         try:
@@ -113,6 +137,7 @@ class _Dev:
         info = {
             "pid": os.getpid(),
             "nats_url": self.nats_server.url,
+            "nats_token": self.token,
             "postgres_dsn": self.pg.dsn,
             "prefix": self.prefix,
             "partitions": self.partitions,
@@ -122,7 +147,9 @@ class _Dev:
             "postgres_pid": self.pg.pid,
             "postgres_data_dir": str(self.pg.data_dir),
         }
-        for path in self.info_files:
+        for path in self.info_files:  # they hold the NATS token: readable by this user only
+            path.touch(mode=0o600)
+            path.chmod(0o600)
             path.write_text(json.dumps(info, indent=2))
 
     def _remove_info(self) -> None:
@@ -140,7 +167,7 @@ class _Dev:
     async def _serve(self) -> None:
         nats_server, pg, registry = self.nats_server, self.pg, self.registry
         signer = _signer(self.data_dir / "keys")
-        nc = await connect(nats_server.url, reconnect_forever=True)
+        nc = await connect(nats_server.url, auth=NatsAuth(token=self.token), reconnect_forever=True)
         pool = None
         try:
             pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=6)
@@ -160,7 +187,9 @@ class _Dev:
                     f"  workflows: {', '.join(registry.names()) or 'none'}; "
                     f"handlers: {', '.join(all_handlers.kinds())}\n"
                     "  other mainspring commands in this folder find it automatically; "
-                    "Ctrl-C stops everything",
+                    "Ctrl-C stops everything\n"
+                    f"  NATS asks for a token (in {self.data_dir / 'nats.token'}): other "
+                    "clients connect to nats://<token>@host:port",
                     flush=True,
                 )
                 tg.start_soon(_status_line, worker, projector, pool, self.status_every)

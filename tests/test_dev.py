@@ -95,7 +95,16 @@ def test_dev_serves_other_commands_and_keeps_data(tmp_path: Path) -> None:
     port = free_port()
     dev = _start_dev(work, env, port)
     try:
-        assert json.loads((work / ".mainspring" / "dev.json").read_text())["pid"] == dev.pid
+        info_file = work / ".mainspring" / "dev.json"
+        info = json.loads(info_file.read_text())
+        assert info["pid"] == dev.pid
+        # its NATS asks for the token it keeps (this user's files only): commands here
+        # get it from dev.json; a client without it is refused
+        assert info_file.stat().st_mode & 0o077 == 0
+        assert (work / ".mainspring" / "nats.token").stat().st_mode & 0o077 == 0
+        refused = cli("runs", "--nats-token", "not-the-token", cwd=work, env=env)
+        assert refused.returncode != 0
+        assert "refused this connection" in refused.stderr
         started = cli(
             "run",
             str(EXAMPLE),
@@ -175,7 +184,7 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 async def _flood(info: dict[str, object], runs: int) -> None:
     """Start many effect-heavy runs and return once some, not all, have finished."""
-    nc = await nats.connect(str(info["nats_url"]))
+    nc = await nats.connect(str(info["nats_url"]), token=str(info["nats_token"]))
     try:
         client = ms.Client(nc, Subjects(str(info["prefix"]), int(str(info["partitions"]))))
         ids = [await client.start("fanout", 20) for _ in range(runs)]
