@@ -123,3 +123,13 @@ def test_w9_agent_overhead() -> None:
     assert number(result, "work_p50_ms") > 0
     assert number(result, "overhead_p50") <= number(result, "overhead_p99")
     assert number(result, "gap_p50_ms") >= 0
+
+
+def test_floor_of_the_broker_hops() -> None:
+    """The floor probe reports acked publish rates on both paths and a bare W3 resume."""
+    result = run_bench("floor", "--publishes", "400", "--in-flight", "20", "--resumes", "20")
+    keys = {"acked_publishes_per_s", "acked_publishes_per_s_nats_py", "bare_resume_p50_ms"}
+    assert {"workload", "fsync_always", "cpu_count", "commit"} | keys <= result.keys()
+    assert number(result, "acked_publishes_per_s") > 0
+    assert number(result, "acked_publishes_per_s_nats_py") > 0
+    assert 0 < number(result, "bare_resume_p50_ms") <= number(result, "bare_resume_p99_ms")
