@@ -50,6 +50,15 @@ class Unavailable(Exception):
     """
 
 
+_RETRYABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,  # KV/JetStream calls during elections
+    Unavailable,
+)
+"""what ``retrying`` tries again (a closed connection it does not: that ends the call)"""
+
+
 async def retrying(call: Callable[[], Awaitable[T]], what: str, retry_for: float = 30.0) -> T:
     """Run ``call``, retrying timeouts and "no responders" for ``retry_for`` seconds:
     long enough for a clustered stream to elect a new leader after losing a node (seen
@@ -59,12 +68,7 @@ async def retrying(call: Callable[[], Awaitable[T]], what: str, retry_for: float
     while True:
         try:
             return await call()
-        except (
-            nats.errors.TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.js.errors.NoStreamResponseError,  # KV/JetStream calls during elections
-            Unavailable,
-        ) as e:
+        except _RETRYABLE as e:
             if anyio.current_time() + delay > deadline:
                 raise ConnectionFailed(
                     f"{what}: no answer for {retry_for:.0f}s ({e!r}); is nats-server running "
@@ -172,13 +176,6 @@ def _parse_block(block: bytes) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if line)
 
 
-_RETRIED = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-)
-
-
 async def publish(
     nc: NATS,
     subject: str,
@@ -195,9 +192,9 @@ async def publish(
         msg = await _request(nc, subject, data, headers, timeout)
         return _ack_decoder.decode(msg.data)
 
-    try:  # the first attempt without retrying's closure and bookkeeping
+    try:  # the first attempt without retrying's bookkeeping; what fails goes through it
         return await once()
-    except _RETRIED:
+    except (*_RETRYABLE, nats.errors.ConnectionClosedError):
         return await retrying(once, f"publishing to {subject}", retry_for)
 
 
