@@ -376,16 +376,17 @@ class _Runner:
         self.tasks.start_soon(self._run, msg)
 
     async def _run(self, msg: Msg) -> None:
-        self.inflight.hold(msg)
         try:
-            await self.service._execute(self.hdef, msg)
+            self.inflight.hold(msg)
+            try:
+                await self.service._execute(self.hdef, msg)
+            finally:
+                self.inflight.release(msg)  # before a nak: no keep-alive for it meanwhile
         except Exception as exc:  # reply could not be published: let JetStream redeliver
-            self.inflight.release(msg)
             log.warning("effect_reply_failed", kind=self.hdef.kind, error=str(exc))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=min(2.0 ** num_delivered(msg), 30.0))
         finally:
-            self.inflight.release(msg)
             self.limiter.release()
 
 
