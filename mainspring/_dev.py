@@ -93,8 +93,9 @@ async def run_dev(
         pg.kill()
         nats_server.kill()
 
-    serve = _Dev(data_dir, registry, handlers, nats_server, pg, prefix, partitions, status_every)
-    serve.token = token
+    serve = _Dev(
+        data_dir, registry, handlers, nats_server, token, pg, prefix, partitions, status_every
+    )
     await until_signalled(serve.run, grace_s=grace_s, on_force=kill_servers)
 
 
@@ -105,6 +106,7 @@ class _Dev:
         registry: Registry,
         handlers: Handlers | None,
         nats_server: NatsServer,
+        token: str,
         pg: PostgresServer,
         prefix: str,
         partitions: int,
@@ -114,12 +116,13 @@ class _Dev:
         self.registry = registry
         self.handlers = handlers
         self.nats_server = nats_server
+        self.token = token
+        """what nats_server asks clients for (dev.json lends it to other commands)"""
         self.pg = pg
         self.prefix = prefix
         self.partitions = partitions
         self.status_every = status_every
         self.info_files = [data_dir / "dev.json", DEV_POINTER]
-        self.token = ""
 
     async def run(self) -> None:
         try:
