@@ -32,10 +32,13 @@ from schemas import (
     CancelRun,
     ChildDone,
     EffectCompleted,
+    EffectRequested,
+    EffectResult,
     ErrorCode,
     ErrorInfo,
     EventReceived,
     EventRejected,
+    InboxUnion,
     InvalidNameError,
     JournalConflict,
     JournalCorrupt,
@@ -48,13 +51,14 @@ from schemas import (
     RunParked,
     RunStarted,
     StartRun,
+    TimerFire,
     WakeRun,
     WorkflowNotFound,
     check_event_name,
     decode_inbox,
     usage_of,
 )
-from streams import GENESIS, StoredEvent, num_delivered, stream_seq
+from streams import GENESIS, HDR_MAC, StoredEvent, num_delivered, stream_seq
 
 log = structlog.get_logger()
 _MAX_CONFLICT_RETRIES = 5
@@ -124,6 +128,8 @@ class RunActor:
         """the machine has taken an event since it was replayed (forced replay reloads)"""
         self.junk_events = 0
         """journal events spent on rejected input: not counted against max_events"""
+        self.legacy_effects: set[int] = set()
+        """effects whose request has no tag (legacy): their results may have none either"""
 
     def evict(self) -> None:
         """Forget everything in memory; the next input replays from the journal."""
@@ -193,6 +199,8 @@ class RunActor:
             elif isinstance(e.event, EventRejected):
                 self.rejections += 1
                 self.junk_events += junk_weight(e.event)
+            elif isinstance(e.event, EffectRequested) and e.mac is None:
+                self.legacy_effects.add(e.event.seq)
         last = events[-1]
         self.n, self.last_seq, self.head = last.n, last.seq, last.hash
         self.last_type = type(last.event).__struct_config__.tag  # type: ignore[assignment]
@@ -262,6 +270,11 @@ class RunActor:
             await self._advance()
             if self.terminal is not None or self.machine is None:
                 return await self._activate(inp, fresh=True)
+        forged = self._forged(msg, message)
+        if forged is not None:
+            return await self._dead_letter(
+                msg, "forged", f"{type(message).__name__} refused: {forged}"
+            )
         fact = fact_for(message, self.machine, self.started, f"inbox:{stream_seq(msg)}")
         if isinstance(fact, Ignored):
             if not fresh:
@@ -275,6 +288,24 @@ class RunActor:
             await self._append(fact)
         await self._advance()
         return Outcome.ACK
+
+    def _forged(self, msg: Msg, message: InboxUnion) -> str | None:
+        """Why an input that only a worker or handler may send is not theirs (None: it
+        is, or this deployment has no keys). Starts, cancels and wakes are the clients'
+        and not tagged; resume events are anyone's."""
+        keys = self.rt.keys
+        if keys is None or not isinstance(message, EffectResult | TimerFire | ChildDone):
+            return None
+        header = msg.headers.get(HDR_MAC) if msg.headers else None
+        if isinstance(message, EffectResult):
+            assert self.machine is not None
+            req = self.machine.recorded.get(message.seq)
+            if not isinstance(req, EffectRequested) or req.effect_id != message.effect_id:
+                return None  # no such effect outstanding: fact_for ignores it
+            if header is None and message.seq in self.legacy_effects:
+                return None  # requested before the deployment had keys
+            return keys.check_result(msg.subject, msg.data, header, req.kind)
+        return keys.check_input(msg.subject, msg.data, header)
 
     async def _on_event(self, msg: Msg, name: str) -> Outcome:
         headers = msg.headers or {}

@@ -11,6 +11,7 @@ from schemas import (
     ChildFailed,
     EffectCompleted,
     EffectFailed,
+    EffectRequested,
     EffectResult,
     ErrorCode,
     ErrorInfo,
@@ -51,6 +52,9 @@ def fact_for(
             return Ignored(f"effect {message.seq} already has its result (a duplicate)")
         if message.seq not in m.futures:
             return Ignored(f"the run has no outstanding effect {message.seq}")
+        req = m.recorded.get(message.seq)
+        if not isinstance(req, EffectRequested) or req.effect_id != message.effect_id:
+            return Ignored(f"the run requested no effect {message.effect_id!r} at {message.seq}")
         if message.ok:
             return EffectCompleted(
                 run_id=rid,

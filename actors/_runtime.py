@@ -13,6 +13,7 @@ from schemas import InboxUnion, TimerFire
 from streams import (
     InboxWriter,
     JournalStore,
+    Keyring,
     Objects,
     PayloadLimits,
     Subjects,
@@ -67,14 +68,18 @@ class Runtime:
         *,
         journal: JournalStore | None = None,
         inbox: InboxWriter | None = None,
+        keys: Keyring | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.registry = registry
         self.options = options
+        self.keys = keys
+        """the deployment's keys: appends are tagged, inputs from workers and handlers
+        checked (None: nothing is tagged or checked)"""
         self.objects = Objects(nc, subjects, options.payloads)
-        self.journal = journal or open_journal(nc, subjects, self.objects)
-        self.inbox = inbox or open_inbox(nc, subjects)
+        self.journal = journal or open_journal(nc, subjects, self.objects, keys)
+        self.inbox = inbox or open_inbox(nc, subjects, keys)
 
     async def dead_letter(self, msg: Msg, *, source: str, reason: str, run_id: str) -> None:
         """Move an inbox message that cannot be applied to the dead-letter stream."""

@@ -24,6 +24,7 @@ from schemas import ConnectionFailed, MainspringError
 from streams import (
     ConsumerSpec,
     InFlight,
+    Keyring,
     Lease,
     Leases,
     Subjects,
@@ -78,11 +79,12 @@ class Worker:
         subjects: Subjects | None = None,
         options: WorkerOptions | None = None,
         worker_id: str | None = None,
+        keys: Keyring | None = None,
     ) -> None:
         self.subjects = subjects or Subjects()
         self.options = options or WorkerOptions()
         self.worker_id = worker_id or f"w{ULID()}"
-        self.rt = Runtime(nc, self.subjects, registry, self.options)
+        self.rt = Runtime(nc, self.subjects, registry, self.options, keys=keys)
         self.leases = Leases(nc, self.subjects, self.worker_id, ttl_s=self.options.lease_ttl_s)
         self.actors: OrderedDict[str, RunActor] = OrderedDict()
         self._held: dict[int, _Held] = {}
@@ -120,7 +122,19 @@ class Worker:
                 tg.start_soon(self._lease_loop, tg)
                 tg.start_soon(self._expiry_watch)
                 tg.start_soon(self._inflight.keep_alive)
-                self.log.info("worker_started", partitions=len(self._held))
+                keys = self.rt.keys
+                self.log.info(
+                    "worker_started",
+                    partitions=len(self._held),
+                    signing_key=keys.signing.id if keys else None,
+                )
+                if keys is None:
+                    self.log.warning(
+                        "journal_unauthenticated",
+                        hint="journal entries are not tagged and inputs not checked: anyone "
+                        "who can publish to NATS can forge them; give the worker a keys file "
+                        "(`mainspring keys new`, --keys / MAINSPRING_KEYS)",
+                    )
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True):

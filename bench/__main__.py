@@ -44,6 +44,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--timeout", type=float, default=120.0, help="seconds per awaited result")
         p.add_argument("--keep", action="store_true", help="keep the temp dir (server, logs)")
         p.add_argument(
+            "--no-keys",
+            action="store_true",
+            help="a deployment without keys: nothing tagged or checked (to measure their cost)",
+        )
+        p.add_argument(
             "--profile-worker",
             type=Path,
             metavar="PATH",
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         partitions=args.partitions,
         keep=args.keep,
         profile_worker=args.profile_worker,
+        keyed=not args.no_keys,
     ) as env:
         result = anyio.run(partial(workload, env, args), backend_options={"use_uvloop": True})
     print(json.dumps(result), flush=True)

@@ -26,6 +26,7 @@ import mainspring as ms
 from bench._cpu import CpuMeter
 from mainspring import NatsServer
 from streams import Subjects
+from tests.harness import keys_for
 from tests.procs import ROOT, Proc, spawn
 
 APP = "tests.apps:registry"
@@ -69,11 +70,16 @@ class Environment:
         partitions: int = 16,
         keep: bool = False,
         profile_worker: Path | None = None,
+        keyed: bool = True,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mainspring-bench-"))
         self.fsync_always = fsync_always
         self.keep = keep
         self.subjects = Subjects(prefix="bench", partitions=partitions)
+        self.keys = keys_for(self.subjects) if keyed else None
+        """the deployment keys every process gets (tests.procs.spawn writes them); None:
+        an unkeyed deployment (``--no-keys``), to measure what the tags cost"""
+        self.spawn_env = {} if keyed else {"MAINSPRING_KEYS": ""}
         self.server = NatsServer(self.dir / "nats", sync_always=fsync_always)
         self.profile_worker = profile_worker
         self.workers: list[Proc] = []
@@ -123,6 +129,7 @@ class Environment:
             self.subjects,
             self.dir / f"worker-{n}.log",
             extra=("--concurrency", str(concurrency)),
+            env=self.spawn_env,
             python=self._profile(f"{n}"),
             new_session=True,  # a Ctrl-C in the terminal reaches only us; we stop it
         )
@@ -142,7 +149,7 @@ class Environment:
             self.url,
             self.subjects,
             self.dir / f"handlers-{n}.log",
-            env={"MS_BENCH_HANDLER_CONCURRENCY": str(concurrency)},
+            env={"MS_BENCH_HANDLER_CONCURRENCY": str(concurrency), **self.spawn_env},
             python=self._profile(f"handlers{n}"),
             new_session=True,
         )
@@ -178,7 +185,7 @@ async def connect(env: Environment) -> AsyncIterator[ms.Client]:
     """A client on its own NATS connection, closed on exit."""
     nc = await nats.connect(env.url)
     try:
-        yield ms.Client(nc, env.subjects)
+        yield ms.Client(nc, env.subjects, keys=env.keys)
     finally:
         await nc.close()
 
@@ -232,6 +239,7 @@ def common_fields(workload: str, env: Environment) -> dict[str, object]:
         "loadavg_1m_before": round(env.loadavg_before, 2),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "partitions": env.subjects.partitions,
+        "keyed": env.keys is not None,
         **env.source,
     }
 

@@ -46,7 +46,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
     nc = await nats.connect(env.url)
     try:
         await ensure_topology(nc, env.subjects)
-        journal = Journal(nc, env.subjects)
+        journal = Journal(nc, env.subjects, keys=env.keys)
         total = args.runs * args.events
         log(f"writing {args.runs} journals x {args.events} events = {total} events")
         t0 = time.perf_counter()
@@ -63,7 +63,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         rates = []
         for r in range(args.rounds):
             t0 = time.perf_counter()
-            checkers = await check_stream(nc, env.subjects)
+            checkers = await check_stream(nc, env.subjects, keys=env.keys)
             seconds = time.perf_counter() - t0
             verified = sum(c.n for c in checkers.values())
             bad = [c.problem for c in checkers.values() if c.problem]

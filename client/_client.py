@@ -36,6 +36,7 @@ from schemas import ErrorInfo as _ErrorInfo
 from streams import (
     Inbox,
     Journal,
+    Keyring,
     NatsAuth,
     Objects,
     PayloadLimits,
@@ -96,11 +97,15 @@ class Client:
         *,
         owns_nc: bool = False,
         payloads: PayloadLimits | None = None,
+        keys: Keyring | None = None,
     ):
+        """``keys``: the deployment's keys; with them, every journal entry this client
+        reads (results, status, history) must carry a worker's tag, else
+        ``JournalForged``. Without, it trusts whoever could write to the journal."""
         self.nc = nc
         self.subjects = subjects or Subjects()
         self.objects = Objects(nc, self.subjects, payloads)
-        self.journal = Journal(nc, self.subjects, objects=self.objects)
+        self.journal = Journal(nc, self.subjects, objects=self.objects, keys=keys)
         self.inbox = Inbox(nc, self.subjects)
         self._owns = owns_nc
         self._ready = False
@@ -113,11 +118,14 @@ class Client:
         prefix: str = "ms",
         partitions: int = 16,
         auth: NatsAuth | None = None,
+        keys: Keyring | str | None = None,
     ) -> Client:
         """Connect to a deployment; ``auth`` holds NATS credentials and TLS files
-        (``streams.NatsAuth``) when the server asks for them."""
+        (``streams.NatsAuth``) when the server asks for them; ``keys`` the deployment's
+        keys (or the path of its keys file) to check what the client reads."""
+        ring = Keyring.load(keys) if isinstance(keys, str) else keys
         nc = await connect(url, auth=auth)
-        return cls(nc, Subjects(prefix, partitions), owns_nc=True)
+        return cls(nc, Subjects(prefix, partitions), owns_nc=True, keys=ring)
 
     async def __aenter__(self) -> Client:
         return self

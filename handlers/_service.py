@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 
 from schemas import (
     NULL,
+    ConfigError,
     EffectRequested,
     EffectResult,
     ErrorCode,
@@ -46,7 +47,10 @@ from schemas import (
     event_type,
 )
 from streams import (
+    HDR_FX_MAC,
+    HDR_PREV,
     ConsumerSpec,
+    EffectKeys,
     EffectMarkers,
     Inbox,
     InFlight,
@@ -54,12 +58,14 @@ from streams import (
     PayloadLimits,
     Subjects,
     Tasks,
+    chain,
     dead_letter_msg,
     ensure_consumer,
     ensure_topology,
     num_delivered,
     pull_loop,
     retrying,
+    stream_seq,
     take_slot,
 )
 
@@ -150,16 +156,23 @@ class HandlerService:
         *,
         subjects: Subjects | None = None,
         payloads: PayloadLimits | None = None,
+        keys: EffectKeys | None = None,
     ) -> None:
         self.nc = nc
         self.handlers = handlers
         self.subjects = subjects or Subjects()
+        self.keys = keys
+        """effect keys of the kinds served: requests must carry a worker's tag, results
+        get ours (None: requests are not checked; see docs/security.md)"""
         self.markers = EffectMarkers(nc, self.subjects)
         self.objects = Objects(nc, self.subjects, payloads)  # large payloads (DESIGN.md §10)
-        self.inbox = Inbox(nc, self.subjects)
+        self.inbox = Inbox(nc, self.subjects, keys)
+        self.forged = 0
+        """requests refused because no worker of this deployment wrote them"""
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await ensure_topology(self.nc, self.subjects)
+        self._check_keys()
         # a new (replicated) bucket may need a moment before it answers
         await retrying(self.markers.open, "opening the effect start markers")
         async with anyio.create_task_group() as tg:
@@ -197,7 +210,7 @@ class HandlerService:
             await self._dead_letter(msg, f"not a Mainspring effect request: {e}", "")
             await msg.term()
             return
-        refusal = self._misfit(hdef, req, msg.subject)
+        refusal = self._misfit(hdef, req, msg.subject) or self._unproven(hdef, msg)
         if refusal is not None:  # never executed, and its result goes nowhere
             await self._dead_letter(msg, f"effect request refused: {refusal}", "")
             await msg.term()
@@ -279,6 +292,41 @@ class HandlerService:
             )
         return None
 
+    def _check_keys(self) -> None:
+        keys = self.keys
+        if keys is None:
+            log.warning(
+                "effect_requests_unchecked",
+                hint="this handler runs any request published on its subjects; give it "
+                "its effect keys (`mainspring keys handler`, --effect-keys / "
+                "MAINSPRING_EFFECT_KEYS)",
+            )
+            return
+        missing = sorted(set(self.handlers.kinds()) - set(keys.kinds()))
+        if missing:
+            raise ConfigError(
+                f"the effect keys file has no key for kind(s) {', '.join(missing)}: export "
+                f"it with `mainspring keys handler --kind {' --kind '.join(missing)}` "
+                "(with the kinds it already has)"
+            )
+
+    def _unproven(self, hdef: HandlerDef, msg: Msg) -> str | None:
+        """Why a request is not proven to come from a worker of this deployment."""
+        if self.keys is None:
+            return None
+        headers = msg.headers or {}
+        try:
+            link = chain(bytes.fromhex(headers.get(HDR_PREV, "")), msg.data)
+        except ValueError:
+            link = b""
+        problem = self.keys.check_request(
+            hdef.kind, msg.subject, link, headers.get(HDR_FX_MAC), stream_seq(msg)
+        )
+        if problem is not None:
+            self.forged += 1
+            return f"not written by a worker of this deployment: {problem}"
+        return None
+
     async def _give_up(
         self, hdef: HandlerDef, req: EffectRequested, msg: Msg, delivery: int
     ) -> None:
@@ -357,7 +405,7 @@ class HandlerService:
             attempts=attempts,
         )
         # to the run's own inbox, derived from the run id (_misfit checked the request's)
-        await self.inbox.send(reply, msg_id=req.effect_id)
+        await self.inbox.send(reply, msg_id=req.effect_id, kind=req.kind)
         await msg.ack()  # only after the result is safely in the run's inbox
 
 

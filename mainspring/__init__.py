@@ -45,7 +45,7 @@ from schemas import (
     WorkflowNotFound,
 )
 from servers import NatsServer
-from streams import NatsAuth, PayloadLimits, Subjects
+from streams import EffectKeys, Keyring, NatsAuth, PayloadLimits, Subjects
 
 __all__ = [
     "ChildFailedError",
@@ -55,11 +55,13 @@ __all__ = [
     "Context",
     "EffectContext",
     "EffectFailedError",
+    "EffectKeys",
     "ErrorCode",
     "ErrorInfo",
     "HandlerService",
     "Handlers",
     "InvalidNameError",
+    "Keyring",
     "MainspringError",
     "NatsAuth",
     "NatsServer",

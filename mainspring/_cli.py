@@ -55,7 +55,8 @@ def worker(
     )
 
     async def body(env: Env) -> int:
-        await Worker(env.nc, registry, subjects=env.subjects, options=options).run()
+        keys = env.keys()
+        await Worker(env.nc, registry, subjects=env.subjects, options=options, keys=keys).run()
         return EXIT_OK
 
     conn.run(body, service=True)
@@ -112,7 +113,7 @@ def dev(
 
 
 @app.command()
-@connecting(json=False)
+@connecting(json=False, effects=True)
 def handlers(
     app_spec: Annotated[
         str,
@@ -125,14 +126,19 @@ def handlers(
     *,
     conn: Connection,
 ) -> None:
-    """Serve effect handlers of a registry until interrupted."""
+    """Serve effect handlers of a registry until interrupted.
+
+    With --effect-keys (or --keys) a request runs only if a worker of the deployment
+    wrote it; without, anyone who can publish on NATS can have one run (see
+    docs/security.md)."""
     from handlers import Handlers, HandlerService
     from mainspring._config import load_app
 
     registry = load_app(app_spec, Handlers)
 
     async def body(env: Env) -> int:
-        await HandlerService(env.nc, registry, subjects=env.subjects).run()
+        keys = env.effect_keys(registry.kinds())
+        await HandlerService(env.nc, registry, subjects=env.subjects, keys=keys).run()
         return EXIT_OK
 
     conn.run(body, service=True)

@@ -89,7 +89,8 @@ def audit_verify(
                 f"no run {rid!r}: neither the journal nor the projections know it "
                 "(`mainspring runs` lists runs)"
             )
-        return report(await audit(env.nc, env.subjects, env.pool, rid, env.verify_key()))
+        found = await audit(env.nc, env.subjects, env.pool, rid, env.verify_key(), keys=env.keys())
+        return report(found)
 
     conn.run(body, postgres="wants")
 
@@ -246,7 +247,7 @@ def projections_rebuild(
         signer = env.signer()
         async with env.pool.acquire() as conn:
             await drop_projections(conn)
-        proj = Projector(env.nc, env.pool, env.subjects, signer=signer)
+        proj = Projector(env.nc, env.pool, env.subjects, signer=signer, keys=env.keys())
         position = await proj.catch_up()
         after = await Queries(env.pool).signatures()
         print(f"rebuilt: {proj.stats.events} events projected, stream position {position}")

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from nats.aio.client import Client as NATS
 
 from projections import EventRow, RunRow
 from schemas import EffectState, RunView, event_type
-from streams import Journal, StoredEvent, Subjects
+from streams import Journal, StoredEvent
 
 
 def row_of(view: RunView) -> RunRow:
@@ -46,8 +45,8 @@ def row_of(view: RunView) -> RunRow:
 class JournalQueries:
     """One run's row, events, effects and waits, folded from its journal."""
 
-    def __init__(self, nc: NATS, subjects: Subjects) -> None:
-        self.journal = Journal(nc, subjects)
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
         self._cache: dict[str, tuple[list[StoredEvent], RunView]] = {}
 
     async def _load(self, run_id: str) -> tuple[list[StoredEvent], RunView] | None:

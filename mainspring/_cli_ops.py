@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(projections_app, name="projections")
+    from mainspring._cli_keys import keys_app
+
+    app.add_typer(keys_app, name="keys")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -60,7 +63,9 @@ def projector(
     async def body(env: Env) -> int:
         from projections import Projector
 
-        await Projector(env.nc, env.pool, env.subjects, name=name, signer=env.signer()).run()
+        await Projector(
+            env.nc, env.pool, env.subjects, name=name, signer=env.signer(), keys=env.keys()
+        ).run()
         return EXIT_OK
 
     conn.run(body, postgres="needs", service=True)
@@ -151,7 +156,7 @@ def runs(
 async def _stalled(env: Env, as_json: bool, grace: float, limit: int) -> int:
     from mainspring._stalled import stalled_runs
 
-    found = (await stalled_runs(env.nc, env.subjects, grace_s=grace))[:limit]
+    found = (await stalled_runs(env.nc, env.subjects, env.journal(), grace_s=grace))[:limit]
     if as_json:
         from mainspring._cli_runs import emit_details
 
@@ -185,7 +190,7 @@ def _queries(env: Env) -> tuple[Any, str | None]:
         return Queries(env.pool), None
     from mainspring._cli_journal import JournalQueries
 
-    return JournalQueries(env.nc, env.subjects), JOURNAL_NOTE
+    return JournalQueries(env.journal()), JOURNAL_NOTE
 
 
 async def _run_row(queries: Any, run_id: str, from_journal: bool) -> Any:
@@ -240,9 +245,8 @@ def status(
     async def body(env: Env) -> int:
         if conn.json:
             from mainspring._cli_runs import emit, envelope_for
-            from streams import Journal
 
-            events = await Journal(env.nc, env.subjects).load(check_run_id(run_id))
+            events = await env.journal().load(check_run_id(run_id))
             if not events:
                 raise RunNotFound(f"no run {run_id!r}")
             return emit(envelope_for("status", [e.event for e in events], env), True)
@@ -334,9 +338,8 @@ def inspect(
 async def _envelope(env: Env, command: str, run_id: str, details: object) -> int:
     """A run's envelope (from its journal) with command-specific details, printed."""
     from mainspring._cli_runs import emit, envelope_for
-    from streams import Journal
 
-    events = await Journal(env.nc, env.subjects).load(run_id)
+    events = await env.journal().load(run_id)
     envelope = envelope_for(command, [e.event for e in events], env)
     envelope.details = msgspec.to_builtins(details)
     return emit(envelope, True)

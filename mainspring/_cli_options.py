@@ -176,11 +176,13 @@ def connecting(
     postgres: bool = False,
     signing: bool = False,
     verifying: bool = False,
+    effects: bool = False,
     json: bool | str = True,
 ) -> Callable[[Command], Command]:
     """The shared options for a command that connects: NATS always (and ``--prefix``,
     ``--partitions``, ``--verbose``), ``--postgres-dsn`` when it reads PostgreSQL, the
-    signing or verify key when it signs or verifies checkpoints; ``--json`` unless
+    signing or verify key when it signs or verifies checkpoints, the effect keys when it
+    serves effects; ``--json`` unless
     ``json=False`` (a string is its help)."""
     scopes: set[Scope] = {"nats"}
     if postgres:
@@ -189,6 +191,8 @@ def connecting(
         scopes.add("signing")
     if verifying:
         scopes.add("verifying")
+    if effects:
+        scopes.add("effects")
     return _with_options(scopes, json, shared=True)
 
 

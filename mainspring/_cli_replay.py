@@ -93,9 +93,8 @@ def replay(
     async def body(env: Env) -> int:
         from actors import ReplayResult
         from flows import is_flow
-        from streams import Journal
 
-        journal = Journal(env.nc, env.subjects)
+        journal = env.journal()
         ids = list(run_ids or [])
         if all_runs:
             ids = await journal.run_ids()

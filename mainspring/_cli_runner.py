@@ -21,7 +21,7 @@ from mainspring._config import Settings, nats_auth, resolve
 from mainspring._logging import configure_logging
 from mainspring._shutdown import until_signalled
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, RunState, redact
-from streams import Subjects, connect
+from streams import EffectKeys, Journal, Keyring, Subjects, connect
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20
 EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED, EXIT_RUNNING = 30, 40, 50, 60
@@ -54,6 +54,25 @@ class Env:
 
         key = self.settings.signing_key.value if self.settings else None
         return Signer.load(key) if key else None
+
+    def keys(self) -> Keyring | None:
+        """The deployment's keys (--keys, MAINSPRING_KEYS or the dev instance's); None
+        when none are configured: nothing is tagged or checked."""
+        path = self.settings["keys"].value if self.settings else None
+        return Keyring.load(path) if path else None
+
+    def effect_keys(self, kinds: list[str]) -> EffectKeys | None:
+        """A handler's keys: its effect keys file, else those derived for ``kinds``
+        from the deployment's keys (a host trusted with both); None: neither is set."""
+        path = self.settings["effect_keys"].value if self.settings else None
+        if path:
+            return EffectKeys.load(path)
+        keys = self.keys()
+        return keys.effect_keys(kinds) if keys is not None else None
+
+    def journal(self) -> Journal:
+        """The run journals, read with the deployment's keys when it has them."""
+        return Journal(self.nc, self.subjects, keys=self.keys())
 
     def verify_key(self) -> Any:
         """The checkpoint signer's public key (--public-key, MAINSPRING_VERIFY_KEY or the

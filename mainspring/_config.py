@@ -33,9 +33,10 @@ DEV_DIR = Path(".mainspring")
 DEV_POINTER = Path.home() / ".mainspring-dev.json"
 
 Source = Literal["flag", "environment", "dev", "default", "unset"]
-Scope = Literal["nats", "postgres", "signing", "verifying"]
+Scope = Literal["nats", "postgres", "signing", "verifying", "effects"]
 """Which commands take a setting's flag: every command that connects (``nats``), those
-that read PostgreSQL, those that sign checkpoints, those that verify them."""
+that read PostgreSQL, those that sign checkpoints, those that verify them, those that
+serve effects."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ class DevInstance:
     @property
     def verify_key(self) -> Path | None:
         return self._file(self.info.get("verify_key"))
+
+    @property
+    def keys(self) -> Path | None:
+        return self._file(self.info.get("keys"))
 
     @property
     def signing_key(self) -> Path | None:
@@ -228,6 +233,23 @@ SETTINGS = (
         "MAINSPRING_NATS_TLS_SERVER_NAME",
         "name the NATS server's certificate must carry (default: the URL's host)",
         "nats",
+    ),
+    SettingSpec(
+        "keys",
+        "--keys",
+        "MAINSPRING_KEYS",
+        "deployment keys file (`mainspring keys new`): workers tag what they write with "
+        "it, every reader checks the tags",
+        "nats",
+        lent=lambda dev: dev.keys,
+    ),
+    SettingSpec(
+        "effect_keys",
+        "--effect-keys",
+        "MAINSPRING_EFFECT_KEYS",
+        "a handler's effect keys file (`mainspring keys handler`): requests must carry a "
+        "worker's tag, results get the handler's",
+        "effects",
     ),
     SettingSpec(
         "signing_key",

@@ -31,7 +31,9 @@ from mainspring._config import DEV_POINTER
 from mainspring._shutdown import until_signalled
 from projections import Projector, Signer
 from servers import NatsServer, PostgresServer
-from streams import NatsAuth, Subjects, connect
+from streams import Journal, Keyring, NatsAuth, Subjects, connect
+
+KEYS_FILE = "deployment.keys"
 
 log = structlog.get_logger()
 
@@ -67,6 +69,16 @@ def _signer(keys: Path) -> Signer:
         keys.mkdir(parents=True, exist_ok=True)
         Signer.generate().save(private, keys / "signing.pub.pem")
     return Signer.load(private)
+
+
+async def _keyring(path: Path, journal: Journal) -> Keyring:
+    """The dev deployment's keys, made on its first start. A data dir from before dev
+    had keys keeps its journals readable: what they hold so far is legacy."""
+    if path.exists():  # noqa: ASYNC240 - a small local file, once at start
+        return Keyring.load(path)
+    keys = Keyring.generate(legacy_until=await journal.last_seq())
+    keys.save(path)
+    return keys
 
 
 async def run_dev(
@@ -146,6 +158,7 @@ class _Dev:
             "partitions": self.partitions,
             "data_dir": str(self.data_dir),
             "verify_key": str(self.data_dir / "keys" / "signing.pub.pem"),
+            "keys": str(self.data_dir / "keys" / KEYS_FILE),
             "nats_pid": self.nats_server.pid,
             "postgres_pid": self.pg.pid,
             "postgres_data_dir": str(self.pg.data_dir),
@@ -178,11 +191,15 @@ class _Dev:
             all_handlers = builtin_handlers()
             if self.handlers is not None:
                 all_handlers.include(self.handlers)
-            worker = Worker(nc, registry, subjects=subjects)
-            projector = Projector(nc, pool, subjects, signer=signer)
+            keys = await _keyring(self.data_dir / "keys" / KEYS_FILE, Journal(nc, subjects))
+            worker = Worker(nc, registry, subjects=subjects, keys=keys)
+            projector = Projector(nc, pool, subjects, signer=signer, keys=keys)
+            fx_keys = keys.effect_keys(all_handlers.kinds())
             async with anyio.create_task_group() as tg:
                 await tg.start(worker.run)
-                await tg.start(HandlerService(nc, all_handlers, subjects=subjects).run)
+                await tg.start(
+                    HandlerService(nc, all_handlers, subjects=subjects, keys=fx_keys).run
+                )
                 await tg.start(projector.run)
                 print(
                     f"mainspring dev is up: NATS {nats_server.url}, PostgreSQL {pg.dsn}\n"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client as NATS
 
-from schemas import TERMINAL_EVENTS, RunView, fold
+from schemas import TERMINAL_EVENTS, JournalCorrupt, RunView, fold
 from streams import Journal, Subjects, api_request
 
 
@@ -43,15 +43,27 @@ async def inbox_pending(nc: NATS, subjects: Subjects) -> dict[str, int]:
 
 
 async def stalled_runs(
-    nc: NATS, subjects: Subjects, *, grace_s: float = 30.0, now: datetime | None = None
+    nc: NATS,
+    subjects: Subjects,
+    journal: Journal | None = None,
+    *,
+    grace_s: float = 30.0,
+    now: datetime | None = None,
 ) -> list[Stalled]:
     """Every run of the deployment that has not ended and looks stuck, with why."""
-    journal = Journal(nc, subjects)
+    journal = journal or Journal(nc, subjects)
     pending = await inbox_pending(nc, subjects)
     at = now or datetime.now(UTC)
     out: list[Stalled] = []
     for run_id in await journal.run_ids():
-        last = await journal.last(run_id)
+        try:
+            last = await journal.last(run_id)
+        except JournalCorrupt as e:  # its worker holds it: stuck until someone looks
+            events = await journal.load(run_id, verify=False)
+            view = fold([s.event for s in events[: max(e.n - 1, 1)]])
+            reason = f"{e}; its worker holds it (`mainspring audit verify {run_id}`)"
+            out.append(Stalled(view, reason, pending.get(run_id, 0)))
+            continue
         if last is None or isinstance(last.event, TERMINAL_EVENTS):
             continue
         events = await journal.load(run_id, verify=False)

@@ -24,7 +24,20 @@ from nats.js.api import DeliverPolicy
 
 from projections._checkpoints import verify_signature
 from schemas import PayloadRef, stored_refs
-from streams import GENESIS, HDR_HASH, HDR_N, HDR_PREV, Objects, Subjects, chain, read_records
+from streams import (
+    GENESIS,
+    HDR_HASH,
+    HDR_MAC,
+    HDR_N,
+    HDR_PREV,
+    Keyring,
+    Objects,
+    Subjects,
+    Verdict,
+    chain,
+    read_records,
+    stream_seq,
+)
 
 if TYPE_CHECKING:
     from projections._schema import Conn
@@ -54,7 +67,7 @@ class Problem:
 class ChainChecker:
     """Checks one run's events, fed in storage order; remembers the first problem."""
 
-    __slots__ = ("hash", "n", "problem", "refs", "run_id", "source")
+    __slots__ = ("hash", "legacy", "n", "problem", "refs", "run_id", "source")
 
     def __init__(self, run_id: str, source: str) -> None:
         self.run_id = run_id
@@ -64,8 +77,13 @@ class ChainChecker:
         self.problem: Problem | None = None
         self.refs: list[tuple[int, PayloadRef]] = []
         """payloads stored by reference, by event: their objects are checked too"""
+        self.legacy = 0
+        """entries from before the deployment had keys (untagged, not refused)"""
 
-    def add(self, n: int, prev: bytes, link: bytes, data: bytes) -> None:
+    def add(
+        self, n: int, prev: bytes, link: bytes, data: bytes, author: Verdict | None = None
+    ) -> None:
+        """The next stored entry; ``author``: how its tag checked (None: not checked)."""
         if self.problem is not None:
             return
         i = self.n + 1
@@ -88,7 +106,11 @@ class ChainChecker:
                 f"its link does not match event {i - 1}: an event before it was altered "
                 "(with its hash recomputed), inserted or removed",
             )
+        elif author is not None and not author.ok:
+            self._fail(n, "forged", f"not written by a worker of this deployment: {author.problem}")
         else:
+            if author is not None and author.legacy:
+                self.legacy += 1
             self.n, self.hash = n, link
             self.refs += [(n, ref) for ref in stored_refs(data)]
 
@@ -119,9 +141,10 @@ class AuditReport:
 
 # ------------------------------------------------------------------ sources
 async def check_stream(
-    nc: NATS, subjects: Subjects, run_id: str | None = None
+    nc: NATS, subjects: Subjects, run_id: str | None = None, keys: Keyring | None = None
 ) -> dict[str, ChainChecker]:
-    """One ordered pass over the journal (one run, or all of them).
+    """One ordered pass over the journal (one run, or all of them); with ``keys`` each
+    entry's tag is checked too (an untagged one is forged, or legacy if old enough).
 
     Uses an ordered push consumer: its messages carry only the stored headers,
     which is what makes this pass fast (nats-py parses every header).
@@ -151,7 +174,11 @@ async def check_stream(
                     checker.n + 1, "undecodable", f"{msg.subject} lacks its hash-chain headers"
                 )
         else:
-            checker.add(link[0], link[1], link[2], msg.data)
+            author = None
+            if keys is not None:
+                mac = headers.get(HDR_MAC)
+                author = keys.check_entry(msg.subject, link[2], mac, stream_seq(msg))
+            checker.add(link[0], link[1], link[2], msg.data, author)
         if msg.reply and msg.reply.rsplit(".", 1)[-1] == "0":  # nothing pending after it
             done.set()
 
@@ -305,10 +332,12 @@ async def audit(
     pool: asyncpg.Pool | None,
     run_id: str | None = None,
     public_key: Ed25519PublicKey | None = None,
+    keys: Keyring | None = None,
 ) -> AuditReport:
-    """Verify the stream, Postgres (if given), checkpoints, and cross-check them."""
+    """Verify the stream (with ``keys``: who wrote each entry too), Postgres (if given),
+    checkpoints, and cross-check them."""
     report = AuditReport()
-    stream = await check_stream(nc, subjects, run_id)
+    stream = await check_stream(nc, subjects, run_id, keys)
     sources = [stream]
     report.runs = len(stream)
     report.events = sum(c.n for c in stream.values())
@@ -325,6 +354,16 @@ async def audit(
     else:
         report.notes.append("no Postgres DSN: only the stream was verified")
     report.problems = [c.problem for c in stream.values() if c.problem] + report.problems
+    if keys is None:
+        report.notes.append(
+            "no keys given (--keys): who wrote each entry was not checked, only its chain"
+        )
+    legacy = sum(c.legacy for c in stream.values())
+    if legacy:
+        report.notes.append(
+            f"{legacy} entr{'y is' if legacy == 1 else 'ies are'} unauthenticated-legacy: "
+            "untagged, written before the deployment had keys"
+        )
     report.problems += await check_objects(Objects(nc, subjects), stream)
     if run_id is not None and not stream:
         report.problems.append(Problem(run_id, "stream", 1, "missing", "no journal for this run"))

@@ -36,6 +36,7 @@ from schemas import (
     event_type,
 )
 from streams import (
+    Keyring,
     Record,
     StoredEvent,
     Subjects,
@@ -128,6 +129,8 @@ class ProjectorStats:
     events: int = 0
     batches: int = 0
     undecodable: int = 0
+    forged: int = 0
+    """journal entries no worker of the deployment tagged (not projected)"""
     dead_lettered: int = 0
     """journal records PostgreSQL refused (or that do not decode): see the dead letters"""
     last_commit_lag_s: float = 0.0
@@ -146,6 +149,7 @@ class Projector:
         batch_size: int = 1000,
         signer: Signer | None = None,
         max_views: int = 10_000,
+        keys: Keyring | None = None,
     ) -> None:
         self.nc = nc
         self.pool = pool
@@ -154,6 +158,8 @@ class Projector:
         self.batch_size = batch_size
         self.signer = signer
         self.max_views = max_views
+        self.keys = keys
+        """with keys, an entry no worker of the deployment tagged is not projected"""
         self.stats = ProjectorStats()
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._more = anyio.Event()
@@ -295,6 +301,13 @@ class Projector:
                     log.error("journal_record_undecodable", seq=rec.seq, error=str(exc))
                     await self._dead_letter(rec, f"undecodable journal record: {exc}")
                     continue
+                if self.keys is not None:
+                    verdict = self.keys.check_entry(rec.subject, stored.hash, stored.mac, rec.seq)
+                    if not verdict.ok:
+                        self.stats.forged += 1
+                        log.error("journal_record_forged", seq=rec.seq, error=verdict.problem)
+                        await self._dead_letter(rec, f"forged journal entry: {verdict.problem}")
+                        continue
                 view = touched.get(stored.event.run_id)
                 if view is None:
                     view = await self._view(conn, stored.event.run_id)

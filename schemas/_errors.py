@@ -13,6 +13,7 @@
     ├── JournalError
     │   ├── JournalConflict         another writer appended first (OCC); reload and retry
     │   └── JournalCorrupt          hash chain or encoding broken in a stored journal
+    │       └── JournalForged       an entry not tagged by a key of the deployment
     ├── WorkflowNotFound            no workflow registered under that name
     ├── RunNotFound                 no journal for that run id
     ├── RunFailedError              awaited run ended failed (carries ErrorInfo)
@@ -89,6 +90,15 @@ class JournalCorrupt(JournalError):
         self.n = n
         self.problem = problem
         super().__init__(f"journal of run {run_id} is corrupt at event {n}: {problem}")
+
+
+class JournalForged(JournalCorrupt):
+    """A journal entry not written by a worker of this deployment: its ``Ms-Mac`` tag
+    is missing, wrong, or made with an unknown or revoked key (streams/_keys.py)."""
+
+    def __init__(self, run_id: str, n: int, problem: str) -> None:
+        super().__init__(run_id, n, problem)
+        self.args = (f"journal of run {run_id} has a forged entry at event {n}: {problem}",)
 
 
 class WorkflowNotFound(MainspringError):

@@ -10,6 +10,10 @@ two appends leaves a prefix of what the code would decide again: replay-safe.
 Hash chain (DESIGN.md §9): ``h_n = SHA-256(h_{n-1} || stored bytes)`` with
 ``h_0`` = 32 zero bytes, carried in headers ``Ms-Hash`` / ``Ms-Prev`` beside the
 hashed bytes, so verification never re-encodes anything.
+
+Authorship (streams/_keys.py): with a ``Keyring`` every append also carries an
+``Ms-Mac`` tag over the link (and an effect request an ``Ms-Fx-Mac`` tag for its
+handlers); ``load`` refuses an entry whose tag does not check as ``JournalForged``.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from schemas import (
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
+    JournalForged,
     PayloadUnavailable,
     decode_event,
     encode_event,
     event_type,
 )
-from streams._jsapi import api_request
+from streams._jsapi import ApiError, api_request
+from streams._keys import HDR_FX_MAC, HDR_MAC, Keyring
 from streams._objects import Objects
 from streams._publish import publish, retrying
 
@@ -68,6 +74,8 @@ class StoredEvent:
     data: bytes
     event: JournalEvent
     subject: str = ""
+    mac: str | None = None
+    """its ``Ms-Mac`` tag as stored (None: it has none)"""
 
 
 class Journal:
@@ -85,11 +93,14 @@ class Journal:
         *,
         timeout: float = 5.0,
         objects: Objects | None = None,
+        keys: Keyring | None = None,
     ) -> None:
         self._nc = nc
         self._s = subjects
         self._timeout = timeout
         self.objects = objects or Objects(nc, subjects, timeout=timeout)
+        self.keys = keys
+        """tags appends and checks what ``load`` reads (None: an unkeyed deployment)"""
 
     def subject_for(self, event: JournalEvent) -> str:
         if isinstance(event, EffectRequested):
@@ -110,6 +121,13 @@ class Journal:
         data = encode_event(await self.objects.store_fields(event))
         link = chain(prev, data)
         subject = self.subject_for(event)
+        mac: str | None = None
+        tags = ""
+        if self.keys is not None:
+            mac = self.keys.tag_entry(subject, link)
+            tags = f"{HDR_MAC}: {mac}\r\n"
+            if isinstance(event, EffectRequested):
+                tags += f"{HDR_FX_MAC}: {self.keys.tag_request(subject, link, event.kind)}\r\n"
         # the header block built at once (the hot path: one per journal event); run ids,
         # numbers, hex and type tags need no escaping
         headers = (
@@ -117,7 +135,7 @@ class Journal:
             f"Nats-Expected-Last-Subject-Sequence: {expected_seq}\r\n"
             f"Nats-Expected-Last-Subject-Sequence-Subject: {self._s.journal_run_filter(run_id)}\r\n"
             f"{HDR_N}: {event.n}\r\n{HDR_PREV}: {prev.hex()}\r\n{HDR_HASH}: {link.hex()}\r\n"
-            f"{HDR_TYPE}: {event_type(event)}\r\n\r\n"
+            f"{HDR_TYPE}: {event_type(event)}\r\n{tags}\r\n"
         ).encode()
         ack = await publish(self._nc, subject, data, headers, timeout=self._timeout)
         if ack.error is not None:
@@ -127,7 +145,7 @@ class Journal:
                 # message is byte-for-byte this event.
                 ours = await self._already_stored(ack.error.description, data)
                 if ours is not None:
-                    return StoredEvent(ours.seq, event.n, prev, link, data, event, subject)
+                    return StoredEvent(ours.seq, event.n, prev, link, data, event, subject, mac)
                 raise JournalConflict(run_id, expected_seq, ack.error.description)
             raise ConnectionFailed(
                 f"journal append for run {run_id} refused: {ack.error.description}"
@@ -138,7 +156,7 @@ class Journal:
             stored = await self.get(ack.seq)
             if stored is None or stored.data != data:
                 raise JournalConflict(run_id, expected_seq, f"event {event.n} already stored")
-        return StoredEvent(ack.seq, event.n, prev, link, data, event, subject)
+        return StoredEvent(ack.seq, event.n, prev, link, data, event, subject, mac)
 
     async def _already_stored(self, description: str, data: bytes) -> StoredEvent | None:
         found = _LAST_SEQ_RE.search(description)
@@ -167,6 +185,16 @@ class Journal:
             if not subjects or offset >= total:
                 return sorted(ids)
 
+    async def last_seq(self) -> int:
+        """The journal stream's last sequence (0: no stream, or nothing stored yet)."""
+        try:
+            info = await api_request(self._nc, f"$JS.API.STREAM.INFO.{self._s.journal_stream}", {})
+        except ApiError as e:
+            if e.code == 404:
+                return 0
+            raise
+        return int(info.get("state", {}).get("last_seq", 0))
+
     async def get(self, seq: int) -> StoredEvent | None:
         """The journal message at stream sequence ``seq`` (direct get)."""
         return await self._direct_one({"seq": seq})
@@ -175,6 +203,8 @@ class Journal:
         """The newest event of a run, whatever its subject: its terminal event when it
         ended (one direct get over the run's subjects)."""
         stored = await self._direct_one({"last_by_subj": self._s.journal_run_filter(run_id)})
+        if stored is not None and self.keys is not None:
+            check_tag(self.keys, stored)
         return await self._resolved(stored) if resolve and stored is not None else stored
 
     async def _direct_one(self, req: dict[str, object]) -> StoredEvent | None:
@@ -193,6 +223,7 @@ class Journal:
     ) -> list[StoredEvent]:
         """All events of a run in order (batched direct get), chain-verified.
 
+        With ``verify`` and keys, every entry's tag is checked too (``JournalForged``).
         With ``resolve``, payloads stored by reference are fetched (and checked against
         their digests) into ``.event``; a missing or altered object is ``JournalCorrupt``.
         """
@@ -208,7 +239,7 @@ class Journal:
                 break
             start = records[-1].seq + 1
         if verify:
-            verify_chain(run_id, events)
+            verify_chain(run_id, events, self.keys)
         if resolve:
             events = [await self._resolved(e) for e in events]
         return events
@@ -233,7 +264,9 @@ def decode_record(rec: Record) -> StoredEvent:
         raise JournalCorrupt(
             rec.run_id, 0, f"stream sequence {rec.seq} ({rec.subject}): {e}"
         ) from e
-    return StoredEvent(rec.seq, n, prev, link, rec.data, event, rec.subject)
+    return StoredEvent(
+        rec.seq, n, prev, link, rec.data, event, rec.subject, rec.headers.get(HDR_MAC)
+    )
 
 
 def _stored_from_msg(msg: Msg) -> StoredEvent:
@@ -244,8 +277,16 @@ def _stored_from_msg(msg: Msg) -> StoredEvent:
     return decode_record(rec)
 
 
-def verify_chain(run_id: str, events: list[StoredEvent]) -> bytes:
-    """Check positions, links and hashes of a run's events; return the head hash."""
+def check_tag(keys: Keyring, ev: StoredEvent) -> None:
+    """``JournalForged`` unless a key of ``keys`` tagged ``ev`` (or it is legacy)."""
+    verdict = keys.check_entry(ev.subject, ev.hash, ev.mac, ev.seq)
+    if not verdict.ok:
+        raise JournalForged(ev.event.run_id, ev.n, verdict.problem)
+
+
+def verify_chain(run_id: str, events: list[StoredEvent], keys: Keyring | None = None) -> bytes:
+    """Check positions, links and hashes of a run's events (and with ``keys`` their
+    tags); return the head hash."""
     prev = GENESIS
     for i, ev in enumerate(events, start=1):
         if ev.n != i or ev.event.n != i:
@@ -256,5 +297,7 @@ def verify_chain(run_id: str, events: list[StoredEvent]) -> bytes:
             raise JournalCorrupt(run_id, i, "previous-hash link does not match event before it")
         if chain(prev, ev.data) != ev.hash:
             raise JournalCorrupt(run_id, i, "stored bytes do not match their hash")
+        if keys is not None:
+            check_tag(keys, ev)
         prev = ev.hash
     return prev

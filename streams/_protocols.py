@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from schemas import InboxUnion, JournalEvent, TimerFire
 from streams._inbox import Inbox
 from streams._journal import Journal, StoredEvent
+from streams._keys import Keyring
 from streams._objects import Objects
 from streams._subjects import Subjects
 
@@ -52,11 +53,15 @@ class InboxWriter(Protocol):
         ...
 
 
-def open_journal(nc: NATS, subjects: Subjects, objects: Objects | None = None) -> JournalStore:
-    """The journal for these subjects (today: one JetStream stream)."""
-    return Journal(nc, subjects, objects=objects)
+def open_journal(
+    nc: NATS, subjects: Subjects, objects: Objects | None = None, keys: Keyring | None = None
+) -> JournalStore:
+    """The journal for these subjects (today: one JetStream stream); with ``keys``,
+    appends are tagged and loads checked."""
+    return Journal(nc, subjects, objects=objects, keys=keys)
 
 
-def open_inbox(nc: NATS, subjects: Subjects) -> InboxWriter:
-    """The inbox for these subjects (today: one JetStream stream, partitioned)."""
-    return Inbox(nc, subjects)
+def open_inbox(nc: NATS, subjects: Subjects, keys: Keyring | None = None) -> InboxWriter:
+    """The inbox for these subjects (today: one JetStream stream, partitioned); with
+    ``keys``, timer firings and child outcomes are tagged."""
+    return Inbox(nc, subjects, keys)

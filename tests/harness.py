@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from client import Client, RunStatus
 from handlers import Handlers, HandlerService
 from projections import Projector
 from schemas import Event, StepCompleted
-from streams import StoredEvent, Subjects, verify_chain
+from streams import Key, Keyring, StoredEvent, Subjects, key_id, verify_chain
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -25,6 +26,13 @@ E = TypeVar("E", bound=Event)
 class Harness:
     client: Client
     workers: list[Worker] = field(default_factory=list)
+    keys: Keyring | None = None
+
+
+def keys_for(subjects: Subjects) -> Keyring:
+    """The test deployment's keys: the same for every harness of one prefix."""
+    secret = hashlib.sha256(b"test keys " + subjects.prefix.encode()).digest()
+    return Keyring([Key(key_id(secret), secret, "sign")])
 
 
 @asynccontextmanager
@@ -37,21 +45,29 @@ async def running(
     forced_replay: bool = False,
     options: WorkerOptions | None = None,
     projector: Projector | None = None,
+    keys: Keyring | None = None,
+    unkeyed: bool = False,
 ) -> AsyncIterator[Harness]:
     """A worker (given a registry), a handler service (given handlers) and a projector
-    running beside a client; ``forced_replay`` applies to given ``options`` too."""
+    running beside a client; ``forced_replay`` applies to given ``options`` too.
+
+    Worker and handlers share deployment ``keys`` (new ones unless given; none at
+    all with ``unkeyed``): the keyed path is the one every test takes."""
+    if keys is None and not unkeyed:
+        keys = keys_for(subjects)
     opts = options or WorkerOptions(lease_ttl_s=3.0)
     if forced_replay:
         opts = replace(opts, forced_replay=True)
-    client = Client(nc, subjects)
-    h = Harness(client)
+    client = Client(nc, subjects, keys=keys)
+    h = Harness(client, keys=keys)
     async with anyio.create_task_group() as tg:
         if registry is not None:
-            worker = Worker(nc, registry, subjects=subjects, options=opts)
+            worker = Worker(nc, registry, subjects=subjects, options=opts, keys=keys)
             await tg.start(worker.run)
             h.workers.append(worker)
         if handlers is not None:
-            await tg.start(HandlerService(nc, handlers, subjects=subjects).run)
+            fx_keys = keys.effect_keys(handlers.kinds()) if keys is not None else None
+            await tg.start(HandlerService(nc, handlers, subjects=subjects, keys=fx_keys).run)
         if projector is not None:
             await tg.start(projector.run)
         try:

@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mainspring import NatsServer
 from streams import Subjects
+from tests.harness import keys_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +64,8 @@ def spawn(
     python: tuple[str, ...] = (),
     new_session: bool = False,
 ) -> Proc:
-    """Start `mainspring <command> [--app <app>]` against the test server.
+    """Start `mainspring <command> [--app <app>]` against the test server, with the
+    deployment keys every harness of ``subjects`` has.
 
     ``python``: interpreter options before ``-m mainspring`` (e.g. ``-m cProfile -o f``);
     ``new_session``: a Ctrl-C in the terminal does not reach it (the caller stops it)."""
@@ -82,7 +85,8 @@ def spawn(
         str(subjects.partitions),
         *extra,
     ]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    keys = str(keys_file(subjects))
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "MAINSPRING_KEYS": keys, **(env or {})}
     with log.open("ab") as out:
         popen = subprocess.Popen(
             args,
@@ -118,8 +122,16 @@ async def acli(
     return await anyio.to_thread.run_sync(lambda: cli(*args, env=env, timeout=timeout))
 
 
+def keys_file(subjects: Subjects) -> Path:
+    """A file of the keys every harness of ``subjects`` has (``harness.keys_for``)."""
+    path = Path(tempfile.gettempdir()) / "mainspring-test-keys" / f"{subjects.prefix}.keys"
+    if not path.exists():
+        keys_for(subjects).save(path)
+    return path
+
+
 def conn_args(server: NatsServer, subjects: Subjects, dsn: str | None = None) -> tuple[str, ...]:
-    """The flags that point a `mainspring` command at a test deployment."""
+    """The flags that point a `mainspring` command at a test deployment (its keys too)."""
     args = (
         "--nats-url",
         server.url,
@@ -127,5 +139,7 @@ def conn_args(server: NatsServer, subjects: Subjects, dsn: str | None = None) ->
         subjects.prefix,
         "--partitions",
         str(subjects.partitions),
+        "--keys",
+        str(keys_file(subjects)),
     )
     return (*args, "--postgres-dsn", dsn) if dsn else args

@@ -19,7 +19,7 @@ from mainspring._config import SETTINGS, Scope, resolve
 # the scopes of settings it takes beyond NATS.
 CONNECTING: dict[str, tuple[list[str], set[Scope]]] = {
     "worker": (["--app", "tests.apps:registry"], set()),
-    "handlers": (["--app", "handlers:builtin_handlers"], set()),
+    "handlers": (["--app", "handlers:builtin_handlers"], {"effects"}),
     "projector": ([], {"postgres", "signing"}),
     "runs": ([], {"postgres"}),
     "status": (["r-1"], {"postgres"}),
@@ -35,8 +35,19 @@ CONNECTING: dict[str, tuple[list[str], set[Scope]]] = {
     "audit export": (["r-1"], {"postgres"}),
     "projections status": ([], {"postgres"}),
     "projections rebuild": (["--yes"], {"postgres", "signing"}),
+    "keys new": ([], set()),
+    "keys revoke": (["k1"], set()),
 }
-OFFLINE = {"dev", "validate", "audit keygen", "config show"}
+OFFLINE = {
+    "dev",
+    "validate",
+    "audit keygen",
+    "config show",
+    "keys show",
+    "keys add",
+    "keys use",
+    "keys handler",
+}
 
 
 def _commands(group: Any, path: str = "") -> dict[str, Any]:

@@ -158,15 +158,15 @@ def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
 
 
 PUBLIC = {
-    "schemas": 88,
-    "streams": 55,
+    "schemas": 89,
+    "streams": 64,
     "servers": 3,
     "client": 3,
     "handlers": 4,
     "actors": 13,
     "projections": 23,
     "flows": 11,
-    "mainspring": 35,
+    "mainspring": 37,
 }
 
 

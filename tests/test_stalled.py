@@ -14,7 +14,7 @@ from mainspring._stalled import stalled_runs
 from schemas import RunStarted, StepCompleted
 from streams import GENESIS, Journal, Subjects, api_request
 from tests.apps import registry
-from tests.harness import running, types, wait_status, wait_until
+from tests.harness import keys_for, running, types, wait_status, wait_until
 from tests.procs import acli, conn_args
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +42,7 @@ async def test_runs_stalled_lists_stuck_runs_with_the_reason(
             {"filter": subjects.schedule(lost, 1)},
         )
     # a run whose journal shows progress but nothing that could ever wake it
-    journal = Journal(nc, subjects)
+    journal = Journal(nc, subjects, keys=keys_for(subjects))
     started = RunStarted(
         run_id="orphaned", n=1, at=datetime.now(UTC), workflow="chain", version="1"
     )

@@ -396,8 +396,11 @@ async def test_handler_instances_share_the_work(nc: NATS, subjects: Subjects) ->
         return hs
 
     async with running(nc, subjects, registry) as h, anyio.create_task_group() as tg:
-        await tg.start(ms.HandlerService(nc, instance("a"), subjects=subjects).run)
-        await tg.start(ms.HandlerService(nc, instance("b"), subjects=subjects).run)
+        assert h.keys is not None
+        fx_keys = h.keys.effect_keys(["math.double"])
+        for name in ("a", "b"):
+            service = ms.HandlerService(nc, instance(name), subjects=subjects, keys=fx_keys)
+            await tg.start(service.run)
         rid = await h.client.start("fanout", 60)
         with anyio.fail_after(20):
             await both_serving.wait()

@@ -1,0 +1,198 @@
+"""``mainspring keys``: the deployment keys that prove who wrote what (streams/_keys.py).
+
+The file is the ``--keys`` setting (flag, MAINSPRING_KEYS, or a running dev
+instance's), like for every other command, so one variable serves them all.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from mainspring._cli_options import Connection, connecting
+from mainspring._cli_runner import EXIT_INVALID, EXIT_OK, Env
+from mainspring._config import resolve
+from schemas import ConfigError
+
+if TYPE_CHECKING:
+    from streams import Keyring
+
+keys_app = typer.Typer(
+    help="Deployment keys: workers tag every journal entry, effect request and input "
+    "they write; workers, handlers, projectors and audits refuse what no key of the "
+    "deployment tagged. Give the keys file with --keys or MAINSPRING_KEYS.",
+    no_args_is_help=True,
+)
+
+
+def _fail(error: ConfigError) -> NoReturn:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(EXIT_INVALID)
+
+
+KeysOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--keys",
+        help="the deployment keys file [env: MAINSPRING_KEYS]",
+        show_default=False,
+    ),
+]
+
+
+def _path(flags: Mapping[str, str | None]) -> Path:
+    value = resolve(flags)["keys"].value
+    if not value:
+        _fail(ConfigError("name the deployment keys file: --keys FILE or MAINSPRING_KEYS=FILE"))
+    return Path(value)
+
+
+def _ring(flags: Mapping[str, str | None]) -> tuple[Path, Keyring]:
+    from streams import Keyring
+
+    path = _path(flags)
+    try:
+        return path, Keyring.load(path)
+    except ConfigError as e:
+        _fail(e)
+
+
+def _journal_end(conn: Connection, then: Callable[[int], int]) -> None:
+    """Connect and hand ``then`` the journal stream's last sequence."""
+
+    async def body(env: Env) -> int:
+        from streams import Journal
+
+        return then(await Journal(env.nc, env.subjects).last_seq())
+
+    conn.run(body)
+
+
+@keys_app.command("new")
+@connecting(json=False)
+def keys_new(
+    legacy_until: Annotated[
+        int | None,
+        typer.Option(
+            help="journal stream sequence up to which entries may be untagged (written "
+            "before the keys); default: read from the deployment (0 for a new one)",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    conn: Connection,
+) -> None:
+    """Create the deployment keys file (readable by its owner only).
+
+    Give it to workers, projectors and operators' commands (--keys / MAINSPRING_KEYS);
+    give each handler host only `mainspring keys handler` for the kinds it serves."""
+    from streams import Keyring
+
+    path = _path(conn.flags)
+    if path.exists():
+        _fail(ConfigError(f"{path} exists: keys are rotated with `mainspring keys add`"))
+
+    def create(until: int) -> int:
+        ring = Keyring.generate(legacy_until=until)
+        ring.save(path)
+        print(f"created {path} (sign key {ring.signing.id}); journal entries up to stream")
+        print(f"  sequence {until} may be untagged (legacy). Give it to workers, projectors and")
+        print("  operators (--keys / MAINSPRING_KEYS); handlers get `mainspring keys handler`.")
+        return EXIT_OK
+
+    if legacy_until is not None:
+        raise SystemExit(create(legacy_until))
+    _journal_end(conn, create)
+
+
+@keys_app.command("show")
+def keys_show(keys: KeysOpt = None) -> None:
+    """List the keys (ids and uses, never the secrets)."""
+    path, ring = _ring({"keys": keys})
+    print(f"{path}: legacy until journal stream sequence {ring.legacy_until}")
+    for key in ring.keys.values():
+        extra = f" (valid to stream sequence {key.valid_to_seq})" if key.use == "revoked" else ""
+        print(f"  {key.id}  {key.use}{extra}")
+
+
+@keys_app.command("add")
+def keys_add(keys: KeysOpt = None) -> None:
+    """Rotation, step 1: add a new key that verifies but does not sign yet.
+
+    Roll the file out to every worker, handler (re-export) and projector, then make
+    the new key sign with `mainspring keys use`: no host ever reads a tag it cannot
+    check."""
+    from streams import new_key
+
+    path, ring = _ring({"keys": keys})
+    key = new_key("verify")
+    ring.added(key).save(path)
+    print(f"added key {key.id} (verify only); when every host has this file:")
+    print(f"  mainspring keys use {key.id}")
+
+
+@keys_app.command("use")
+def keys_use(
+    key_id: Annotated[str, typer.Argument(help="the key that signs from now on")],
+    keys: KeysOpt = None,
+) -> None:
+    """Rotation, step 2: make a key the one that signs; the old one keeps verifying."""
+    path, ring = _ring({"keys": keys})
+    try:
+        ring.signing_with(key_id).save(path)
+    except ConfigError as e:
+        _fail(e)
+    print(f"key {key_id} signs now; roll the file out (and re-export handlers' keys)")
+
+
+@keys_app.command("revoke")
+@connecting(json=False)
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key to revoke (not the sign key)")],
+    valid_to_seq: Annotated[
+        int | None,
+        typer.Option(
+            help="last journal stream sequence the key may have tagged; later entries "
+            "tagged with it are forged (default: the journal's end now)",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    conn: Connection,
+) -> None:
+    """Revoke a leaked key: what it tagged up to a stream sequence stays valid, anything
+    later tagged with it is reported as forged, and no live input tagged with it is
+    accepted."""
+
+    def revoke(seq: int) -> int:
+        path, ring = _ring(conn.flags)
+        try:
+            ring.revoked(key_id, seq).save(path)
+        except ConfigError as e:
+            _fail(e)
+        print(f"revoked {key_id}: valid up to journal stream sequence {seq}; roll the file out")
+        return EXIT_OK
+
+    if valid_to_seq is not None:
+        raise SystemExit(revoke(valid_to_seq))
+    _journal_end(conn, revoke)
+
+
+@keys_app.command("handler")
+def keys_handler(
+    kind: Annotated[
+        list[str], typer.Option("--kind", help="an effect kind the handler serves (repeat)")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the effect keys file to write")],
+    keys: KeysOpt = None,
+) -> None:
+    """Export a handler's effect keys: it checks requests of these kinds and tags its
+    results, and can neither take other kinds' requests nor write journal entries.
+    Give it to the handler with --effect-keys or MAINSPRING_EFFECT_KEYS."""
+    _, ring = _ring({"keys": keys})
+    ring.effect_keys(kind).save(output)
+    print(f"wrote {output}: effect keys for {', '.join(sorted(set(kind)))}")
