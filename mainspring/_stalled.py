@@ -61,15 +61,15 @@ async def stalled_runs(
         except JournalCorrupt as e:  # its worker holds it: stuck until someone looks
             events = await journal.load(run_id, verify=False)
             view = fold([s.event for s in events[: max(e.n - 1, 1)]])
-            reason = f"{e}; its worker holds it (`mainspring audit verify {run_id}`)"
-            out.append(Stalled(view, reason, pending.get(run_id, 0)))
+            held = f"{e}; its worker holds it (`mainspring audit verify {run_id}`)"
+            out.append(Stalled(view, held, pending.get(run_id, 0)))
             continue
         if last is None or isinstance(last.event, TERMINAL_EVENTS):
             continue
         events = await journal.load(run_id, verify=False)
         view = fold([e.event for e in events])
         waiting = pending.get(run_id, 0)
-        reason = view.stall(now=at, inbox_pending=waiting, grace=timedelta(seconds=grace_s))
-        if reason is not None:
-            out.append(Stalled(view, reason, waiting))
+        stall = view.stall(now=at, inbox_pending=waiting, grace=timedelta(seconds=grace_s))
+        if stall is not None:
+            out.append(Stalled(view, stall, waiting))
     return out
