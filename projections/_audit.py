@@ -177,7 +177,7 @@ async def check_stream(
             author = None
             if keys is not None:
                 mac = headers.get(HDR_MAC)
-                author = keys.check_entry(msg.subject, link[2], mac, stream_seq(msg))
+                author = keys.check_entry(msg.subject, link[2], mac, lambda: stream_seq(msg))
             checker.add(link[0], link[1], link[2], msg.data, author)
         if msg.reply and msg.reply.rsplit(".", 1)[-1] == "0":  # nothing pending after it
             done.set()

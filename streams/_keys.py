@@ -40,7 +40,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -58,9 +58,14 @@ _SIGN, _VERIFY, _REVOKED = "sign", "verify", "revoked"
 
 def tag(secret: bytes, domain: bytes, subject: str, data: bytes) -> str:
     """The hex HMAC-SHA256 of ``ms1:<domain>:<subject>:`` + ``data``."""
-    return hmac.digest(
-        secret, b"ms1:" + domain + b":" + subject.encode() + b":" + data, "sha256"
-    ).hex()
+    h = _keyed(secret, domain).copy()  # the key schedule and prefix done once per key
+    h.update(subject.encode() + b":" + data)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1024)
+def _keyed(secret: bytes, domain: bytes) -> hmac.HMAC:
+    return hmac.new(secret, b"ms1:" + domain + b":", hashlib.sha256)
 
 
 @lru_cache(maxsize=1024)
@@ -72,6 +77,10 @@ def derive_effect_key(secret: bytes, kind: str) -> bytes:
 def key_id(secret: bytes) -> str:
     """A key's public name: the first 12 hex digits of SHA-256 over it."""
     return hashlib.sha256(b"ms1:key-id:" + secret).hexdigest()[:12]
+
+
+def _value(seq: int | Callable[[], int]) -> int:
+    return seq() if callable(seq) else seq
 
 
 def _split(header: str | None) -> tuple[str, str] | None:
@@ -236,11 +245,14 @@ class Keyring:
         key = derive_effect_key(self.signing.secret, kind)
         return self._prefix + tag(key, b"fx", subject, link)
 
-    def check_entry(self, subject: str, link: bytes, header: str | None, seq: int) -> Verdict:
-        """Is the entry stored at stream sequence ``seq`` tagged by a key of ours?"""
+    def check_entry(
+        self, subject: str, link: bytes, header: str | None, seq: int | Callable[[], int]
+    ) -> Verdict:
+        """Is the entry stored at stream sequence ``seq`` tagged by a key of ours?
+        (``seq`` may be a function: it is needed only for untagged or revoked-key entries.)"""
         parts = _split(header)
         if parts is None:
-            if header is None and seq <= self.legacy_until:
+            if header is None and _value(seq) <= self.legacy_until:
                 return _LEGACY
             return Verdict(
                 False, problem="it carries no valid Ms-Mac tag (not written by a worker)"
@@ -249,11 +261,11 @@ class Keyring:
         key = self.keys.get(kid)
         if key is None:
             return Verdict(False, problem=f"it is tagged with key {kid!r}, unknown here")
-        if key.use == _REVOKED and seq > key.valid_to_seq:
+        if key.use == _REVOKED and (at := _value(seq)) > key.valid_to_seq:
             return Verdict(
                 False,
                 problem=f"it is tagged with key {kid}, revoked after stream sequence "
-                f"{key.valid_to_seq} (this entry is at {seq})",
+                f"{key.valid_to_seq} (this entry is at {at})",
             )
         if not hmac.compare_digest(mac, tag(key.secret, b"j", subject, link)):
             return Verdict(False, problem="its Ms-Mac tag does not match (altered or forged)")
