@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 from mainspring import NatsServer
-from streams import Subjects
+from schemas import ConfigError
+from streams import Keyring, Subjects
 from tests.harness import keys_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,8 +126,13 @@ async def acli(
 def keys_file(subjects: Subjects) -> Path:
     """A file of the keys every harness of ``subjects`` has (``harness.keys_for``)."""
     path = Path(tempfile.gettempdir()) / "mainspring-test-keys" / f"{subjects.prefix}.keys"
-    if not path.exists():
-        keys_for(subjects).save(path)
+    ring = keys_for(subjects)
+    try:
+        current = Keyring.load(path).signing.id == ring.signing.id
+    except ConfigError:  # none yet, or from an older format
+        current = False
+    if not current:
+        ring.save(path)
     return path
 
 

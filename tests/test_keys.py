@@ -279,7 +279,7 @@ def test_the_golden_sample_follows_the_documented_rule() -> None:
     doc = json.loads((Path(__file__).parent / "golden" / "auth_v1.json").read_text())
     secret = base64.b64decode(doc["deployment_key_b64"])
     kid = str(doc["key_id"])
-    assert kid == hashlib.sha256(b"ms1:key-id:" + secret).hexdigest()[:12]
+    assert kid == hashlib.sha256(b"ms1:key-id:" + secret).hexdigest()[:8]
     fx_key = hmac.digest(secret, b"ms1:effect-key:llm.chat", "sha256")
     assert fx_key.hex() == doc["effect_key_hex"]["llm.chat"]
     req = doc["request"]
@@ -288,9 +288,8 @@ def test_the_golden_sample_follows_the_documented_rule() -> None:
     assert link.hex() == req["Ms-Hash"]
 
     def mac(key: bytes, domain: str, subject: str, body: bytes) -> str:
-        return (
-            kid + "." + hmac.digest(key, f"ms1:{domain}:{subject}:".encode() + body, "sha256").hex()
-        )
+        tagged = f"ms1:{domain}:{subject}:".encode() + body
+        return kid + "." + hmac.digest(key, tagged, "sha256")[:16].hex()
 
     assert req["Ms-Fx-Mac"] == mac(fx_key, "fx", req["subject"], link)
     assert req["Ms-Mac"] == mac(secret, "j", req["subject"], link)
