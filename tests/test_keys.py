@@ -356,3 +356,6 @@ async def test_keys_from_the_cli_legacy_history_rotation_and_a_forged_entry_in_a
     assert "revoked after stream sequence" in audit.stdout
     assert "entries are unauthenticated-legacy" in audit.stdout
     assert audit.stdout.count("ALTERED") == 1  # the old and new runs verify
+    secrets = [base64.b64encode(k.secret).decode() for k in Keyring.load(keys).keys.values()]
+    for out in (made, done, revoked, audit):  # no command shows a key's secret
+        assert not any(s in out.stdout + out.stderr for s in secrets)
