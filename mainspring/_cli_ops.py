@@ -36,9 +36,29 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(projections_app, name="projections")
-    from mainspring._cli_keys import keys_app
+    from mainspring._cli_security import keys_app, roles_app
 
     app.add_typer(keys_app, name="keys")
+    app.add_typer(roles_app, name="roles")
+    app.command()(setup)
+
+
+@connecting(json=False)
+def setup(*, conn: Connection) -> None:
+    """Create the deployment's streams, KV buckets and object store (idempotent).
+
+    With roles (`mainspring roles write`) only the operator may: run this once with
+    --nats-nkey operator.nk before starting workers, handlers and the rest."""
+    from streams import EffectMarkers, Leases, ensure_topology
+
+    async def body(env: Env) -> int:
+        await ensure_topology(env.nc, env.subjects)
+        await EffectMarkers(env.nc, env.subjects).open()
+        await Leases(env.nc, env.subjects, "setup").open()
+        print(f"deployment {env.subjects.prefix!r} is set up: streams, buckets, object store")
+        return EXIT_OK
+
+    conn.run(body)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -57,7 +57,10 @@ async def ensure_consumer(nc: NATS, spec: ConsumerSpec, *, recreate: bool = Fals
     if recreate:
         await delete_consumer(nc, spec.stream, spec.durable)
     body = {"stream_name": spec.stream, "config": spec.config(), "action": ""}
-    await api_request(nc, f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}", body)
+    # the filter in the subject too: the server holds the body to it, so a permission
+    # on this subject (streams/_roles.py) limits what the consumer may read
+    subject = f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}.{spec.filter_subject}"
+    await api_request(nc, subject, body)
 
 
 async def delete_consumer(nc: NATS, stream: str, durable: str) -> None:

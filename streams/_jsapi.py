@@ -7,7 +7,9 @@ batch direct get) or want to see exactly what the server echoes back.
 
 from __future__ import annotations
 
+import re
 import ssl
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,11 @@ class _ApiResp(msgspec.Struct):
 _resp_decoder = msgspec.json.Decoder(_ApiResp)
 
 
+_DENIED: weakref.WeakKeyDictionary[NATS, set[str]] = weakref.WeakKeyDictionary()
+"""subjects (lowercase, as the server reports them) each connection was refused"""
+_VIOLATION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
 async def api_request(nc: NATS, subject: str, body: Any = None, timeout: float = 5.0) -> Any:
     """Send one API request; return the decoded JSON answer or raise ``ApiError``."""
     payload = b"" if body is None else msgspec.json.encode(body)
@@ -59,6 +66,12 @@ async def api_request(nc: NATS, subject: str, body: Any = None, timeout: float =
             "JetStream enabled (-js), e.g. `mainspring dev`"
         ) from e
     except nats.errors.TimeoutError as e:
+        if subject.lower() in _DENIED.get(nc, ()):
+            raise ConnectionFailed(
+                f"NATS refused {subject} to these credentials (permissions violation): use "
+                "the credentials of a role allowed to do this (`mainspring roles write` "
+                "lists what each may), or widen the user's permissions"
+            ) from e
         raise ConnectionFailed(f"JetStream API {subject} did not answer within {timeout}s") from e
     except nats.errors.ConnectionClosedError as e:
         raise ConnectionFailed("the NATS connection is closed") from e
@@ -140,6 +153,9 @@ async def connect(
         # the ConnectionFailed below says it all, after it one line says what happened.
         level = log.warning if connected else log.debug
         text = redact(str(e)) or type(e).__name__
+        denied = _VIOLATION.search(text)
+        if denied:  # a request to that subject will time out: say why instead
+            _DENIED.setdefault(nc, set()).add(denied.group(1))
         errors.append(text)
         level("nats_error", error=text)
 

@@ -37,6 +37,7 @@ CONNECTING: dict[str, tuple[list[str], set[Scope]]] = {
     "projections rebuild": (["--yes"], {"postgres", "signing"}),
     "keys new": ([], set()),
     "keys revoke": (["k1"], set()),
+    "setup": ([], set()),
 }
 OFFLINE = {
     "dev",
@@ -47,6 +48,7 @@ OFFLINE = {
     "keys add",
     "keys use",
     "keys handler",
+    "roles write",
 }
 
 

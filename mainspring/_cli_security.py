@@ -1,6 +1,6 @@
-"""``mainspring keys``: the deployment keys that prove who wrote what (streams/_keys.py).
+"""``mainspring keys`` and ``mainspring roles``: who wrote what, and who may do what.
 
-The file is the ``--keys`` setting (flag, MAINSPRING_KEYS, or a running dev
+The keys file is the ``--keys`` setting (flag, MAINSPRING_KEYS, or a running dev
 instance's), like for every other command, so one variable serves them all.
 """
 
@@ -196,3 +196,41 @@ def keys_handler(
     _, ring = _ring({"keys": keys})
     ring.effect_keys(kind).save(output)
     print(f"wrote {output}: effect keys for {', '.join(sorted(set(kind)))}")
+
+
+# ---------------------------------------------------------------------- roles
+roles_app = typer.Typer(
+    help="Least-privilege NATS users, one per role (operator, worker, handler per kind, "
+    "client, event-sender, projector, auditor): a nats-server config and their nkeys.",
+    no_args_is_help=True,
+)
+
+
+@roles_app.command("write")
+def roles_write(
+    out: Annotated[Path, typer.Option("-o", "--out", help="directory to write into")],
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help="an effect kind: its own handler user (repeat)"),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="subject prefix of the deployment")] = "ms",
+    partitions: Annotated[int, typer.Option(help="inbox partitions")] = 16,
+) -> None:
+    """Write nats-auth.conf (the deployment's account: JetStream on, one nkey user per
+    role, each allowed exactly its subjects) and each user's seed, <user>.nk.
+
+    Put the conf's contents in nats-server.conf (or `include` it), restart the server,
+    run `mainspring setup --nats-nkey operator.nk` once, then start each process with
+    its own seed (--nats-nkey worker.nk, handler-<kind>.nk, ...). Keep the seeds secret;
+    they are written readable by their owner only."""
+    from streams import Subjects
+    from streams._roles import role_users, write_roles
+
+    subjects = Subjects(prefix, partitions)
+    paths = write_roles(out, subjects, kind or [])
+    print(f"wrote {paths[0]} and {len(paths) - 1} nkey seeds:")
+    for user, perms in role_users(subjects, kind or []).items():
+        print(
+            f"  {user}.nk  publish {len(perms.publish)} subject(s), subscribe "
+            f"{len(perms.subscribe)}"
+        )

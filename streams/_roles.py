@@ -1,0 +1,225 @@
+"""Least-privilege NATS permissions per role, derived from a deployment's subjects.
+
+Each role gets exactly the subjects its processes publish and subscribe to, JetStream
+API calls included (docs/security.md has the table in words):
+
+- **operator**: everything of the deployment: creates the streams, KV buckets and
+  object store (``mainspring setup``), re-injects dead letters, deletes consumers.
+- **worker**: appends to journals, reads them, consumes inbox partitions, schedules
+  timers, holds partition leases, writes dead letters and large payloads.
+- **handler** (one per set of kinds): consumes only its kinds' requests, sends only
+  effect results, keeps at-most-once markers; cannot append to a journal.
+- **client**: starts, cancels and wakes runs, sends resume events, reads journals and
+  results; cannot append to a journal or send effect results.
+- **event-sender**: publishes resume events only (webhooks, other services).
+- **projector**: reads the journal through its own consumer, writes dead letters of
+  its source.
+- **auditor**: reads the journal, its objects and dead letters; writes nothing.
+
+No role may delete or purge a stream or a message except the operator, and the
+journal stream denies even the operator's purge and message deletes (deny_purge,
+deny_delete). Replies come on ``_INBOX.>`` (nats-py's default inbox prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams._markers import EffectMarkers
+from streams._subjects import Subjects
+
+ROLES = ("operator", "worker", "handler", "client", "event-sender", "projector", "auditor")
+REPLIES = "_INBOX.>"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one role may publish and subscribe to (nats-server ``allow`` lists)."""
+
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+
+
+def _api(*calls: str) -> list[str]:
+    return [f"$JS.API.{c}" for c in calls]
+
+
+def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> Permissions:
+    """The ``allow`` lists of ``role`` for the deployment of ``subjects``; a handler's
+    ``kinds`` name the effect kinds it serves."""
+    s = subjects
+    p = s.prefix
+    j, i, d, o = s.journal_stream, s.inbox_stream, s.dead_letter_stream, s.object_stream
+    leases, markers, objects = s.lease_bucket, EffectMarkers.bucket(s), s.object_bucket
+    # what every role needs to find the deployment (ensure_topology only reads when the
+    # streams exist, as the operator made them)
+    base = _api("INFO", *(f"STREAM.INFO.{x}" for x in (j, i, d, o)))
+    read_objects = _api(f"DIRECT.GET.{o}", f"DIRECT.GET.{o}.>")
+    read_journal = [*_api(f"DIRECT.GET.{j}", f"DIRECT.GET.{j}.>"), *read_objects]
+    write_objects = [f"$O.{objects}.>"]
+    if role == "operator":
+        return Permissions(
+            publish=[
+                f"{p}.>",
+                "$JS.API.>",
+                f"$KV.{leases}.>",
+                f"$KV.{markers}.>",
+                *write_objects,
+                f"$JS.ACK.{i}.>",
+                f"$JS.ACK.{j}.>",
+                "$JS.FC.>",
+            ],
+            subscribe=[REPLIES, f"{p}.>"],
+        )
+    if role == "worker":
+        kv = [f"$KV.{leases}.>"]
+        return Permissions(
+            publish=[
+                *base,
+                *read_journal,
+                f"{p}.j.>",
+                f"{p}.in.>",
+                f"{p}.sched.>",
+                f"{p}.dlq.>",
+                f"{p}.worker.*.ping",
+                *write_objects,
+                *kv,
+                *_api(
+                    f"STREAM.INFO.KV_{leases}",
+                    f"DIRECT.GET.KV_{leases}.>",
+                    f"CONSUMER.CREATE.KV_{leases}",
+                    f"CONSUMER.CREATE.KV_{leases}.>",
+                    f"CONSUMER.INFO.KV_{leases}.>",
+                    f"CONSUMER.DELETE.KV_{leases}.>",
+                    f"CONSUMER.CREATE.{i}.>",
+                    f"CONSUMER.MSG.NEXT.{i}.>",
+                    f"CONSUMER.INFO.{i}.>",
+                    f"CONSUMER.DELETE.{i}.>",
+                ),
+                f"$JS.ACK.{i}.>",
+                "$JS.FC.>",
+            ],
+            subscribe=[REPLIES, f"{p}.worker.*.ping"],
+        )
+    if role == "handler":
+        return Permissions(
+            publish=[
+                *base,
+                *read_objects,
+                f"{p}.in.*.*.effect.result",
+                f"{p}.dlq.fx.>",
+                *write_objects,
+                f"$KV.{markers}.>",
+                *_api(f"STREAM.INFO.KV_{markers}", f"DIRECT.GET.KV_{markers}.>"),
+                *(
+                    a
+                    for k in kinds
+                    for a in (
+                        # the filter is part of the subject: no wider one, no other kind
+                        f"$JS.API.CONSUMER.CREATE.{j}.{s.effect_consumer(k)}.{s.effect_filter(k)}",
+                        f"$JS.API.CONSUMER.MSG.NEXT.{j}.{s.effect_consumer(k)}",
+                        f"$JS.ACK.{j}.{s.effect_consumer(k)}.>",
+                    )
+                ),
+            ],
+            subscribe=[REPLIES],
+        )
+    if role == "client":
+        return Permissions(
+            publish=[
+                *base,
+                *read_journal,
+                *(f"{p}.in.*.*.{kind}" for kind in ("start", "cancel", "wake")),
+                f"{p}.event.>",
+                *write_objects,
+                *_api(f"STREAM.INFO.{j}.>"),
+            ],
+            subscribe=[REPLIES, f"{p}.jn.>"],
+        )
+    if role == "event-sender":
+        return Permissions(publish=[f"{p}.event.>"], subscribe=[REPLIES])
+    if role == "projector":
+        return Permissions(
+            publish=[
+                *base,
+                *read_journal,
+                f"{p}.dlq.projector.>",
+            ],
+            subscribe=[REPLIES, f"{p}.jn.>"],
+        )
+    if role == "auditor":
+        return Permissions(
+            publish=[
+                *base,
+                *read_journal,
+                *_api(
+                    f"DIRECT.GET.{d}",
+                    f"DIRECT.GET.{d}.>",
+                    f"CONSUMER.CREATE.{j}",
+                    f"CONSUMER.CREATE.{j}.>",
+                ),
+                "$JS.FC.>",
+            ],
+            subscribe=[REPLIES],
+        )
+    raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+
+
+def _seed() -> tuple[str, str]:
+    """A new NATS user nkey: (seed, public key)."""
+    import secrets
+
+    import nkeys  # type: ignore[import-untyped]
+
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    pair = nkeys.from_seed(bytearray(seed))
+    return seed.decode(), pair.public_key.decode()
+
+
+def role_users(subjects: Subjects, kinds: Sequence[str]) -> dict[str, Permissions]:
+    """Every user of a deployment: one per role, and one handler user per effect kind
+    (``handler-<kind>``, dots as ``_``), so a handler of one kind cannot take another's."""
+    users = {role: permissions(subjects, role) for role in ROLES if role != "handler"}
+    for kind in kinds:
+        users[f"handler-{kind.replace('.', '_')}"] = permissions(subjects, "handler", kinds=[kind])
+    return users
+
+
+def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Path]:
+    """Write ``nats-auth.conf`` (an ``accounts`` block to include in nats-server.conf:
+    the deployment's own account with JetStream, one nkey user per role) and each
+    user's nkey seed, ``<user>.nk`` (readable by its owner only). Returns the paths."""
+    import json
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    account = subjects.prefix.upper().replace("-", "_")
+    lines = [
+        f"# Mainspring roles of the deployment with prefix {subjects.prefix!r}, written by",
+        "# `mainspring roles write`. Include it in nats-server.conf (include ./nats-auth.conf);",
+        "# each process connects with its role's seed (--nats-nkey <role>.nk).",
+        "accounts {",
+        f"  {account}: {{",
+        "    jetstream: enabled",
+        "    users: [",
+    ]
+    written = []
+    for user, perms in role_users(subjects, kinds).items():
+        seed, public = _seed()
+        path = out / f"{user}.nk"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(seed + "\n")
+        written.append(path)
+        allow = {
+            "publish": {"allow": perms.publish},
+            "subscribe": {"allow": perms.subscribe},
+        }
+        lines.append(f"      # {user}")
+        lines.append(f"      {{ nkey: {json.dumps(public)}, permissions: {json.dumps(allow)} }}")
+    lines += ["    ]", "  }", "}", ""]
+    conf = out / "nats-auth.conf"
+    conf.write_text("\n".join(lines))
+    return [conf, *written]
