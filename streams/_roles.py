@@ -40,6 +40,8 @@ class Permissions:
 
     publish: list[str] = field(default_factory=list)
     subscribe: list[str] = field(default_factory=list)
+    responds: bool = False
+    """may answer requests it receives (``allow_responses``): a worker's liveness ping"""
 
 
 def _api(*calls: str) -> list[str]:
@@ -89,6 +91,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 *_api(
                     f"STREAM.INFO.KV_{leases}",
                     f"DIRECT.GET.KV_{leases}.>",
+                    f"STREAM.MSG.GET.KV_{leases}",
                     f"CONSUMER.CREATE.KV_{leases}",
                     f"CONSUMER.CREATE.KV_{leases}.>",
                     f"CONSUMER.INFO.KV_{leases}.>",
@@ -102,6 +105,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 "$JS.FC.>",
             ],
             subscribe=[REPLIES, f"{p}.worker.*.ping"],
+            responds=True,
         )
     if role == "handler":
         return Permissions(
@@ -213,10 +217,12 @@ def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Pat
         with os.fdopen(fd, "w") as f:
             f.write(seed + "\n")
         written.append(path)
-        allow = {
+        allow: dict[str, object] = {
             "publish": {"allow": perms.publish},
             "subscribe": {"allow": perms.subscribe},
         }
+        if perms.responds:
+            allow["allow_responses"] = True
         lines.append(f"      # {user}")
         lines.append(f"      {{ nkey: {json.dumps(public)}, permissions: {json.dumps(allow)} }}")
     lines += ["    ]", "  }", "}", ""]

@@ -87,6 +87,7 @@ async def test_each_role_does_its_job_with_its_own_credentials(
     url, keys = deployment.server.url, keys_for(S)
     since = len(deployment.log)
     wnc = await connect(url, auth=deployment.auth("worker"))
+    w2nc = await connect(url, auth=deployment.auth("worker"))
     hnc = await connect(url, auth=deployment.auth("handler-math_double"))
     cnc = await connect(url, auth=deployment.auth("client"))
     enc = await connect(url, auth=deployment.auth("event-sender"))
@@ -96,14 +97,17 @@ async def test_each_role_does_its_job_with_its_own_credentials(
     served.handler("math.double")(handlers.get("math.double").fn)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
     try:
-        worker = ms.Worker(
-            wnc, registry, subjects=S, keys=keys, options=ms.WorkerOptions(lease_ttl_s=3)
-        )
+        options = ms.WorkerOptions(lease_ttl_s=3)
+        worker = ms.Worker(wnc, registry, subjects=S, keys=keys, options=options)
+        second = ms.Worker(w2nc, registry, subjects=S, keys=keys, options=options)
         service = ms.HandlerService(hnc, served, subjects=S, keys=keys.effect_keys(["math.double"]))
         client = ms.Client(cnc, S, keys=keys)
         async with anyio.create_task_group() as tg:
             await tg.start(worker.run)
+            await tg.start(second.run)
             await tg.start(service.run)
+            # a worker asks another if it is alive before taking its partitions
+            assert (await wnc.request(S.worker_ping(second.worker_id), b"", timeout=5)).data
             assert await client.result(await client.start("fanout", 3), timeout=20) == 6
             rid = await client.start("waiter", 60)
             await wait_status(client, rid, "waiting")
@@ -121,7 +125,7 @@ async def test_each_role_does_its_job_with_its_own_credentials(
         await dead_letters(anc, S)
     finally:
         await pool.close()
-        for c in (wnc, hnc, cnc, enc, pnc, anc):
+        for c in (wnc, w2nc, hnc, cnc, enc, pnc, anc):
             await c.close()
     assert deployment.violations(since) == []
 
