@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -141,6 +141,13 @@ class Handlers:
         """Serve ``other``'s handlers too (its definitions win for shared kinds)."""
         self._defs.update(other._defs)
         return self
+
+    def only(self, kinds: Iterable[str]) -> Handlers:
+        """A registry of just these kinds (a service per kind, each with its own
+        credentials)."""
+        part = Handlers()
+        part._defs = {k: self._defs[k] for k in kinds}
+        return part
 
     def get(self, kind: str) -> HandlerDef:
         return self._defs[kind]

@@ -223,8 +223,7 @@ def roles_write(
     run `mainspring setup --nats-nkey operator.nk` once, then start each process with
     its own seed (--nats-nkey worker.nk, handler-<kind>.nk, ...). Keep the seeds secret;
     they are written readable by their owner only."""
-    from streams import Subjects
-    from streams._roles import role_users, write_roles
+    from streams import Subjects, role_users, write_roles
 
     subjects = Subjects(prefix, partitions)
     paths = write_roles(out, subjects, kind or [])

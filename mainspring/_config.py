@@ -94,10 +94,9 @@ class DevInstance:
         return str(value) if value else None
 
     @property
-    def nats_token(self) -> str | None:
-        """the token its NATS server asks for (dev runs with authorization on)"""
-        value = self.info.get("nats_token")
-        return str(value) if value else None
+    def nats_nkey(self) -> Path | None:
+        """the operator's seed (dev runs NATS with the roles)"""
+        return self._file(self.info.get("nats_nkey"))
 
     def _file(self, value: object) -> Path | None:
         """A path the dev instance wrote (absolute, or relative to the folder it ran in)."""
@@ -185,6 +184,7 @@ SETTINGS = (
         "MAINSPRING_NATS_NKEY",
         "file holding a NATS nkey seed (SU...)",
         "nats",
+        lent=lambda dev: dev.nats_nkey,
     ),
     SettingSpec(
         "nats_token",
@@ -192,7 +192,6 @@ SETTINGS = (
         "MAINSPRING_NATS_TOKEN",
         "NATS authentication token",
         "nats",
-        lent=lambda dev: dev.nats_token,
         secret=True,
         whole_secret=True,
     ),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import sys
 from pathlib import Path
@@ -31,7 +30,17 @@ from mainspring._config import DEV_POINTER
 from mainspring._shutdown import until_signalled
 from projections import Projector, Signer
 from servers import NatsServer, PostgresServer
-from streams import Journal, Keyring, NatsAuth, Subjects, connect
+from streams import (
+    EffectMarkers,
+    Journal,
+    Keyring,
+    Leases,
+    NatsAuth,
+    Subjects,
+    connect,
+    ensure_topology,
+    write_roles,
+)
 
 KEYS_FILE = "deployment.keys"
 
@@ -45,22 +54,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _nats_token(data_dir: Path) -> str:
-    """The token dev's NATS server asks every client for: made once, kept (0600) beside
-    the data so scripts keep working across restarts. Other ``mainspring`` commands
-    read it from dev.json; anything else passes it (``nats://<token>@127.0.0.1:4222``)."""
-    path = data_dir / "nats.token"
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token
-    token = secrets.token_urlsafe(24)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(token + "\n")
-    return token
 
 
 def _signer(keys: Path) -> Signer:
@@ -93,11 +86,17 @@ async def run_dev(
     grace_s: float = 10.0,
 ) -> None:
     """Run until SIGINT or SIGTERM (or cancelled); ``data_dir`` must exist."""
-    token = _nats_token(data_dir)
+    all_handlers = builtin_handlers()
+    if handlers is not None:
+        all_handlers.include(handlers)
+    # NATS runs with the roles (docs/security.md): each part of dev connects as its own
+    # role; other commands in this folder get the operator's seed through dev.json
+    roles = data_dir / "roles"
+    write_roles(roles, Subjects(prefix, partitions), all_handlers.kinds())
     nats_server = NatsServer(
         data_dir / "nats",
         port=nats_port if _port_free(nats_port) else None,
-        extra_config=f'authorization {{ token: "{token}" }}\n',
+        extra_config=(roles / "nats-auth.conf").read_text(),
     )
     pg = PostgresServer(data_dir / "postgres")
 
@@ -106,7 +105,7 @@ async def run_dev(
         nats_server.kill()
 
     serve = _Dev(
-        data_dir, registry, handlers, nats_server, token, pg, prefix, partitions, status_every
+        data_dir, registry, all_handlers, nats_server, roles, pg, prefix, partitions, status_every
     )
     await until_signalled(serve.run, grace_s=grace_s, on_force=kill_servers)
 
@@ -116,9 +115,9 @@ class _Dev:
         self,
         data_dir: Path,
         registry: Registry,
-        handlers: Handlers | None,
+        handlers: Handlers,
         nats_server: NatsServer,
-        token: str,
+        roles: Path,
         pg: PostgresServer,
         prefix: str,
         partitions: int,
@@ -128,8 +127,8 @@ class _Dev:
         self.registry = registry
         self.handlers = handlers
         self.nats_server = nats_server
-        self.token = token
-        """what nats_server asks clients for (dev.json lends it to other commands)"""
+        self.roles = roles
+        """each role's nkey seed (dev.json lends the operator's to other commands)"""
         self.pg = pg
         self.prefix = prefix
         self.partitions = partitions
@@ -152,7 +151,7 @@ class _Dev:
         info = {
             "pid": os.getpid(),
             "nats_url": self.nats_server.url,
-            "nats_token": self.token,
+            "nats_nkey": str((self.roles / "operator.nk").resolve()),
             "postgres_dsn": self.pg.dsn,
             "prefix": self.prefix,
             "partitions": self.partitions,
@@ -163,7 +162,7 @@ class _Dev:
             "postgres_pid": self.pg.pid,
             "postgres_data_dir": str(self.pg.data_dir),
         }
-        for path in self.info_files:  # they hold the NATS token: readable by this user only
+        for path in self.info_files:  # where the seeds are: readable by this user only
             path.touch(mode=0o600)
             path.chmod(0o600)
             path.write_text(json.dumps(info, indent=2))
@@ -183,23 +182,37 @@ class _Dev:
     async def _serve(self) -> None:
         nats_server, pg, registry = self.nats_server, self.pg, self.registry
         signer = _signer(self.data_dir / "keys")
-        nc = await connect(nats_server.url, auth=NatsAuth(token=self.token), reconnect_forever=True)
+        conns: list[NATS] = []
+
+        async def connect_as(user: str) -> NATS:
+            auth = NatsAuth(nkey=str(self.roles / f"{user}.nk"))
+            conns.append(await connect(nats_server.url, auth=auth, reconnect_forever=True))
+            return conns[-1]
+
         pool = None
         try:
             pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=6)
             subjects = Subjects(self.prefix, self.partitions)
-            all_handlers = builtin_handlers()
-            if self.handlers is not None:
-                all_handlers.include(self.handlers)
-            keys = await _keyring(self.data_dir / "keys" / KEYS_FILE, Journal(nc, subjects))
-            worker = Worker(nc, registry, subjects=subjects, keys=keys)
-            projector = Projector(nc, pool, subjects, signer=signer, keys=keys)
-            fx_keys = keys.effect_keys(all_handlers.kinds())
+            all_handlers = self.handlers
+            operator = await connect_as("operator")  # the one role that creates streams
+            await ensure_topology(operator, subjects)
+            await EffectMarkers(operator, subjects).open()
+            await Leases(operator, subjects, "dev").open()
+            keys = await _keyring(self.data_dir / "keys" / KEYS_FILE, Journal(operator, subjects))
+            worker = Worker(await connect_as("worker"), registry, subjects=subjects, keys=keys)
+            projector = Projector(
+                await connect_as("projector"), pool, subjects, signer=signer, keys=keys
+            )
             async with anyio.create_task_group() as tg:
                 await tg.start(worker.run)
-                await tg.start(
-                    HandlerService(nc, all_handlers, subjects=subjects, keys=fx_keys).run
-                )
+                for kind in all_handlers.kinds():  # each kind as its own handler user
+                    service = HandlerService(
+                        await connect_as(f"handler-{kind.replace('.', '_')}"),
+                        all_handlers.only([kind]),
+                        subjects=subjects,
+                        keys=keys.effect_keys([kind]),
+                    )
+                    await tg.start(service.run)
                 await tg.start(projector.run)
                 print(
                     f"mainspring dev is up: NATS {nats_server.url}, PostgreSQL {pg.dsn}\n"
@@ -208,17 +221,18 @@ class _Dev:
                     f"handlers: {', '.join(all_handlers.kinds())}\n"
                     "  other mainspring commands in this folder find it automatically; "
                     "Ctrl-C stops everything\n"
-                    f"  NATS asks for a token (in {self.data_dir / 'nats.token'}): other "
-                    "clients connect to nats://<token>@host:port",
+                    f"  NATS runs with least-privilege roles: each role's nkey seed is in "
+                    f"{self.roles} (operator.nk may do everything; client.nk starts and "
+                    "reads runs; event-sender.nk sends resume events)",
                     flush=True,
                 )
                 tg.start_soon(_status_line, worker, projector, pool, self.status_every)
         finally:
             with anyio.CancelScope(shield=True):
-                await _close(pool, nc)
+                await _close(pool, conns)
 
 
-async def _close(pool: asyncpg.Pool | None, nc: NATS) -> None:
+async def _close(pool: asyncpg.Pool | None, conns: list[NATS]) -> None:
     """Close connections, bounded: a stop must not wait on a busy or vanished server."""
     if pool is not None:
         with anyio.move_on_after(3) as waited:
@@ -226,7 +240,8 @@ async def _close(pool: asyncpg.Pool | None, nc: NATS) -> None:
         if waited.cancelled_caught:
             pool.terminate()
     with anyio.move_on_after(3):
-        await nc.close()
+        for nc in conns:
+            await nc.close()
 
 
 async def _status_line(

@@ -50,6 +50,7 @@ from streams._markers import EffectMarkers
 from streams._objects import Objects, PayloadLimits, object_problem
 from streams._protocols import InboxWriter, JournalStore, open_inbox, open_journal
 from streams._publish import PubAck, publish, publish_checked, retrying
+from streams._roles import ROLES, Permissions, permissions, role_users, write_roles
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
     MIN_API_LEVEL,
@@ -88,7 +89,9 @@ __all__ = [
     "NatsAuth",
     "Objects",
     "PayloadLimits",
+    "Permissions",
     "PubAck",
+    "ROLES",
     "Record",
     "ServerFeatures",
     "StoredEvent",
@@ -116,13 +119,16 @@ __all__ = [
     "open_inbox",
     "open_journal",
     "partition_of",
+    "permissions",
     "publish",
     "publish_checked",
     "pull_loop",
     "read_records",
     "reinject",
     "retrying",
+    "role_users",
     "stream_seq",
     "take_slot",
     "verify_chain",
+    "write_roles",
 ]

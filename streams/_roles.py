@@ -171,13 +171,21 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
     raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
 
 
-def _seed() -> tuple[str, str]:
-    """A new NATS user nkey: (seed, public key)."""
+def _seed(path: Path) -> tuple[str, str]:
+    """The NATS user nkey kept at ``path`` (made there, 0600, if it is not): (seed,
+    public key). Written again, a config keeps every user's key."""
+    import os
     import secrets
 
     import nkeys  # type: ignore[import-untyped]
 
-    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    if path.exists():
+        seed = path.read_bytes().strip()
+    else:
+        seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(seed + b"\n")
     pair = nkeys.from_seed(bytearray(seed))
     return seed.decode(), pair.public_key.decode()
 
@@ -194,9 +202,9 @@ def role_users(subjects: Subjects, kinds: Sequence[str]) -> dict[str, Permission
 def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Path]:
     """Write ``nats-auth.conf`` (an ``accounts`` block to include in nats-server.conf:
     the deployment's own account with JetStream, one nkey user per role) and each
-    user's nkey seed, ``<user>.nk`` (readable by its owner only). Returns the paths."""
+    user's nkey seed, ``<user>.nk`` (readable by its owner only; a seed already there
+    is kept). Returns the paths."""
     import json
-    import os
 
     out.mkdir(parents=True, exist_ok=True)
     account = subjects.prefix.upper().replace("-", "_")
@@ -211,11 +219,8 @@ def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Pat
     ]
     written = []
     for user, perms in role_users(subjects, kinds).items():
-        seed, public = _seed()
         path = out / f"{user}.nk"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(seed + "\n")
+        _, public = _seed(path)
         written.append(path)
         allow: dict[str, object] = {
             "publish": {"allow": perms.publish},

@@ -98,13 +98,18 @@ def test_dev_serves_other_commands_and_keeps_data(tmp_path: Path) -> None:
         info_file = work / ".mainspring" / "dev.json"
         info = json.loads(info_file.read_text())
         assert info["pid"] == dev.pid
-        # its NATS asks for the token it keeps (this user's files only): commands here
-        # get it from dev.json; a client without it is refused
+        # its NATS runs with the roles, each seed this user's alone: commands here get
+        # the operator's through dev.json; a client without a seed is refused
         assert info_file.stat().st_mode & 0o077 == 0
-        assert (work / ".mainspring" / "nats.token").stat().st_mode & 0o077 == 0
-        refused = cli("runs", "--nats-token", "not-the-token", cwd=work, env=env)
+        seeds = sorted((work / ".mainspring" / "roles").glob("*.nk"))
+        assert {s.stem for s in seeds} >= {"operator", "worker", "client", "handler-cli"}
+        assert all(s.stat().st_mode & 0o077 == 0 for s in seeds)
+        refused = cli("runs", cwd=work, env={**env, "MAINSPRING_NATS_NKEY": ""})
         assert refused.returncode != 0
         assert "refused this connection" in refused.stderr
+        # the client's seed is enough to list runs
+        nc_env = {**env, "MAINSPRING_NATS_NKEY": str(work / ".mainspring/roles/client.nk")}
+        assert cli("runs", cwd=work, env=nc_env).returncode == 0
         started = cli(
             "run",
             str(EXAMPLE),
@@ -184,7 +189,7 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 async def _flood(info: dict[str, object], runs: int) -> None:
     """Start many effect-heavy runs and return once some, not all, have finished."""
-    nc = await nats.connect(str(info["nats_url"]), token=str(info["nats_token"]))
+    nc = await nats.connect(str(info["nats_url"]), nkeys_seed=str(info["nats_nkey"]))
     try:
         client = ms.Client(nc, Subjects(str(info["prefix"]), int(str(info["partitions"]))))
         ids = [await client.start("fanout", 20) for _ in range(runs)]
