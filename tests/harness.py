@@ -6,16 +6,18 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
+import msgspec
 from nats.aio.client import Client as NATS
 
 from actors import Registry, Worker, WorkerOptions
 from client import Client, RunStatus
 from handlers import Handlers, HandlerService
 from projections import Projector
-from schemas import Event, StepCompleted
+from schemas import EffectRequested, Event, StepCompleted, encode_event
 from streams import Key, Keyring, StoredEvent, Subjects, key_id, verify_chain
 
 T = TypeVar("T")
@@ -124,3 +126,20 @@ async def projected(projector: Projector, nc: NATS, subjects: Subjects, timeout:
 
     await wait_until(caught_up, timeout)
     return target
+
+
+def hand_made_request(run_id: str, kind: str = "math.double", inbox: str = "") -> bytes:
+    """An effect request as a publisher would make one by hand: event 2 of ``run_id``
+    asking ``kind`` to double 21, naming ``inbox`` for its result."""
+    return encode_event(
+        EffectRequested(
+            run_id=run_id,
+            n=2,
+            at=datetime.now(UTC),
+            seq=1,
+            effect_id=f"{run_id}.fx.1",
+            kind=kind,
+            payload=msgspec.Raw(b"21"),
+            inbox=inbox,
+        )
+    )

@@ -49,7 +49,7 @@ from streams import (
     dead_letters,
     new_key,
 )
-from tests.harness import keys_for, running, wait_status, wait_until
+from tests.harness import hand_made_request, keys_for, running, wait_status, wait_until
 from tests.procs import acli, conn_args
 
 pytestmark = pytest.mark.anyio
@@ -128,18 +128,7 @@ def test_an_effect_key_serves_its_kind_only(tmp_path: os.PathLike[str]) -> None:
 def _stored_request(run_id: str, kind: str, subjects: Subjects) -> tuple[bytes, dict[str, str]]:
     """A request exactly as a worker stores it, chain headers included (anyone who can
     read a journal can compute them), but tagged by nobody's key."""
-    data = encode_event(
-        EffectRequested(
-            run_id=run_id,
-            n=2,
-            at=datetime.now(UTC),
-            seq=1,
-            effect_id=f"{run_id}.fx.1",
-            kind=kind,
-            payload=msgspec.Raw(b"21"),
-            inbox=subjects.inbox(run_id, "effect.result"),
-        )
-    )
+    data = hand_made_request(run_id, kind, subjects.inbox(run_id, "effect.result"))
     prev = chain(GENESIS, b"run.started as stored")
     headers = {HDR_N: "2", HDR_PREV: prev.hex(), HDR_HASH: chain(prev, data).hex()}
     return data, headers

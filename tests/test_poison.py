@@ -14,11 +14,11 @@ from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from mainspring import NatsServer
-from schemas import EffectRequested, EventRejected, RunStarted, encode_event
+from schemas import EventRejected, RunStarted, encode_event
 from streams import DeadLetter, Subjects, dead_letters, reinject
 from tests import apps
 from tests.apps import registry
-from tests.harness import events_of, running, types, wait_status, wait_until
+from tests.harness import events_of, hand_made_request, running, types, wait_status, wait_until
 from tests.procs import Proc, acli, conn_args, spawn
 
 pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
@@ -200,19 +200,7 @@ async def test_forged_effect_requests_are_refused_not_executed(
         ran.append(x)
         return x * 2
 
-    def request(run_id: str, kind: str = "math.double", inbox: str = "") -> bytes:
-        return encode_event(
-            EffectRequested(
-                run_id=run_id,
-                n=2,
-                at=datetime.now(UTC),
-                seq=1,
-                effect_id=f"{run_id}.fx.1",
-                kind=kind,
-                payload=msgspec.Raw(b"21"),
-                inbox=inbox,
-            )
-        )
+    request = hand_made_request
 
     loot = await nc.subscribe("loot.>")
     async with running(nc, subjects, handlers=served):
