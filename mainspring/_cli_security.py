@@ -223,13 +223,14 @@ def roles_write(
     run `mainspring setup --nats-nkey operator.nk` once, then start each process with
     its own seed (--nats-nkey worker.nk, handler-<kind>.nk, ...). Keep the seeds secret;
     they are written readable by their owner only."""
-    from streams import Subjects, role_users, write_roles
+    from streams import Subjects, nkey_public, reply_prefix, role_users, write_roles
 
     subjects = Subjects(prefix, partitions)
     paths = write_roles(out, subjects, kind or [])
     print(f"wrote {paths[0]} and {len(paths) - 1} nkey seeds:")
     for user, perms in role_users(subjects, kind or []).items():
+        replies = reply_prefix(nkey_public(out / f"{user}.nk"))
         print(
             f"  {user}.nk  publish {len(perms.publish)} subject(s), subscribe "
-            f"{len(perms.subscribe)}"
+            f"{len(perms.subscribe)}; replies on {replies}.>"
         )

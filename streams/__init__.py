@@ -34,7 +34,7 @@ from streams._journal import (
     read_records,
     verify_chain,
 )
-from streams._jsapi import ApiError, NatsAuth, api_request, connect
+from streams._jsapi import ApiError, NatsAuth, api_request, connect, nkey_public, reply_prefix
 from streams._keys import (
     HDR_FX_MAC,
     HDR_MAC,
@@ -114,6 +114,7 @@ __all__ = [
     "ensure_topology",
     "key_id",
     "new_key",
+    "nkey_public",
     "num_delivered",
     "object_problem",
     "open_inbox",
@@ -125,6 +126,7 @@ __all__ = [
     "pull_loop",
     "read_records",
     "reinject",
+    "reply_prefix",
     "retrying",
     "role_users",
     "stream_seq",

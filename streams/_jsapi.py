@@ -50,6 +50,21 @@ class _ApiResp(msgspec.Struct):
 _resp_decoder = msgspec.json.Decoder(_ApiResp)
 
 
+def nkey_public(seed_file: Path) -> str:
+    """The public key (U...) of the nkey seed kept in ``seed_file``."""
+    import nkeys  # type: ignore[import-untyped]
+
+    try:
+        return str(nkeys.from_seed(bytearray(seed_file.read_bytes().strip())).public_key.decode())
+    except (OSError, nkeys.ErrInvalidSeed, ValueError) as e:
+        raise ConfigError(f"{seed_file} does not hold a NATS nkey seed (SU...): {e}") from None
+
+
+def reply_prefix(public_key: str) -> str:
+    """Where a user's replies come: ``_INBOX.<first 16 of its public key>``."""
+    return f"_INBOX.{public_key[:16]}"
+
+
 _DENIED: weakref.WeakKeyDictionary[NATS, set[str]] = weakref.WeakKeyDictionary()
 """subjects (lowercase, as the server reports them) each connection was refused"""
 _VIOLATION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
@@ -115,6 +130,9 @@ class NatsAuth:
             opts["user_credentials"] = self.creds
         if self.nkey:
             opts["nkeys_seed"] = self.nkey
+            # replies to this user come under its own prefix: the roles' permissions
+            # (streams/_roles.py) let each user subscribe to its own replies only
+            opts["inbox_prefix"] = reply_prefix(nkey_public(Path(self.nkey)))
         if self.token:
             opts["token"] = self.token
         if self.user:

@@ -18,7 +18,8 @@ API calls included (docs/security.md has the table in words):
 
 No role may delete or purge a stream or a message except the operator, and the
 journal stream denies even the operator's purge and message deletes (deny_purge,
-deny_delete). Replies come on ``_INBOX.>`` (nats-py's default inbox prefix).
+deny_delete). Each user's replies come under its own prefix (``_INBOX.<its key>``,
+set by ``NatsAuth`` for an nkey): no role can listen to another's replies.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams._jsapi import reply_prefix
 from streams._markers import EffectMarkers
 from streams._subjects import Subjects
 
 ROLES = ("operator", "worker", "handler", "client", "event-sender", "projector", "auditor")
 REPLIES = "_INBOX.>"
+"""stands for the user's own reply prefix (``write_roles`` puts it in)"""
 
 
 @dataclass(frozen=True)
@@ -222,9 +225,10 @@ def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Pat
         path = out / f"{user}.nk"
         _, public = _seed(path)
         written.append(path)
+        replies = f"{reply_prefix(public)}.>"
         allow: dict[str, object] = {
             "publish": {"allow": perms.publish},
-            "subscribe": {"allow": perms.subscribe},
+            "subscribe": {"allow": [replies if s == REPLIES else s for s in perms.subscribe]},
         }
         if perms.responds:
             allow["allow_responses"] = True

@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import nats
 import pytest
 
 import mainspring as ms
 from servers import free_port
 from servers._postgres import PostgresServer
-from streams import Subjects
+from streams import NatsAuth, Subjects, connect
 from tests.procs import ROOT, cli
 
 EXAMPLE = ROOT / "examples" / "flows" / "tag_release.yaml"
@@ -189,7 +188,7 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 async def _flood(info: dict[str, object], runs: int) -> None:
     """Start many effect-heavy runs and return once some, not all, have finished."""
-    nc = await nats.connect(str(info["nats_url"]), nkeys_seed=str(info["nats_nkey"]))
+    nc = await connect(str(info["nats_url"]), auth=NatsAuth(nkey=str(info["nats_nkey"])))
     try:
         client = ms.Client(nc, Subjects(str(info["prefix"]), int(str(info["partitions"]))))
         ids = [await client.start("fanout", 20) for _ in range(runs)]

@@ -27,7 +27,9 @@ from streams import (
     Subjects,
     connect,
     dead_letters,
+    nkey_public,
     publish_checked,
+    reply_prefix,
 )
 from tests.apps import handlers, registry
 from tests.harness import keys_for, wait_status
@@ -287,3 +289,15 @@ async def test_not_even_the_operator_can_purge_or_delete_journal_history(
             await api_request(nc, "$JS.API.STREAM.MSG.DELETE.MS_JOURNAL", {"seq": 1})
     finally:
         await nc.close()
+
+
+async def test_each_user_hears_only_its_own_replies(
+    probes: dict[str, Probe], deployment: Deployment
+) -> None:
+    """Replies (journal reads among them) come under the user's own prefix: the event
+    sender cannot read the worker's direct gets by listening on every reply subject."""
+    mine = reply_prefix(nkey_public(deployment.roles / "client.nk"))
+    theirs = reply_prefix(nkey_public(deployment.roles / "worker.nk"))
+    assert not await probes["client"].denied("sub", f"{mine}.abc.*")
+    assert await probes["client"].denied("sub", f"{theirs}.abc.*")
+    assert await probes["event-sender"].denied("sub", "_INBOX.>")
