@@ -30,6 +30,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +229,7 @@ class PostgresServer(ChildServer):
         port: int | None = None,
         bin_dir: str | Path | None = None,
         relocation_root: str | Path = RELOCATION_ROOT,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.requested_dir = Path(data_dir).resolve()
         self._auto_port = port is None
@@ -237,6 +239,8 @@ class PostgresServer(ChildServer):
         self._relocation_root = Path(relocation_root)
         self._given_bin = Path(bin_dir) if bin_dir is not None else None
         self._placement: _Placement | None = None
+        self.settings = dict(settings or {})
+        """more server settings (``-c name=value``): ssl, logging"""
 
     @property
     def placement(self) -> _Placement:
@@ -260,6 +264,14 @@ class PostgresServer(ChildServer):
     @property
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def own(self, path: Path) -> None:
+        """Hand ``path`` to the server's system user, readable by it alone (a TLS key
+        postgres will read)."""
+        if self._user:
+            entry = pwd.getpwnam(self._user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(0o600)
 
     def init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -354,6 +366,7 @@ class PostgresServer(ChildServer):
                     "max_connections=200",
                     "-c",
                     "shared_buffers=128MB",
+                    *(a for k, v in self.settings.items() for a in ("-c", f"{k}={v}")),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import mainspring as ms
 from mainspring import NatsServer
+from servers._postgres import PostgresServer
 from streams import NatsAuth, Subjects, connect
 from tests.procs import Proc, acli, cli, spawn
 
@@ -251,3 +253,48 @@ def test_every_command_offers_the_ways_to_log_in() -> None:
         "--nats-tls-server-name",
     ):
         assert flag in out, flag
+
+
+SYSTEM_PG = Path("/usr/lib/postgresql/15/bin")
+
+
+async def test_postgres_over_verified_tls(tmp_path: Path, nats_server: NatsServer) -> None:
+    """A PostgreSQL that speaks TLS: a DSN with sslmode=verify-full and the CA reaches
+    it over TLS (the server logs each connection's SSL); trusting another CA, the
+    command ends with one line about the certificate, not a traceback."""
+    if not (SYSTEM_PG / "postgres").exists():
+        pytest.skip(f"needs a PostgreSQL built with SSL in {SYSTEM_PG} (Debian's postgresql)")
+    pki = _pki(tmp_path)
+    pg = PostgresServer(tmp_path / "pg", bin_dir=SYSTEM_PG)  # the embedded one has no SSL
+    pg.init()
+    for suffix in ("pem", "key"):  # postgres reads its key only if it alone may
+        shutil.copy(f"{pki['server']}.{suffix}", pg.data_dir / f"server.{suffix}")
+        pg.own(pg.data_dir / f"server.{suffix}")
+    pg.settings = {
+        "ssl": "on",
+        "ssl_cert_file": str(pg.data_dir / "server.pem"),
+        "ssl_key_file": str(pg.data_dir / "server.key"),
+        "log_connections": "on",
+    }
+    pg.start()
+    try:
+        base = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres?sslmode=verify-full"
+        conn = ("--nats-url", nats_server.url, "--prefix", "pgtls", "--partitions", "2")
+        ok = await acli(
+            "projections", "rebuild", "--yes", *conn,
+            "--postgres-dsn", f"{base}&sslrootcert={pki['ca']}.pem",
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        log = (pg.data_dir / "server.log").read_text(errors="replace")
+        assert "SSL enabled" in log
+        (tmp_path / "other").mkdir()
+        other = _pki(tmp_path / "other")
+        refused = await acli(
+            "projections", "rebuild", "--yes", *conn,
+            "--postgres-dsn", f"{base}&sslrootcert={other['ca']}.pem",
+        )  # fmt: skip
+        assert refused.returncode == 20, refused.stdout + refused.stderr
+        assert "certificate" in refused.stderr.lower()
+        assert "Traceback" not in refused.stderr
+    finally:
+        pg.destroy()
