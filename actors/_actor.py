@@ -43,6 +43,7 @@ from schemas import (
     JournalConflict,
     JournalCorrupt,
     JournalEvent,
+    JournalForged,
     NondeterminismError,
     PayloadTooLarge,
     RunCancelled,
@@ -106,6 +107,9 @@ class RunActor:
         self.dead_lettered: dict[str, int] = {}
         """letters of this run per source since it was loaded (for the log's counts)"""
         self.log = log.bind(run_id=run_id)
+        self.seen_events = 0
+        """the most events this worker has known the run's journal to hold: a journal
+        read back shorter lost history (kept across evictions)"""
         self._reset()
 
     def _reset(self) -> None:
@@ -166,18 +170,27 @@ class RunActor:
             except JournalConflict as conflict:
                 if not self.assumed_new:  # else: the run existed; read it and go on
                     self.log.info("journal_conflict", detail=str(conflict))
+                self.seen_events = max(self.seen_events, self.n)
                 self.evict()
                 if self.retired:  # another worker owns the run now: leave it to them
                     return Outcome.RETRY
             except JournalCorrupt as corrupt:
-                # Never extend a chain that does not verify: hold the run's inputs.
+                # Never extend a chain that does not verify: hold the run's inputs a few
+                # deliveries (a repair may come), then keep each as a dead letter.
                 self.log.error(
                     "journal_corrupt",
                     error=str(corrupt),
                     hint=f"run `mainspring audit verify {self.run_id}`; inputs are held",
                 )
                 self.evict()
-                return Outcome.RETRY
+                if num_delivered(inp.msg) < self.rt.options.poison_deliveries:
+                    return Outcome.RETRY
+                return await self._dead_letter(
+                    inp.msg,
+                    "forged" if isinstance(corrupt, JournalForged) else "corrupt",
+                    f"{corrupt}; nothing was written to the run. Once its journal is "
+                    "repaired, `mainspring dead-letters reinject` gives this input back",
+                )
         return Outcome.RETRY
 
     # ------------------------------------------------------------------ load / replay
@@ -188,6 +201,14 @@ class RunActor:
 
     async def _load(self) -> None:
         events = await self.rt.journal.load(self.run_id)
+        if len(events) < self.seen_events:
+            raise JournalCorrupt(
+                self.run_id,
+                len(events) + 1,
+                f"history vanished: the journal holds {len(events)} events where this "
+                f"worker saw {self.seen_events} (the stream deleted, or restored from an "
+                "older copy)",
+            )
         self.loaded = True
         if not events:
             return

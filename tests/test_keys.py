@@ -45,8 +45,10 @@ from streams import (
     Key,
     Keyring,
     Subjects,
+    api_request,
     chain,
     dead_letters,
+    ensure_topology,
     new_key,
 )
 from tests.harness import hand_made_request, keys_for, running, wait_status, wait_until
@@ -348,3 +350,24 @@ async def test_keys_from_the_cli_legacy_history_rotation_and_a_forged_entry_in_a
     secrets = [base64.b64encode(k.secret).decode() for k in Keyring.load(keys).keys.values()]
     for out in (made, done, revoked, audit):  # no command shows a key's secret
         assert not any(s in out.stdout + out.stderr for s in secrets)
+
+
+async def test_a_run_whose_history_vanished_is_not_written_on(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
+    """The journal stream deleted and made again under a live worker: the next input
+    of a run it knew finds a shorter history, nothing is appended (a new history would
+    pass for the old), and after a few deliveries the input is kept as a dead letter
+    saying what happened."""
+    from tests.apps import registry
+
+    options = ms.WorkerOptions(lease_ttl_s=3.0, poison_deliveries=2)
+    async with running(nc, subjects, registry, forced_replay=forced_replay, options=options) as h:
+        rid = await h.client.start("waiter", 60, run_id="vanishing")
+        await wait_status(h.client, rid, "waiting")
+        await api_request(nc, f"$JS.API.STREAM.DELETE.{subjects.journal_stream}")
+        await ensure_topology(nc, subjects)
+        await h.client.send_event(rid, "go", {"approved": True})
+        (letter,) = await wait_until(lambda: _letters_if(nc, subjects, "corrupt"), timeout=30)
+    assert "history vanished: the journal holds 0 events where this worker saw" in letter.reason
+    assert await Journal(nc, subjects).load(rid) == []  # nothing written on
