@@ -36,10 +36,11 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(projections_app, name="projections")
-    from mainspring._cli_security import keys_app, roles_app
+    from mainspring._cli_security import keys_app, roles_app, tenants_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(roles_app, name="roles")
+    app.add_typer(tenants_app, name="tenants")
     app.command()(setup)
 
 

@@ -234,3 +234,72 @@ def roles_write(
             f"  {user}.nk  publish {len(perms.publish)} subject(s), subscribe "
             f"{len(perms.subscribe)}; replies on {replies}.>"
         )
+
+
+# ---------------------------------------------------------------------- tenants
+tenants_app = typer.Typer(
+    help="Tenants: each its own NATS account (streams isolated by the server, with "
+    "JetStream limits), its own roles and its own PostgreSQL schema.",
+    no_args_is_help=True,
+)
+TenantsDir = Annotated[
+    Path, typer.Option("--dir", help="the tenants directory (one folder per tenant)")
+]
+
+
+@tenants_app.command("add")
+def tenants_add(
+    name: Annotated[str, typer.Argument(help="the tenant: a-z, then a-z 0-9 _")],
+    root: TenantsDir = Path("tenants"),
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help="an effect kind it serves: its own handler user (repeat)"),
+    ] = None,
+    max_storage: Annotated[
+        str | None,
+        typer.Option(help="JetStream storage for all its streams (500M, 2G)", show_default=False),
+    ] = None,
+    max_streams: Annotated[int, typer.Option(help="streams it may have (-1: any)")] = -1,
+    max_consumers: Annotated[int, typer.Option(help="consumers it may have (-1: any)")] = -1,
+) -> None:
+    """Add a tenant (or change its limits and kinds, keeping its seeds), and write
+    <dir>/accounts.conf again with every tenant's account.
+
+    Put accounts.conf in nats-server.conf and reload the server; run `mainspring setup`
+    with the tenant's operator.nk; give the tenant's processes their own seeds and its
+    projector a DSN ending in ?search_path=tenant_<name> (the schema is made on first
+    use)."""
+    from mainspring._tenants import add_tenant, parse_size
+    from streams import AccountLimits
+
+    try:
+        storage = parse_size(max_storage) if max_storage else -1
+        tenant = add_tenant(
+            root, name, kind or [], AccountLimits(storage, max_streams, max_consumers)
+        )
+    except ConfigError as e:
+        _fail(e)
+    print(f"tenant {tenant.name}: account {tenant.account}, seeds in {root / name}")
+    print(f"  projector DSN: ...?search_path={tenant.postgres_schema}")
+    print(f"  wrote {root / 'accounts.conf'} (every tenant): reload nats-server with it")
+
+
+@tenants_app.command("list")
+def tenants_list(root: TenantsDir = Path("tenants")) -> None:
+    """The tenants and their limits."""
+    from mainspring._tenants import tenants
+
+    try:
+        found = tenants(root)
+    except ConfigError as e:
+        _fail(e)
+
+    def shown(n: int) -> str:
+        return "-" if n < 0 else str(n)
+
+    print("TENANT  ACCOUNT  STORAGE  STREAMS  CONSUMERS  SCHEMA  KINDS")
+    for t in found:
+        print(
+            f"{t.name}  {t.account}  {shown(t.max_storage)}  {shown(t.max_streams)}  "
+            f"{shown(t.max_consumers)}  {t.postgres_schema}  {','.join(t.kinds) or '-'}"
+        )

@@ -111,7 +111,11 @@ PROJECTION_TABLES = ("runs", "run_events", "effects", "waits", "checkpoints", "p
 
 
 async def migrate(conn: Conn) -> int:
-    """Apply pending migrations in one transaction each; return the schema version."""
+    """Apply pending migrations in one transaction each; return the schema version.
+
+    Tables go to the first schema of the connection's ``search_path``: a tenant's DSN
+    names its own (``?search_path=tenant_a``), made here if it does not exist yet."""
+    await _own_schema(conn)
     await conn.execute("CREATE TABLE IF NOT EXISTS mainspring_schema (version integer NOT NULL)")
     async with conn.transaction():
         # serialise concurrent projectors starting at once
@@ -124,6 +128,17 @@ async def migrate(conn: Conn) -> int:
             await conn.execute("INSERT INTO mainspring_schema (version) VALUES ($1)", version)
             current = version
     return int(current)
+
+
+async def _own_schema(conn: Conn) -> None:
+    path = str(await conn.fetchval("SHOW search_path"))
+    first = path.split(",")[0].strip().strip('"')
+    if (
+        first.isidentifier()
+        and first != "public"
+        and await conn.fetchval("SELECT current_schema() IS NULL")
+    ):
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{first}"')
 
 
 async def drop_projections(conn: Conn) -> None:

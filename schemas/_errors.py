@@ -8,6 +8,7 @@
     │   ├── PayloadTooLarge**       a value over the payload cap (payload_too_large)
     │   └── SpecInvalid [flows]     a declarative spec with problems, each at file:line:column
     ├── ConnectionFailed            NATS (or Postgres) unreachable (exit 20)
+    │   └── QuotaExceeded           a stream refused a write: the account's limits are reached
     ├── ServerUnsupported           nats-server too old / stream lacks a needed feature
     ├── ApiError [streams]          the JetStream API answered a request with an error
     ├── JournalError
@@ -60,6 +61,12 @@ class ConfigError(MainspringError):
 
 class ConnectionFailed(MainspringError):
     """A server Mainspring needs could not be reached."""
+
+
+class QuotaExceeded(ConnectionFailed):
+    """A stream refused a write because the account (a tenant) reached its JetStream
+    limits (storage, streams): retrying will not help until space is freed or the
+    limits are raised."""
 
 
 class ServerUnsupported(MainspringError):

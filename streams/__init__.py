@@ -50,7 +50,16 @@ from streams._markers import EffectMarkers
 from streams._objects import Objects, PayloadLimits, object_problem
 from streams._protocols import InboxWriter, JournalStore, open_inbox, open_journal
 from streams._publish import PubAck, publish, publish_checked, retrying
-from streams._roles import ROLES, Permissions, permissions, role_users, write_roles
+from streams._roles import (
+    ROLES,
+    AccountLimits,
+    Permissions,
+    account_block,
+    accounts_conf,
+    permissions,
+    role_users,
+    write_roles,
+)
 from streams._subjects import Subjects, partition_of
 from streams._topology import (
     MIN_API_LEVEL,
@@ -62,6 +71,7 @@ from streams._topology import (
 )
 
 __all__ = [
+    "AccountLimits",
     "ApiError",
     "ConsumerSpec",
     "DeadLetter",
@@ -99,6 +109,8 @@ __all__ = [
     "Tasks",
     "TopologyConfig",
     "Verdict",
+    "account_block",
+    "accounts_conf",
     "api_request",
     "chain",
     "check_server",

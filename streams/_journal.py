@@ -28,7 +28,6 @@ from nats.aio.msg import Msg
 
 from schemas import (
     TERMINAL_EVENTS,
-    ConnectionFailed,
     EffectRequested,
     JournalConflict,
     JournalCorrupt,
@@ -42,7 +41,7 @@ from schemas import (
 from streams._jsapi import ApiError, api_request
 from streams._keys import HDR_FX_MAC, HDR_MAC, Keyring
 from streams._objects import Objects
-from streams._publish import publish, retrying
+from streams._publish import publish, refused, retrying
 
 # re-exported: they lived here, and readers import them from here
 from streams._records import Record as Record
@@ -147,9 +146,7 @@ class Journal:
                 if ours is not None:
                     return StoredEvent(ours.seq, event.n, prev, link, data, event, subject, mac)
                 raise JournalConflict(run_id, expected_seq, ack.error.description)
-            raise ConnectionFailed(
-                f"journal append for run {run_id} refused: {ack.error.description}"
-            )
+            raise refused(f"journal append for run {run_id} refused", ack.error)
         if ack.duplicate:
             # Same Msg-Id already stored: our own earlier attempt (fine) or a rival
             # writer's event n (conflict). Compare the stored bytes to tell.

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.protocol.command import hpub_cmd
 
-from schemas import ConnectionFailed
+from schemas import ConnectionFailed, QuotaExceeded
 
 T = TypeVar("T")
 
@@ -199,8 +199,24 @@ async def publish(
 
 
 async def publish_checked(nc: NATS, subject: str, data: bytes, headers: Headers) -> PubAck:
-    """Publish; raise ``ConnectionFailed`` if the stream refused the message."""
+    """Publish; raise ``ConnectionFailed`` (``QuotaExceeded`` past the account's
+    limits) if the stream refused the message."""
     ack = await publish(nc, subject, data, headers)
     if ack.error is not None:
-        raise ConnectionFailed(f"stream refused {subject}: {ack.error.description}")
+        raise refused(f"stream refused {subject}", ack.error)
     return ack
+
+
+_LIMITS = ("resource limits exceeded", "insufficient resources", "maximum bytes exceeded")
+
+
+def refused(what: str, error: PubAckError) -> ConnectionFailed:
+    """The error for a message a stream refused: past the account's (a tenant's)
+    JetStream limits it says so and what to do."""
+    if any(words in error.description.lower() for words in _LIMITS):
+        return QuotaExceeded(
+            f"{what}: the account's JetStream limits are reached ({error.description}); "
+            "free storage (dead letters, expired runs) or raise them "
+            "(`mainspring tenants add <name> --max-storage ...`, then reload nats-server)"
+        )
+    return ConnectionFailed(f"{what}: {error.description}")

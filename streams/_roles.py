@@ -202,24 +202,43 @@ def role_users(subjects: Subjects, kinds: Sequence[str]) -> dict[str, Permission
     return users
 
 
-def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Path]:
-    """Write ``nats-auth.conf`` (an ``accounts`` block to include in nats-server.conf:
-    the deployment's own account with JetStream, one nkey user per role) and each
-    user's nkey seed, ``<user>.nk`` (readable by its owner only; a seed already there
-    is kept). Returns the paths."""
+@dataclass(frozen=True)
+class AccountLimits:
+    """JetStream limits of one account (a tenant): what its streams may hold (-1: no
+    limit). The server refuses a write past them with an error that names the limit."""
+
+    max_storage: int = -1
+    """bytes of file storage across all its streams, KV buckets and objects"""
+    max_streams: int = -1
+    max_consumers: int = -1
+
+    def jetstream(self) -> str:
+        given = {
+            "max_file": self.max_storage,
+            "max_streams": self.max_streams,
+            "max_consumers": self.max_consumers,
+        }
+        set_ = {k: v for k, v in given.items() if v >= 0}
+        if not set_:
+            return "jetstream: enabled"
+        return "jetstream: { " + ", ".join(f"{k}: {v}" for k, v in set_.items()) + " }"
+
+
+def account_block(
+    out: Path,
+    subjects: Subjects,
+    kinds: Sequence[str],
+    *,
+    account: str | None = None,
+    limits: AccountLimits | None = None,
+) -> tuple[str, list[Path]]:
+    """One account of an ``accounts`` block (JetStream on, within ``limits``; one nkey
+    user per role, each user's seed ``<user>.nk`` in ``out``), and the seeds' paths."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    account = subjects.prefix.upper().replace("-", "_")
-    lines = [
-        f"# Mainspring roles of the deployment with prefix {subjects.prefix!r}, written by",
-        "# `mainspring roles write`. Include it in nats-server.conf (include ./nats-auth.conf);",
-        "# each process connects with its role's seed (--nats-nkey <role>.nk).",
-        "accounts {",
-        f"  {account}: {{",
-        "    jetstream: enabled",
-        "    users: [",
-    ]
+    name = account or subjects.prefix.upper().replace("-", "_")
+    lines = [f"  {name}: {{", f"    {(limits or AccountLimits()).jetstream()}", "    users: ["]
     written = []
     for user, perms in role_users(subjects, kinds).items():
         path = out / f"{user}.nk"
@@ -234,7 +253,37 @@ def write_roles(out: Path, subjects: Subjects, kinds: Sequence[str]) -> list[Pat
             allow["allow_responses"] = True
         lines.append(f"      # {user}")
         lines.append(f"      {{ nkey: {json.dumps(public)}, permissions: {json.dumps(allow)} }}")
-    lines += ["    ]", "  }", "}", ""]
+    lines += ["    ]", "  }"]
+    return "\n".join(lines), written
+
+
+def accounts_conf(blocks: Sequence[str], what: str) -> str:
+    """An ``accounts`` block of nats-server.conf holding ``blocks``."""
+    return "\n".join(
+        [
+            f"# {what}, written by Mainspring. Include it in nats-server.conf;",
+            "# each process connects with its role's seed (--nats-nkey <role>.nk).",
+            "accounts {",
+            *blocks,
+            "}",
+            "",
+        ]
+    )
+
+
+def write_roles(
+    out: Path,
+    subjects: Subjects,
+    kinds: Sequence[str],
+    *,
+    account: str | None = None,
+    limits: AccountLimits | None = None,
+) -> list[Path]:
+    """Write ``nats-auth.conf`` (an ``accounts`` block to include in nats-server.conf:
+    the deployment's own account with JetStream, one nkey user per role) and each
+    user's nkey seed, ``<user>.nk`` (readable by its owner only; a seed already there
+    is kept). Returns the paths."""
+    block, written = account_block(out, subjects, kinds, account=account, limits=limits)
     conf = out / "nats-auth.conf"
-    conf.write_text("\n".join(lines))
+    conf.write_text(accounts_conf([block], f"Roles of the deployment {subjects.prefix!r}"))
     return [conf, *written]

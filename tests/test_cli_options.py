@@ -49,6 +49,8 @@ OFFLINE = {
     "keys use",
     "keys handler",
     "roles write",
+    "tenants add",
+    "tenants list",
 }
 
 

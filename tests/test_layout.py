@@ -158,15 +158,15 @@ def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
 
 
 PUBLIC = {
-    "schemas": 89,
-    "streams": 71,
+    "schemas": 90,
+    "streams": 74,
     "servers": 3,
     "client": 3,
     "handlers": 4,
     "actors": 13,
     "projections": 23,
     "flows": 11,
-    "mainspring": 37,
+    "mainspring": 39,
 }
 
 
