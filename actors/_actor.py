@@ -469,6 +469,21 @@ class RunActor:
             max_cost_usd=opts.max_cost_usd if start.max_cost_usd is None else start.max_cost_usd,
             max_duration_s=deadline,
         )
+        cap = self.rt.active.cap
+        if cap is not None and not await self._admitted():
+            stored = await self._append(started)  # the run exists, and ends at once:
+            assert isinstance(stored.event, RunStarted)  # its starter learns why
+            self.started = stored.event
+            await self._append(
+                limit_failure(
+                    self.run_id,
+                    ErrorCode.LIMIT_ACTIVE_RUNS,
+                    f"the deployment has its cap of {cap} runs not yet ended (`mainspring "
+                    "setup --max-active-runs`); this run never began: start it again "
+                    "once others have ended",
+                )
+            )
+            return Outcome.ACK
         if started.max_duration_s > 0:  # scheduled before the fact, so a crash cannot lose it
             await self.rt.schedule(
                 self.run_id, DEADLINE_SEQ, utcnow() + timedelta(seconds=started.max_duration_s)
@@ -598,12 +613,30 @@ class RunActor:
             self.fed_live = True
         return stored
 
+    async def _admitted(self) -> bool:
+        """Counted against the cap on runs not yet ended? When it is full, runs that
+        ended without being released (a crash in between) are released first."""
+        active = self.rt.active
+        if await active.admit(self.run_id):
+            return True
+
+        async def ended(run_id: str) -> bool:
+            last = await self.rt.journal.last(run_id, resolve=False)
+            return last is not None and isinstance(last.event, TERMINAL_EVENTS)
+
+        if await active.sweep(ended):
+            return await active.admit(self.run_id)
+        return False
+
     async def _after_terminal(self, open_children: list[str] | None = None) -> None:
-        """Tell the parent; cancel children of a cancelled run. Idempotent (msg ids)."""
+        """Tell the parent; cancel children of a cancelled run; no longer count the run
+        against a cap. Idempotent (msg ids)."""
         ev = self.terminal
         started = self.started
         if ev is None or started is None:
             return
+        if self.rt.active.cap is not None:
+            await self.rt.active.release(self.run_id)
         if started.parent is not None:
             parent = started.parent
             done = ChildDone(

@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from actors._registry import Registry
 from schemas import InboxUnion, TimerFire
 from streams import (
+    ActiveRuns,
     InboxWriter,
     JournalStore,
     Keyring,
@@ -80,6 +81,8 @@ class Runtime:
         self.objects = Objects(nc, subjects, options.payloads)
         self.journal = journal or open_journal(nc, subjects, self.objects, keys)
         self.inbox = inbox or open_inbox(nc, subjects, keys)
+        self.active = ActiveRuns(nc, subjects)
+        """the cap on runs not yet ended, if the deployment has one (read at start)"""
 
     async def dead_letter(self, msg: Msg, *, source: str, reason: str, run_id: str) -> None:
         """Move an inbox message that cannot be applied to the dead-letter stream."""

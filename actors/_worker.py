@@ -110,6 +110,7 @@ class Worker:
         # A new (replicated) lease bucket may need a moment before it answers.
         await retrying(self.leases.open, "opening the lease bucket")
         await retrying(self.leases.announce, "announcing this worker")
+        await retrying(self.rt.active.open, "reading the cap on runs not yet ended")
 
         async def pong(msg: Msg) -> None:
             await msg.respond(b"ok")

@@ -45,18 +45,35 @@ def register(app: typer.Typer) -> None:
 
 
 @connecting(json=False)
-def setup(*, conn: Connection) -> None:
+def setup(
+    max_active_runs: Annotated[
+        int | None,
+        typer.Option(
+            help="cap on runs not yet ended (a tenant's quota): a start over it ends at "
+            "once with limit.active_runs",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    conn: Connection,
+) -> None:
     """Create the deployment's streams, KV buckets and object store (idempotent).
 
     With roles (`mainspring roles write`) only the operator may: run this once with
     --nats-nkey operator.nk before starting workers, handlers and the rest."""
-    from streams import EffectMarkers, Leases, ensure_topology
+    from streams import EffectMarkers, Leases, ensure_topology, set_active_cap
+
+    if max_active_runs is not None and max_active_runs < 1:
+        raise typer.BadParameter("--max-active-runs must be at least 1")
 
     async def body(env: Env) -> int:
         await ensure_topology(env.nc, env.subjects)
         await EffectMarkers(env.nc, env.subjects).open()
         await Leases(env.nc, env.subjects, "setup").open()
         print(f"deployment {env.subjects.prefix!r} is set up: streams, buckets, object store")
+        if max_active_runs is not None:
+            await set_active_cap(env.nc, env.subjects, max_active_runs)
+            print(f"  at most {max_active_runs} runs not yet ended (restart workers to apply)")
         return EXIT_OK
 
     conn.run(body)

@@ -65,6 +65,10 @@ class ErrorCode(enum.StrEnum):
         "limit.wall_time",
         "the run was still going at its wall-time limit (max_duration_s)",
     )
+    LIMIT_ACTIVE_RUNS = (
+        "limit.active_runs",
+        "the deployment (a tenant) had its cap of runs not yet ended: this one never began",
+    )
     # Payloads.
     PAYLOAD_TOO_LARGE = (
         "payload_too_large",

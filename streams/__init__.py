@@ -1,5 +1,6 @@
 """JetStream topology, journal append with optimistic concurrency, readers, consumers, leases."""
 
+from streams._active import ActiveRuns, set_active_cap
 from streams._consumer import (
     ConsumerSpec,
     MsgSink,
@@ -72,6 +73,7 @@ from streams._topology import (
 
 __all__ = [
     "AccountLimits",
+    "ActiveRuns",
     "ApiError",
     "ConsumerSpec",
     "DeadLetter",
@@ -141,6 +143,7 @@ __all__ = [
     "reply_prefix",
     "retrying",
     "role_users",
+    "set_active_cap",
     "stream_seq",
     "take_slot",
     "verify_chain",

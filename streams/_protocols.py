@@ -40,6 +40,10 @@ class JournalStore(Protocol):
         """Every run with a journal, sorted."""
         ...
 
+    async def last(self, run_id: str, *, resolve: bool = True) -> StoredEvent | None:
+        """The run's newest event (None: no such run)."""
+        ...
+
 
 class InboxWriter(Protocol):
     """Runs' inboxes, written by clients, handlers and the kernel itself."""

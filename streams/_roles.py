@@ -89,6 +89,8 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 f"{p}.sched.>",
                 f"{p}.dlq.>",
                 f"{p}.worker.*.ping",
+                f"{p}.active.*",
+                *_api(f"STREAM.INFO.{s.active_stream}", f"STREAM.PURGE.{s.active_stream}"),
                 *write_objects,
                 *kv,
                 *_api(

@@ -13,6 +13,7 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
     ms.sched.<run>.<seq>         timer definitions (JetStream scheduled messages)
     ms.worker.<id>.ping          liveness probe of a worker holding partition leases
     ms.dlq.<source>.<run>        dead letters: messages a consumer could not apply (MS_DEADLETTERS)
+    ms.active.<run>              a run not yet ended, where a cap is set (MS_ACTIVE)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Subjects:
         self.inbox_stream = f"{upper}_INBOX"
         self.lease_bucket = f"{prefix.replace('-', '_')}_leases"
         self.dead_letter_stream = f"{upper}_DEADLETTERS"
+        self.active_stream = f"{upper}_ACTIVE"
 
     # journal ----------------------------------------------------------------
     def journal(self, run_id: str) -> str:
@@ -134,6 +136,12 @@ class Subjects:
 
     def dead_letter_all(self) -> str:
         return f"{self.prefix}.dlq.>"
+
+    def active(self, run_id: str) -> str:
+        return f"{self.prefix}.active.{run_id}"
+
+    def active_all(self) -> str:
+        return f"{self.prefix}.active.*"
 
     def partition(self, run_id: str) -> int:
         return partition_of(run_id, self.partitions)

@@ -202,6 +202,7 @@ def test_wire_values_of_error_codes_never_change() -> None:
         "LIMIT_CHILD_DEPTH": "limit.child_depth",
         "LIMIT_COST": "limit.cost",
         "LIMIT_WALL_TIME": "limit.wall_time",
+        "LIMIT_ACTIVE_RUNS": "limit.active_runs",
         "PAYLOAD_TOO_LARGE": "payload_too_large",
         "PAYLOAD_UNAVAILABLE": "payload_unavailable",
         "PAYLOAD_INVALID": "payload.invalid",

@@ -132,3 +132,33 @@ async def test_a_tenant_past_its_storage_gets_a_clear_error_the_other_carries_on
 async def _fill(client: ms.Client, value: msgspec.Raw) -> None:
     for i in range(40):  # 8 MB against a 4 MB limit
         await client.start("chain", value, run_id=f"fill-{i}")
+
+
+async def test_a_start_over_the_cap_of_runs_not_yet_ended_ends_at_once(
+    two: Tenants, conns: dict[str, NATS]
+) -> None:
+    """beta allows 2 runs not yet ended: a third start ends at once with
+    limit.active_runs and a message saying what to do; once one has ended, a new start
+    runs. The cap is the server's, for every worker at once."""
+    conn = ("--nats-url", two.server.url, "--prefix", "ms", "--partitions", "4")
+    seed = str(two.root / "beta" / "operator.nk")
+    capped = cli("setup", *conn, "--max-active-runs", "2", "--nats-nkey", seed)
+    assert capped.returncode == 0, capped.stderr
+    keys = keys_for(S)
+    client = ms.Client(conns["beta-client"], S, keys=keys)
+    worker = ms.Worker(conns["beta-worker"], registry, subjects=S, keys=keys)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        first = await client.start("waiter", 60, run_id="cap-1")
+        await client.start("waiter", 60, run_id="cap-2")
+        await client.wait_for("cap-2", "waiting", timeout=20)
+        over = await client.start("waiter", 60, run_id="cap-3")
+        with pytest.raises(ms.RunFailedError) as refused:
+            await client.result(over, timeout=20)
+        assert refused.value.error.type == "limit.active_runs"
+        assert "cap of 2 runs not yet ended" in refused.value.error.message
+        await client.send_event(first, "go", {"approved": True})
+        assert await client.result(first, timeout=20) == {"approved": True, "by": ""}
+        again = await client.start("waiter", 60, run_id="cap-4")
+        await client.wait_for(again, "waiting", timeout=20)
+        tg.cancel_scope.cancel()
