@@ -13,7 +13,7 @@ from types import ModuleType
 
 import anyio
 
-from bench import chaos, floor, late, w1, w2, w3, w4, w5, w6, w8, w9
+from bench import chaos, floor, late, w1, w2, w3, w4, w5, w6, w8, w9, w10
 from bench._env import Environment
 from mainspring._logging import configure_logging
 
@@ -26,6 +26,7 @@ WORKLOADS: dict[str, tuple[ModuleType, str]] = {
     "w6": (w6, "projection lag under W1 load, and projector throughput rebuilding"),
     "w8": (w8, "effects through a handler process: per-effect latency, effects/s"),
     "w9": (w9, "agent-shaped runs: runtime overhead over the handlers' own work"),
+    "w10": (w10, "tenants: one tenant's W1 while another, at its storage quota, keeps trying"),
     "late": (late, "resume latency of live runs while late events flood an ended run"),
     "chaos": (chaos, "no run stalls: worker SIGKILLs and partition moves under a mixed load"),
     "floor": (floor, "the broker hops alone, no Mainspring code: acked publishes/s, a bare W3"),

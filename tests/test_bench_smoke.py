@@ -133,3 +133,13 @@ def test_floor_of_the_broker_hops() -> None:
     assert number(result, "acked_publishes_per_s") > 0
     assert number(result, "acked_publishes_per_s_nats_py") > 0
     assert 0 < number(result, "bare_resume_p50_ms") <= number(result, "bare_resume_p99_ms")
+
+
+def test_w10_a_tenant_beside_one_at_its_quota() -> None:
+    """W10 fills one tenant's storage and measures the other's W1 alone and beside it."""
+    result = run_bench("w10", "--runs", "5", "--steps", "3", "--rounds", "1", "--flood-rate", "20")
+    keys = {"steps_per_s_alone", "steps_per_s_beside_full_tenant", "ratio", "acme_refusals_per_s"}
+    assert {"workload", "fsync_always", "cpu_count", "runs"} | keys <= result.keys()
+    assert number(result, "steps_per_s_alone") > 0
+    assert number(result, "steps_per_s_beside_full_tenant") > 0
+    assert number(result, "acme_refusals_per_s") > 0
