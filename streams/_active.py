@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from streams._jsapi import ApiError, api_request
 from streams._publish import publish, refused
 from streams._subjects import Subjects
+from streams._topology import create_or_update
 
 _STREAM_NOT_FOUND = 10059
 
@@ -32,21 +33,12 @@ def active_stream_config(subjects: Subjects, cap: int) -> dict[str, Any]:
         "max_msgs": cap,
         "max_msgs_per_subject": 1,
         "duplicate_window": 120 * 1_000_000_000,
-        "num_replicas": 1,
     }
 
 
 async def set_active_cap(nc: NATS, subjects: Subjects, cap: int) -> None:
     """Create the cap's stream, or change its cap."""
-    config = active_stream_config(subjects, cap)
-    try:
-        await api_request(nc, f"$JS.API.STREAM.INFO.{subjects.active_stream}")
-    except ApiError as e:
-        if e.err_code != _STREAM_NOT_FOUND:
-            raise
-        await api_request(nc, f"$JS.API.STREAM.CREATE.{subjects.active_stream}", config)
-        return
-    await api_request(nc, f"$JS.API.STREAM.UPDATE.{subjects.active_stream}", config)
+    await create_or_update(nc, active_stream_config(subjects, cap))
 
 
 class ActiveRuns:

@@ -146,7 +146,7 @@ def dead_letter_stream_config(subjects: Subjects) -> dict[str, Any]:
     }
 
 
-async def _create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
+async def create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
     name = config["name"]
     if config.get("num_replicas") is None:
         config = {**config, "num_replicas": 1}
@@ -201,19 +201,19 @@ async def ensure_topology(
     journal = journal_stream_config(subjects, cfg)
     inbox = inbox_stream_config(subjects, cfg)
     _require(
-        await _create_or_update(nc, journal),
+        await create_or_update(nc, journal),
         journal,
         ("allow_direct", "republish", "deny_delete", "deny_purge"),
     )
     _require(
-        await _create_or_update(nc, inbox),
+        await create_or_update(nc, inbox),
         inbox,
         ("allow_msg_schedules", "subject_transform", "retention"),
     )
     dlq = dead_letter_stream_config(subjects)
     if cfg.replicas is not None:
         dlq["num_replicas"] = cfg.replicas
-    _require(await _create_or_update(nc, dlq), dlq, ("max_msgs_per_subject",))
+    _require(await create_or_update(nc, dlq), dlq, ("max_msgs_per_subject",))
     await _ensure_objects(nc, subjects, cfg)
     return features
 
@@ -225,4 +225,4 @@ async def _ensure_objects(nc: NATS, subjects: Subjects, cfg: TopologyConfig) -> 
         info = await api_request(nc, f"$JS.API.STREAM.INFO.{subjects.journal_stream}")
         replicas = int(info["config"].get("num_replicas", 1))
     config = object_stream_config(subjects, replicas, cfg.storage)
-    _require(await _create_or_update(nc, config), config, ("allow_rollup_hdrs", "allow_direct"))
+    _require(await create_or_update(nc, config), config, ("allow_rollup_hdrs", "allow_direct"))
