@@ -118,6 +118,8 @@ class RunActor:
         """loaded without reading the journal (a start): true until an append succeeds"""
         self.machine: Machine | None = None
         self.started: RunStarted | None = None
+        self.started_seq = 0
+        """journal stream sequence of run.started (0: not known)"""
         self.terminal: JournalEvent | None = None
         self.parked = False
         self.last_type = ""
@@ -224,6 +226,7 @@ class RunActor:
                 self.legacy_effects.add(e.event.seq)
         last = events[-1]
         self.n, self.last_seq, self.head = last.n, last.seq, last.hash
+        self.started_seq = events[0].seq
         self.last_type = type(last.event).__struct_config__.tag  # type: ignore[assignment]
         self.started = first
         if isinstance(last.event, TERMINAL_EVENTS):
@@ -439,6 +442,8 @@ class RunActor:
         if self.started is not None:
             # Redelivered start (e.g. the previous worker died mid-activation):
             # finish whatever the replayed code still has to do.
+            if self.started_seq:  # in the index too (a crash may have come before)
+                await self.rt.index.record(self.run_id, self.started_seq)
             if self.terminal is not None:
                 await self._after_terminal()
             elif self.machine is not None:
@@ -490,7 +495,8 @@ class RunActor:
             )
         stored = await self._append(started)
         assert isinstance(stored.event, RunStarted)
-        self.started = stored.event
+        self.started, self.started_seq = stored.event, stored.seq
+        await self.rt.index.record(self.run_id, stored.seq)
         if start.workflow not in registry:
             await self._append(
                 RunFailed(

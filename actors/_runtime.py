@@ -17,6 +17,7 @@ from streams import (
     Keyring,
     Objects,
     PayloadLimits,
+    RunIndex,
     Subjects,
     dead_letter_msg,
     open_inbox,
@@ -81,6 +82,8 @@ class Runtime:
         self.objects = Objects(nc, subjects, options.payloads)
         self.journal = journal or open_journal(nc, subjects, self.objects, keys)
         self.inbox = inbox or open_inbox(nc, subjects, keys)
+        self.index = RunIndex(nc, subjects, keys)
+        """where a keyed worker records each run it starts (audit finds vanished ones)"""
         self.active = ActiveRuns(nc, subjects)
         """the cap on runs not yet ended, if the deployment has one (read at start)"""
 

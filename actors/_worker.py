@@ -111,6 +111,7 @@ class Worker:
         await retrying(self.leases.open, "opening the lease bucket")
         await retrying(self.leases.announce, "announcing this worker")
         await retrying(self.rt.active.open, "reading the cap on runs not yet ended")
+        await retrying(self.rt.index.open, "finding the run index")
 
         async def pong(msg: Msg) -> None:
             await msg.respond(b"ok")

@@ -32,6 +32,7 @@ from streams import (
     HDR_PREV,
     Keyring,
     Objects,
+    RunIndex,
     Subjects,
     Verdict,
     chain,
@@ -354,6 +355,8 @@ async def audit(
     else:
         report.notes.append("no Postgres DSN: only the stream was verified")
     report.problems = [c.problem for c in stream.values() if c.problem] + report.problems
+    if run_id is None:
+        report.problems += await check_index(nc, subjects, keys, stream, report.notes)
     if keys is None:
         report.notes.append(
             "no keys given (--keys): who wrote each entry was not checked, only its chain"
@@ -368,6 +371,38 @@ async def audit(
     if run_id is not None and not stream:
         report.problems.append(Problem(run_id, "stream", 1, "missing", "no journal for this run"))
     return report
+
+
+async def check_index(
+    nc: NATS,
+    subjects: Subjects,
+    keys: Keyring | None,
+    stream: dict[str, ChainChecker],
+    notes: list[str],
+) -> list[Problem]:
+    """Every run the index knows still has a journal (a whole journal can vanish
+    without a trace in the journal stream), and every index entry is a worker's."""
+    index = RunIndex(nc, subjects, keys)
+    await index.open()
+    if not index.present:
+        notes.append("no run index: a run whose whole journal vanished cannot be noticed")
+        return []
+    problems = []
+    for rid, problem in sorted((await index.entries()).items()):
+        if problem is not None:
+            problems.append(Problem(rid, "index", 1, "forged", f"its index entry: {problem}"))
+        elif rid not in stream:
+            problems.append(
+                Problem(
+                    rid,
+                    "index",
+                    1,
+                    "vanished",
+                    "a worker started this run (the run index says so) but the journal "
+                    "holds none of it: its history was removed",
+                )
+            )
+    return problems
 
 
 async def check_objects(objects: Objects, checkers: dict[str, ChainChecker]) -> list[Problem]:

@@ -19,6 +19,7 @@ from streams._deadletters import (
     reinject,
 )
 from streams._inbox import Inbox
+from streams._index import RunIndex
 from streams._inflight import InFlight, Tasks, take_slot
 from streams._journal import (
     GENESIS,
@@ -105,6 +106,7 @@ __all__ = [
     "PubAck",
     "ROLES",
     "Record",
+    "RunIndex",
     "ServerFeatures",
     "StoredEvent",
     "Subjects",

@@ -307,6 +307,20 @@ class Keyring:
             return "its Ms-Mac tag does not match (altered or forged)"
         return None
 
+    def tag_index(self, subject: str, data: bytes) -> str:
+        return self._prefix + tag(self.signing.secret, b"idx", subject, data)
+
+    def check_index(self, subject: str, data: bytes, header: str | None) -> str | None:
+        """Why a run index entry is not a worker's (None: it is). Any key of the ring
+        counts, revoked ones too: the entry says only that a run existed."""
+        parts = _split(header)
+        key = self.keys.get(parts[0]) if parts else None
+        if parts is None or key is None:
+            return f"it is not tagged with a key of this deployment ({header!r})"
+        if not hmac.compare_digest(parts[1], tag(key.secret, b"idx", subject, data)):
+            return "its Ms-Mac tag does not match (altered or forged)"
+        return None
+
     def check_result(self, subject: str, data: bytes, header: str | None, kind: str) -> str | None:
         """Why an effect result is not from a handler of ``kind`` (None: it is)."""
         key, mac = self._live_key(header)

@@ -60,7 +60,8 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
     leases, markers, objects = s.lease_bucket, EffectMarkers.bucket(s), s.object_bucket
     # what every role needs to find the deployment (ensure_topology only reads when the
     # streams exist, as the operator made them)
-    base = _api("INFO", *(f"STREAM.INFO.{x}" for x in (j, i, d, o)))
+    runs = s.index_stream
+    base = _api("INFO", *(f"STREAM.INFO.{x}" for x in (j, i, d, o, runs)))
     read_objects = _api(f"DIRECT.GET.{o}", f"DIRECT.GET.{o}.>")
     read_journal = [*_api(f"DIRECT.GET.{j}", f"DIRECT.GET.{j}.>"), *read_objects]
     write_objects = [f"$O.{objects}.>"]
@@ -90,6 +91,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 f"{p}.dlq.>",
                 f"{p}.worker.*.ping",
                 f"{p}.active.*",
+                s.index_all(),
                 *_api(f"STREAM.INFO.{s.active_stream}", f"STREAM.PURGE.{s.active_stream}"),
                 *write_objects,
                 *kv,
@@ -166,6 +168,8 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 *_api(
                     f"DIRECT.GET.{d}",
                     f"DIRECT.GET.{d}.>",
+                    f"DIRECT.GET.{runs}",
+                    f"DIRECT.GET.{runs}.>",
                     f"CONSUMER.CREATE.{j}",
                     f"CONSUMER.CREATE.{j}.>",
                 ),

@@ -14,6 +14,7 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
     ms.worker.<id>.ping          liveness probe of a worker holding partition leases
     ms.dlq.<source>.<run>        dead letters: messages a consumer could not apply (MS_DEADLETTERS)
     ms.active.<run>              a run not yet ended, where a cap is set (MS_ACTIVE)
+    ms.runs.<run>                the run index: every run a keyed worker started (MS_RUNS)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Subjects:
         self.lease_bucket = f"{prefix.replace('-', '_')}_leases"
         self.dead_letter_stream = f"{upper}_DEADLETTERS"
         self.active_stream = f"{upper}_ACTIVE"
+        self.index_stream = f"{upper}_RUNS"
 
     # journal ----------------------------------------------------------------
     def journal(self, run_id: str) -> str:
@@ -136,6 +138,12 @@ class Subjects:
 
     def dead_letter_all(self) -> str:
         return f"{self.prefix}.dlq.>"
+
+    def index(self, run_id: str) -> str:
+        return f"{self.prefix}.runs.{run_id}"
+
+    def index_all(self) -> str:
+        return f"{self.prefix}.runs.*"
 
     def active(self, run_id: str) -> str:
         return f"{self.prefix}.active.{run_id}"

@@ -15,6 +15,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from schemas import ServerUnsupported
+from streams._index import index_stream_config
 from streams._jsapi import ApiError, api_request
 from streams._objects import object_stream_config
 from streams._subjects import Subjects
@@ -214,6 +215,10 @@ async def ensure_topology(
     if cfg.replicas is not None:
         dlq["num_replicas"] = cfg.replicas
     _require(await create_or_update(nc, dlq), dlq, ("max_msgs_per_subject",))
+    index = index_stream_config(subjects)
+    if cfg.replicas is not None:
+        index["num_replicas"] = cfg.replicas
+    _require(await create_or_update(nc, index), index, ("deny_delete", "deny_purge"))
     await _ensure_objects(nc, subjects, cfg)
     return features
 

@@ -371,3 +371,22 @@ async def test_a_run_whose_history_vanished_is_not_written_on(
         (letter,) = await wait_until(lambda: _letters_if(nc, subjects, "corrupt"), timeout=30)
     assert "history vanished: the journal holds 0 events where this worker saw" in letter.reason
     assert await Journal(nc, subjects).load(rid) == []  # nothing written on
+
+
+async def test_audit_all_notices_a_run_whose_whole_journal_vanished(
+    nc: NATS, subjects: Subjects, forced_replay: bool
+) -> None:
+    """Without PostgreSQL, `audit verify --all` still reports a run whose journal is
+    gone entirely: the run index (tagged by the worker at the run's start) knows it."""
+    from projections import audit
+    from tests.apps import registry
+
+    async with running(nc, subjects, registry, forced_replay=forced_replay) as h:
+        rid = await h.client.start("chain", 2, run_id="gone-later")
+        assert await h.client.result(rid, timeout=20) == 2
+    assert (await audit(nc, subjects, None, keys=h.keys)).ok
+    await api_request(nc, f"$JS.API.STREAM.DELETE.{subjects.journal_stream}")
+    await ensure_topology(nc, subjects)
+    report = await audit(nc, subjects, None, keys=h.keys)
+    (problem,) = report.problems
+    assert (problem.run_id, problem.source, problem.kind) == (rid, "index", "vanished")

@@ -1,0 +1,91 @@
+"""The run index: every run a worker started, tagged, in a stream of its own.
+
+A journal that vanished whole (its stream deleted, or restored from an older copy)
+leaves nothing in the journal to notice it by. So a keyed worker also records each
+run it starts in ``<PREFIX>_RUNS`` (subject ``<prefix>.runs.<run>``, one message per
+run, deletes and purges denied): the body is the stream sequence of its
+``run.started``, tagged like an inbox input (``ms1:idx:``). ``audit verify --all``
+compares the index with the journal: a run the index knows and the journal does not
+has vanished, even without PostgreSQL (DESIGN.md §9).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from streams._jsapi import ApiError, api_request
+from streams._keys import HDR_MAC, Keyring
+from streams._publish import publish_checked
+from streams._records import read_records
+from streams._subjects import Subjects
+
+_STREAM_NOT_FOUND = 10059
+
+
+def index_stream_config(subjects: Subjects) -> dict[str, Any]:
+    return {
+        "name": subjects.index_stream,
+        "description": "Mainspring run index: every run a worker started, tagged",
+        "subjects": [subjects.index_all()],
+        "retention": "limits",
+        "storage": "file",
+        "max_msgs_per_subject": 1,
+        "deny_delete": True,
+        "deny_purge": True,
+        "allow_direct": True,
+        "duplicate_window": 120 * 1_000_000_000,
+    }
+
+
+class RunIndex:
+    """Record runs as they start; list what was recorded, with each entry's verdict."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, keys: Keyring | None) -> None:
+        self._nc = nc
+        self._s = subjects
+        self._keys = keys
+        self.present = False
+        """the stream exists (``open``): entries are written only then, and only keyed"""
+
+    async def open(self) -> None:
+        try:
+            await api_request(self._nc, f"$JS.API.STREAM.INFO.{self._s.index_stream}")
+        except ApiError as e:
+            if e.err_code != _STREAM_NOT_FOUND:
+                raise
+            self.present = False
+            return
+        self.present = True
+
+    async def record(self, run_id: str, started_seq: int) -> None:
+        """Note that ``run_id`` began at journal stream sequence ``started_seq``
+        (idempotent: a redelivered start records it again harmlessly)."""
+        if not self.present or self._keys is None:
+            return
+        subject = self._s.index(run_id)
+        body = str(started_seq).encode()
+        headers = {"Nats-Msg-Id": f"idx:{run_id}", HDR_MAC: self._keys.tag_index(subject, body)}
+        await publish_checked(self._nc, subject, body, headers)
+
+    async def entries(self) -> dict[str, str | None]:
+        """Every indexed run: None if its entry checks out (or no keys to check it
+        with), else what is wrong with it."""
+        found: dict[str, str | None] = {}
+        start = 1
+        while True:
+            records, pending = await read_records(
+                self._nc, self._s.index_stream, self._s.index_all(), start
+            )
+            for rec in records:
+                run_id = rec.subject.rsplit(".", 1)[-1]
+                problem = None
+                if self._keys is not None:
+                    problem = self._keys.check_index(
+                        rec.subject, rec.data, rec.headers.get(HDR_MAC)
+                    )
+                found[run_id] = problem
+            if not pending or not records:
+                return found
+            start = records[-1].seq + 1
