@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -21,10 +22,15 @@ from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from projections import Projector, audit
+from schemas import RunCompleted, encode_event
 from servers import NatsServer
 from streams import (
+    HDR_HASH,
+    HDR_N,
+    HDR_PREV,
     NatsAuth,
     Subjects,
+    chain,
     connect,
     dead_letters,
     nkey_public,
@@ -32,7 +38,7 @@ from streams import (
     reply_prefix,
 )
 from tests.apps import handlers, registry
-from tests.harness import keys_for, wait_status
+from tests.harness import hand_made_request, keys_for, wait_status, wait_until
 from tests.procs import cli
 
 pytestmark = pytest.mark.anyio
@@ -301,3 +307,63 @@ async def test_each_user_hears_only_its_own_replies(
     assert not await probes["client"].denied("sub", f"{mine}.abc.*")
     assert await probes["client"].denied("sub", f"{theirs}.abc.*")
     assert await probes["event-sender"].denied("sub", "_INBOX.>")
+
+
+async def test_a_role_with_too_many_rights_still_gets_no_forgery_accepted(
+    deployment: Deployment,
+) -> None:
+    """Permissions misconfigured: the operator may publish anywhere, like a role given
+    too much. A chain-valid request it makes up is not executed, and a chain-valid end
+    it appends to a waiting run is refused by the readers: the keys hold on their own."""
+    url, keys = deployment.server.url, keys_for(S)
+    nc = {u: await connect(url, auth=deployment.auth(u)) for u in ("worker", "client", "operator")}
+    nc["handler"] = await connect(url, auth=deployment.auth("handler-math_double"))
+    served, ran = ms.Handlers(), []
+
+    @served.handler("math.double")
+    async def double(x: int) -> int:
+        ran.append(x)
+        return x * 2
+
+    try:
+        worker = ms.Worker(nc["worker"], registry, subjects=S, keys=keys)
+        service = ms.HandlerService(
+            nc["handler"], served, subjects=S, keys=keys.effect_keys(["math.double"])
+        )
+        client = ms.Client(nc["client"], S, keys=keys)
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            await tg.start(service.run)
+            rid = await client.start("waiter", 60, run_id="overpowered-victim")
+            await wait_status(client, rid, "waiting")
+            # a request made up by hand, its chain headers computed as anyone could
+            other = "made-up-run"
+            data = hand_made_request(other, "math.double", S.inbox(other, "effect.result"))
+            prev = bytes(32)
+            fx = {HDR_N: "2", HDR_PREV: prev.hex(), HDR_HASH: chain(prev, data).hex()}
+            await nc["operator"].request(S.journal_effect(other, "math.double"), data, headers=fx)
+
+            async def refused() -> bool:
+                found = await dead_letters(nc["operator"], S, source="fx")
+                return any("not written by a worker" in d.reason for d in found)
+
+            await wait_until(refused, timeout=20)
+            assert ran == []
+            tg.cancel_scope.cancel()
+        # an end appended by hand (chain-valid) to the waiting run
+        last = (await client.history(rid))[-1]
+        end = encode_event(RunCompleted(run_id=rid, n=last.n + 1, at=datetime.now(UTC)))
+        await nc["operator"].request(
+            S.journal_end(rid),
+            end,
+            headers={
+                HDR_N: str(last.n + 1),
+                HDR_PREV: last.hash.hex(),
+                HDR_HASH: chain(last.hash, end).hex(),
+            },
+        )
+        with pytest.raises(ms.JournalForged):
+            await client.result(rid, timeout=5)
+    finally:
+        for c in nc.values():
+            await c.close()
