@@ -14,12 +14,10 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from streams._jsapi import ApiError, api_request
+from streams._jsapi import api_request, stream_info
 from streams._publish import publish, refused
 from streams._subjects import Subjects
 from streams._topology import create_or_update
-
-_STREAM_NOT_FOUND = 10059
 
 
 def active_stream_config(subjects: Subjects, cap: int) -> dict[str, Any]:
@@ -51,14 +49,8 @@ class ActiveRuns:
         """runs not yet ended the deployment may have (None: no cap)"""
 
     async def open(self) -> None:
-        try:
-            info = await api_request(self._nc, f"$JS.API.STREAM.INFO.{self._s.active_stream}")
-        except ApiError as e:
-            if e.err_code != _STREAM_NOT_FOUND:
-                raise
-            self.cap = None
-            return
-        self.cap = int(info["config"]["max_msgs"])
+        info = await stream_info(self._nc, self._s.active_stream)
+        self.cap = None if info is None else int(info["config"]["max_msgs"])
 
     async def admit(self, run_id: str) -> bool:
         """Count ``run_id`` as not yet ended; False if the cap is reached."""

@@ -15,13 +15,11 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from streams._jsapi import ApiError, api_request
+from streams._jsapi import stream_info
 from streams._keys import HDR_MAC, Keyring
 from streams._publish import publish_checked
 from streams._records import read_records
 from streams._subjects import Subjects
-
-_STREAM_NOT_FOUND = 10059
 
 
 def index_stream_config(subjects: Subjects) -> dict[str, Any]:
@@ -50,14 +48,7 @@ class RunIndex:
         """the stream exists (``open``): entries are written only then, and only keyed"""
 
     async def open(self) -> None:
-        try:
-            await api_request(self._nc, f"$JS.API.STREAM.INFO.{self._s.index_stream}")
-        except ApiError as e:
-            if e.err_code != _STREAM_NOT_FOUND:
-                raise
-            self.present = False
-            return
-        self.present = True
+        self.present = await stream_info(self._nc, self._s.index_stream) is not None
 
     async def record(self, run_id: str, started_seq: int) -> None:
         """Note that ``run_id`` began at journal stream sequence ``started_seq``

@@ -217,3 +217,17 @@ async def connect(
             f"cannot reach NATS at {redact(url)} ({last}); start one with "
             "`mainspring dev`, or point MAINSPRING_NATS_URL / --nats-url at your server"
         ) from None
+
+
+_STREAM_NOT_FOUND = 10059
+
+
+async def stream_info(nc: NATS, name: str) -> dict[str, Any] | None:
+    """The stream's info (``config``, ``state``), or None if there is no such stream."""
+    try:
+        info: dict[str, Any] = await api_request(nc, f"$JS.API.STREAM.INFO.{name}")
+    except ApiError as e:
+        if e.err_code != _STREAM_NOT_FOUND:
+            raise
+        return None
+    return info

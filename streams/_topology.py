@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import ServerUnsupported
 from streams._index import index_stream_config
-from streams._jsapi import ApiError, api_request
+from streams._jsapi import ApiError, api_request, stream_info
 from streams._objects import object_stream_config
 from streams._subjects import Subjects
 
@@ -25,7 +25,6 @@ log = structlog.get_logger()
 MIN_SERVER = (2, 12, 0)
 MIN_API_LEVEL = 2  # JetStream API level of nats-server 2.12
 _NS = 1_000_000_000
-_STREAM_NOT_FOUND = 10059
 
 
 @dataclass(frozen=True)
@@ -154,11 +153,8 @@ async def create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
         keep_replicas = True
     else:
         keep_replicas = False
-    try:
-        info = await api_request(nc, f"$JS.API.STREAM.INFO.{name}")
-    except ApiError as e:
-        if e.err_code != _STREAM_NOT_FOUND:
-            raise
+    info = await stream_info(nc, name)
+    if info is None:
         resp = await api_request(nc, f"$JS.API.STREAM.CREATE.{name}", config)
         log.info("stream_created", stream=name)
         echoed: dict[str, Any] = resp["config"]
