@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from nats.aio.client import Client as NATS
 
 from schemas import TERMINAL_EVENTS, JournalCorrupt, RunView, fold
-from streams import Journal, Subjects, api_request
+from streams import Journal, Subjects, stream_subjects
 
 
 @dataclass(frozen=True)
@@ -26,20 +26,11 @@ class Stalled:
 async def inbox_pending(nc: NATS, subjects: Subjects) -> dict[str, int]:
     """Messages waiting in the inbox, per run (from the stream's subject index)."""
     counts: dict[str, int] = {}
-    offset = 0
-    while True:
-        info = await api_request(
-            nc,
-            f"$JS.API.STREAM.INFO.{subjects.inbox_stream}",
-            {"subjects_filter": subjects.inbox_all(), "offset": offset},
-        )
-        found: dict[str, int] = info.get("state", {}).get("subjects") or {}
-        for subject, n in found.items():
-            run_id = subjects.parse_inbox(subject)[0]
-            counts[run_id] = counts.get(run_id, 0) + int(n)
-        offset += len(found)
-        if not found or offset >= int(info.get("total", 0)):
-            return counts
+    found = await stream_subjects(nc, subjects.inbox_stream, subjects.inbox_all())
+    for subject, n in found.items():
+        run_id = subjects.parse_inbox(subject)[0]
+        counts[run_id] = counts.get(run_id, 0) + int(n)
+    return counts
 
 
 async def stalled_runs(

@@ -36,7 +36,15 @@ from streams._journal import (
     read_records,
     verify_chain,
 )
-from streams._jsapi import ApiError, NatsAuth, api_request, connect, nkey_public, reply_prefix
+from streams._jsapi import (
+    ApiError,
+    NatsAuth,
+    api_request,
+    connect,
+    nkey_public,
+    reply_prefix,
+    stream_subjects,
+)
 from streams._keys import (
     HDR_FX_MAC,
     HDR_MAC,
@@ -147,6 +155,7 @@ __all__ = [
     "role_users",
     "set_active_cap",
     "stream_seq",
+    "stream_subjects",
     "take_slot",
     "verify_chain",
     "write_roles",

@@ -14,7 +14,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from streams._jsapi import api_request, stream_info
+from streams._jsapi import api_request, stream_info, stream_subjects
 from streams._publish import publish, refused
 from streams._subjects import Subjects
 from streams._topology import create_or_update
@@ -74,13 +74,9 @@ class ActiveRuns:
     async def sweep(self, ended: Callable[[str], Awaitable[bool]]) -> int:
         """Release every counted run that has in fact ended (its end was journaled but
         a crash came before the release); returns how many."""
-        info = await api_request(
-            self._nc,
-            f"$JS.API.STREAM.INFO.{self._s.active_stream}",
-            {"subjects_filter": self._s.active_all()},
-        )
+        counted = await stream_subjects(self._nc, self._s.active_stream, self._s.active_all())
         released = 0
-        for subject in info.get("state", {}).get("subjects") or {}:
+        for subject in counted:
             run_id = subject.rsplit(".", 1)[-1]
             if await ended(run_id):
                 await self.release(run_id)

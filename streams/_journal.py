@@ -38,7 +38,7 @@ from schemas import (
     encode_event,
     event_type,
 )
-from streams._jsapi import ApiError, api_request
+from streams._jsapi import stream_info, stream_subjects
 from streams._keys import HDR_FX_MAC, HDR_MAC, Keyring
 from streams._objects import Objects
 from streams._publish import publish, refused, retrying
@@ -164,33 +164,14 @@ class Journal:
 
     async def run_ids(self) -> list[str]:
         """Every run with a journal (from the stream's subject index), sorted."""
-        ids: set[str] = set()
-        offset = 0
-        while True:
-            info = await api_request(
-                self._nc,
-                f"$JS.API.STREAM.INFO.{self._s.journal_stream}",
-                {
-                    "subjects_filter": self._s.journal_run_filter("*").replace(".>", ".e"),
-                    "offset": offset,
-                },
-            )
-            subjects = info.get("state", {}).get("subjects") or {}
-            ids.update(subject.split(".")[2] for subject in subjects)
-            total = int(info.get("total", 0))
-            offset += len(subjects)
-            if not subjects or offset >= total:
-                return sorted(ids)
+        filt = self._s.journal_run_filter("*").replace(".>", ".e")
+        subjects = await stream_subjects(self._nc, self._s.journal_stream, filt)
+        return sorted({subject.split(".")[2] for subject in subjects})
 
     async def last_seq(self) -> int:
         """The journal stream's last sequence (0: no stream, or nothing stored yet)."""
-        try:
-            info = await api_request(self._nc, f"$JS.API.STREAM.INFO.{self._s.journal_stream}", {})
-        except ApiError as e:
-            if e.code == 404:
-                return 0
-            raise
-        return int(info.get("state", {}).get("last_seq", 0))
+        info = await stream_info(self._nc, self._s.journal_stream)
+        return 0 if info is None else int(info.get("state", {}).get("last_seq", 0))
 
     async def get(self, seq: int) -> StoredEvent | None:
         """The journal message at stream sequence ``seq`` (direct get)."""

@@ -231,3 +231,21 @@ async def stream_info(nc: NATS, name: str) -> dict[str, Any] | None:
             raise
         return None
     return info
+
+
+async def stream_subjects(nc: NATS, stream: str, subjects_filter: str) -> dict[str, int]:
+    """Messages per subject of ``stream`` matching the filter (the stream's subject
+    index, read page by page)."""
+    found: dict[str, int] = {}
+    offset = 0
+    while True:
+        info = await api_request(
+            nc,
+            f"$JS.API.STREAM.INFO.{stream}",
+            {"subjects_filter": subjects_filter, "offset": offset},
+        )
+        page: dict[str, int] = info.get("state", {}).get("subjects") or {}
+        found.update(page)
+        offset += len(page)
+        if not page or offset >= int(info.get("total", 0)):
+            return found

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams._jsapi import reply_prefix
+from streams._jsapi import nkey_public, reply_prefix
 from streams._markers import EffectMarkers
 from streams._subjects import Subjects
 
@@ -180,23 +180,20 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
     raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
 
 
-def _seed(path: Path) -> tuple[str, str]:
-    """The NATS user nkey kept at ``path`` (made there, 0600, if it is not): (seed,
-    public key). Written again, a config keeps every user's key."""
+def _user_key(path: Path) -> str:
+    """The public key of the NATS user nkey kept at ``path`` (made there, 0600, if it
+    is not). Written again, a config keeps every user's key."""
     import os
     import secrets
 
     import nkeys  # type: ignore[import-untyped]
 
-    if path.exists():
-        seed = path.read_bytes().strip()
-    else:
+    if not path.exists():
         seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(seed + b"\n")
-    pair = nkeys.from_seed(bytearray(seed))
-    return seed.decode(), pair.public_key.decode()
+    return nkey_public(path)
 
 
 def role_users(subjects: Subjects, kinds: Sequence[str]) -> dict[str, Permissions]:
@@ -248,7 +245,7 @@ def account_block(
     written = []
     for user, perms in role_users(subjects, kinds).items():
         path = out / f"{user}.nk"
-        _, public = _seed(path)
+        public = _user_key(path)
         written.append(path)
         replies = f"{reply_prefix(public)}.>"
         allow: dict[str, object] = {
