@@ -613,6 +613,8 @@ class RunActor:
                 self.machine.close()
                 self.machine = None
             self.log.info("run_ended", outcome=self.last_type)
+            if self.rt.active.cap is not None:  # once, here: not again for each late input
+                await self.rt.active.release(self.run_id)  # (a crash before: the sweep)
             await self._after_terminal(children)
         elif self.machine is not None:
             self.machine.feed(event)
@@ -635,14 +637,11 @@ class RunActor:
         return False
 
     async def _after_terminal(self, open_children: list[str] | None = None) -> None:
-        """Tell the parent; cancel children of a cancelled run; no longer count the run
-        against a cap. Idempotent (msg ids)."""
+        """Tell the parent; cancel children of a cancelled run. Idempotent (msg ids)."""
         ev = self.terminal
         started = self.started
         if ev is None or started is None:
             return
-        if self.rt.active.cap is not None:
-            await self.rt.active.release(self.run_id)
         if started.parent is not None:
             parent = started.parent
             done = ChildDone(
