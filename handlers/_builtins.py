@@ -1,8 +1,8 @@
-"""Built-in effect handlers: ``cli`` (run a command), ``http`` (one request) and
-``llm.chat`` (deterministic mock provider).
+"""Built-in effect handlers: ``cli`` (run a command of an allow-list), ``http`` (one
+request) and ``llm.chat`` (deterministic mock provider).
 
-Serve them with ``mainspring handlers --app handlers:builtin_handlers`` or as part of
-``mainspring dev``.
+Serve them with ``mainspring handlers --app handlers:builtin_handlers`` (``cli`` too
+with ``--cli-allow``) or as part of ``mainspring dev``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, Process
 
+from handlers._cli_allow import CliAllow
 from handlers._service import EffectContext, Handlers
 from schemas import ErrorCode, TerminalError
 
@@ -91,8 +93,14 @@ class HttpStatusError(Exception):
     """
 
 
+def command_lines(req: CliRequest) -> list[str]:
+    """The request's command lines; a list runs as its lines joined by ``&&``."""
+    return req.command if isinstance(req.command, list) else [req.command]
+
+
 def command_line(req: CliRequest) -> list[str]:
-    command = " && ".join(req.command) if isinstance(req.command, list) else req.command
+    """The argv that runs the whole request in its shell."""
+    command = " && ".join(command_lines(req))
     if req.shell not in SHELLS:
         raise TerminalError(
             f"unknown shell {req.shell!r}; use one of {', '.join(SHELLS)}", type=ErrorCode.CLI_SHELL
@@ -162,17 +170,41 @@ def _kill_group(proc: Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def builtin_handlers() -> Handlers:
-    hs = Handlers()
+async def _run_allowed(
+    req: CliRequest, allow: CliAllow, effect_id: str
+) -> tuple[int, bytes, bytes]:
+    shell = command_line(req)  # the shell is checked first, whatever runs the lines
+    argvs = allow.commands(command_lines(req), req.shell, req.env, req.cwd)
+    env = {**os.environ, "MAINSPRING_EFFECT_ID": effect_id, **req.env}
+    if argvs is None:
+        return await run_command(shell, cwd=req.cwd, env=env)
+    code, out, err = 0, b"", b""
+    for argv in argvs:  # as the shell's `&&`: on to the next line only after a 0
+        code, more_out, more_err = await run_command(argv, cwd=req.cwd, env=env)
+        out, err = out + more_out, err + more_err
+        if code != 0:
+            break
+    return code, out, err
 
+
+def builtin_handlers(*, cli_allow: str | Iterable[str] | None = None) -> Handlers:
+    """``http``, ``llm.chat`` and, given an allow-list, ``cli``.
+
+    ``cli`` is off unless ``cli_allow`` names the programs it may run (``"git,python3"``,
+    or ``"*"`` for any command): see ``CliAllow`` and docs/security.md."""
+    hs = Handlers()
+    if cli_allow is not None:
+        _serve_cli(hs, CliAllow(cli_allow))
+    _serve_http(hs)
+    _serve_llm(hs)
+    return hs
+
+
+def _serve_cli(hs: Handlers, allow: CliAllow) -> None:
     @hs.handler("cli", concurrency=8)
     async def cli(req: CliRequest, fx: EffectContext) -> CliResult:
-        """Run a shell command; stdout parsed as JSON when asked."""
-        code, out, err = await run_command(
-            command_line(req),
-            cwd=req.cwd,
-            env={**os.environ, "MAINSPRING_EFFECT_ID": fx.effect_id, **req.env},
-        )
+        """Run a command the allow-list permits; stdout parsed as JSON when asked."""
+        code, out, err = await _run_allowed(req, allow, fx.effect_id)
         stdout = out.decode(errors="replace")
         stderr = err.decode(errors="replace")
         if code not in req.exit_codes:
@@ -189,6 +221,8 @@ def builtin_handlers() -> Handlers:
                 ) from e
         return CliResult(exit_code=code, stdout=stdout, stderr=stderr, json=parsed)
 
+
+def _serve_http(hs: Handlers) -> None:
     @hs.handler("http", concurrency=32)
     async def http(req: HttpRequest, fx: EffectContext) -> HttpResponse:
         """One HTTP request; JSON bodies in and out; the effect id as Idempotency-Key."""
@@ -216,6 +250,8 @@ def builtin_handlers() -> Handlers:
             body = resp.text
         return HttpResponse(status=resp.status_code, headers=dict(resp.headers), body=body)
 
+
+def _serve_llm(hs: Handlers) -> None:
     @hs.handler("llm.chat", concurrency=32)
     async def chat(req: ChatRequest, fx: EffectContext) -> ChatResponse:
         """An OpenAI-compatible chat completion with a model fallback chain; tokens and
@@ -228,8 +264,6 @@ def builtin_handlers() -> Handlers:
         if not base_url:
             return _mock_chat(req, models[0])
         return await _openai_chat(req, models, base_url, fx)
-
-    return hs
 
 
 def _mock_chat(req: ChatRequest, model: str) -> ChatResponse:

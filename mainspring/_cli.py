@@ -14,7 +14,16 @@ from mainspring._cli_config import config_app
 from mainspring._cli_deadletters import dead_letters
 from mainspring._cli_options import Connection, connecting
 from mainspring._cli_runner import EXIT_OK, Env, has_uvloop
-from schemas import MainspringError
+from schemas import ConfigError, MainspringError
+
+CLI_ALLOW = typer.Option(
+    "--cli-allow",
+    envvar="MAINSPRING_CLI_ALLOW",
+    help="turn the built-in cli handler on, for these programs only (comma-separated "
+    "names on PATH or paths; '*' for any command, shell syntax included: trusted "
+    "workflows only). See docs/security.md",
+    show_default=False,
+)
 
 app = typer.Typer(
     name="mainspring",
@@ -76,7 +85,8 @@ def dev(
         str | None,
         typer.Option(
             "--handlers",
-            help="your effect handlers: 'module:handlers' (built-in cli, llm.chat always run)",
+            help="your effect handlers: 'module:handlers' (the built-in http and llm.chat "
+            "always run, cli with --cli-allow)",
             show_default=False,
         ),
     ] = None,
@@ -84,6 +94,7 @@ def dev(
         Path, typer.Option(help="where NATS and PostgreSQL keep their data")
     ] = Path(".mainspring"),
     nats_port: Annotated[int, typer.Option(help="NATS port (a free one if taken)")] = 4222,
+    cli_allow: Annotated[str | None, CLI_ALLOW] = None,
 ) -> None:
     """Run everything locally: embedded NATS and PostgreSQL, a worker, handlers, the projector.
 
@@ -102,7 +113,7 @@ def dev(
     configure_logging("warning")
     try:
         anyio.run(
-            lambda: run_dev(data_dir, registry, extra, nats_port=nats_port),
+            lambda: run_dev(data_dir, registry, extra, nats_port=nats_port, cli_allow=cli_allow),
             backend_options={"use_uvloop": has_uvloop()},
         )
     except KeyboardInterrupt:
@@ -116,13 +127,15 @@ def dev(
 @connecting(json=False, effects=True)
 def handlers(
     app_spec: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--app",
             help="handlers to serve: 'module:handlers' (or a function returning them, "
             "e.g. 'handlers:builtin_handlers')",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    cli_allow: Annotated[str | None, CLI_ALLOW] = None,
     *,
     conn: Connection,
 ) -> None:
@@ -130,11 +143,18 @@ def handlers(
 
     With --effect-keys (or --keys) a request runs only if a worker of the deployment
     wrote it; without, anyone who can publish on NATS can have one run (see
-    docs/security.md)."""
-    from handlers import Handlers, HandlerService
+    docs/security.md). The built-in cli handler runs only with --cli-allow: it runs a
+    plain command (no shell syntax) of a program on that list, directly, without a shell."""
+    from handlers import Handlers, HandlerService, builtin_handlers
     from mainspring._config import load_app
 
-    registry = load_app(app_spec, Handlers)
+    if app_spec is None and cli_allow is None:
+        raise ConfigError("name the handlers to serve: --app module:handlers, --cli-allow, or both")
+    registry = load_app(app_spec, Handlers) if app_spec else Handlers()
+    if cli_allow is not None:
+        if "cli" in registry.kinds():
+            raise ConfigError(f"--app {app_spec} serves a cli handler of its own: drop --cli-allow")
+        registry.include(builtin_handlers(cli_allow=cli_allow).only(["cli"]))
 
     async def body(env: Env) -> int:
         keys = env.effect_keys(registry.kinds())

@@ -74,6 +74,12 @@ async def _keyring(path: Path, journal: Journal) -> Keyring:
     return keys
 
 
+def _cli_note(handlers: Handlers) -> str:
+    if "cli" in handlers.kinds():
+        return ""
+    return " (cli is off: `mainspring dev --cli-allow PROGRAM,...` turns it on)"
+
+
 async def run_dev(
     data_dir: Path,
     registry: Registry,
@@ -84,9 +90,11 @@ async def run_dev(
     nats_port: int = 4222,
     status_every: float = 2.0,
     grace_s: float = 10.0,
+    cli_allow: str | None = None,
 ) -> None:
-    """Run until SIGINT or SIGTERM (or cancelled); ``data_dir`` must exist."""
-    all_handlers = builtin_handlers()
+    """Run until SIGINT or SIGTERM (or cancelled); ``data_dir`` must exist. The ``cli``
+    handler runs only with ``cli_allow`` (its allow-list)."""
+    all_handlers = builtin_handlers(cli_allow=cli_allow)
     if handlers is not None:
         all_handlers.include(handlers)
     # NATS runs with the roles (docs/security.md): each part of dev connects as its own
@@ -218,7 +226,8 @@ class _Dev:
                     f"mainspring dev is up: NATS {nats_server.url}, PostgreSQL {pg.dsn}\n"
                     f"  data in {self.data_dir} (kept between runs)\n"
                     f"  workflows: {', '.join(registry.names()) or 'none'}; "
-                    f"handlers: {', '.join(all_handlers.kinds())}\n"
+                    f"handlers: {', '.join(all_handlers.kinds())}"
+                    f"{_cli_note(all_handlers)}\n"
                     "  other mainspring commands in this folder find it automatically; "
                     "Ctrl-C stops everything\n"
                     f"  NATS runs with least-privilege roles: each role's nkey seed is in "

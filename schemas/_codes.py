@@ -116,6 +116,10 @@ class ErrorCode(enum.StrEnum):
     FOREACH_ITEMS = "foreach.items", "a foreach step's items did not evaluate to a list"
     # The built-in handlers.
     CLI_SHELL = "cli.shell", "cli: the shell asked for is unknown or not installed"
+    CLI_REFUSED = (
+        "cli.refused",
+        "cli: the command is not on the handler's allow-list, or needs a shell it does not allow",
+    )
     CLI_OUTPUT = "cli.output", "cli: parse_json was asked for and stdout is not JSON"
     COMMAND_FAILED = (
         "CommandFailed",

@@ -66,7 +66,7 @@ async def test_start_wait_resume_complete(
 async def test_run_spec_and_cancel(nc: NATS, nats_server: NatsServer, subjects: Subjects) -> None:
     """run flow.yaml waits at the review step (exit 40, step id, filled-in prompt, named by
     its document); cancel exits 50."""
-    async with running(nc, subjects, flow_registry(), builtin_handlers()):
+    async with running(nc, subjects, flow_registry(), builtin_handlers(cli_allow="*")):
         conn = conn_args(nats_server, subjects)
         out = await acli(
             "run",
@@ -133,9 +133,17 @@ def test_validate_reports_positions(tmp_path: Path) -> None:
 async def test_documented_builtin_handlers_app_serves(
     nc: NATS, nats_server: NatsServer, subjects: Subjects, tmp_path: Path, app: str
 ) -> None:
-    """`mainspring handlers --app handlers:builtin_handlers` (as documented) serves cli
-    steps; the path from before the reshape still works and names the new one."""
-    proc = spawn("handlers", app, nats_server.url, subjects, tmp_path / "h.log")
+    """`mainspring handlers --app handlers:builtin_handlers --cli-allow python3,echo` (as
+    documented) serves the example's cli steps; the path from before the reshape still
+    works and names the new one."""
+    proc = spawn(
+        "handlers",
+        app,
+        nats_server.url,
+        subjects,
+        tmp_path / "h.log",
+        extra=("--cli-allow", "python3,echo"),
+    )
     try:
         async with running(nc, subjects, flow_registry()) as h:
             spec = validate_spec(load_spec(ROOT / "examples" / "flows" / "tag_release.yaml"))
@@ -177,7 +185,7 @@ async def test_prompts_are_filled_in_and_runs_named_by_document(
     spec = tmp_path / "ask.yaml"
     spec.write_text(SPEC_WITH_OUTPUT_PROMPT)
     conn = conn_args(nats_server, subjects)
-    async with running(nc, subjects, flow_registry(), builtin_handlers()):
+    async with running(nc, subjects, flow_registry(), builtin_handlers(cli_allow="*")):
         out = await acli(
             "run", str(spec), "--input", '{"topic": "otters"}', "--wait", "--json", *conn
         )
@@ -211,7 +219,7 @@ async def test_replay_old_flow_runs_and_against_an_edited_document(
     replays it against a file: the same document passes, an edited one fails (exit 30)."""
     example = ROOT / "examples" / "flows" / "tag_release.yaml"
     document = resolve_refs(validate_spec(load_spec(example))).document
-    async with running(nc, subjects, flow_registry(), builtin_handlers()) as h:
+    async with running(nc, subjects, flow_registry(), builtin_handlers(cli_allow="*")) as h:
         old = await h.client.start(
             "flow", {"spec": document, "inputs": {"repo": "r", "tag": "v0"}}, run_id="oldflow"
         )

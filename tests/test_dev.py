@@ -20,6 +20,7 @@ from servers._postgres import PostgresServer
 from streams import NatsAuth, Subjects, connect
 from tests.procs import ROOT, cli
 
+README_ALLOW = ("--cli-allow", "python3,echo")
 EXAMPLE = ROOT / "examples" / "flows" / "tag_release.yaml"
 
 
@@ -47,7 +48,17 @@ def _start_dev(
     work: Path, env: dict[str, str], port: int, *extra: str, background: bool = False
 ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mainspring", "dev", "--nats-port", str(port), *extra],
+        # with the README's allow-list for the example's cli steps
+        [
+            sys.executable,
+            "-m",
+            "mainspring",
+            "dev",
+            "--nats-port",
+            str(port),
+            *README_ALLOW,
+            *extra,
+        ],
         cwd=work,
         env=env,
         stdout=subprocess.PIPE,

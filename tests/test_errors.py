@@ -217,6 +217,7 @@ def test_wire_values_of_error_codes_never_change() -> None:
         "SPEC_INVALID": "spec.invalid",
         "FOREACH_ITEMS": "foreach.items",
         "CLI_SHELL": "cli.shell",
+        "CLI_REFUSED": "cli.refused",
         "CLI_OUTPUT": "cli.output",
         "COMMAND_FAILED": "CommandFailed",
         "HTTP_STATUS": "http.status",

@@ -116,7 +116,11 @@ async def test_spec_runs_with_cli_approval_and_branches(
     """The example runs: cli step output parsed, waits for review, branches on the decision."""
     spec = validate_spec(load_spec(TAG_RELEASE)).document
     async with running(
-        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+        nc,
+        subjects,
+        flow_registry(),
+        builtin_handlers(cli_allow="python3,echo"),
+        forced_replay=forced_replay,
     ) as h:
         publish = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r", "tag": "v9"}})
         hold = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r", "tag": "v8"}})
@@ -195,7 +199,11 @@ async def test_invalid_inputs_fail_the_run(
     """Inputs not matching the spec's JSON Schema fail the run, naming the field."""
     spec = validate_spec(load_spec(TAG_RELEASE)).document
     async with running(
-        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+        nc,
+        subjects,
+        flow_registry(),
+        builtin_handlers(cli_allow="python3,echo"),
+        forced_replay=forced_replay,
     ) as h:
         rid = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r"}})
         with pytest.raises(ms.RunFailedError) as err:
@@ -210,7 +218,7 @@ async def test_mainspring_v1_kinds(
     """llm, sleep, effect, switch, if, a sub-workflow file and an enforced cli retry."""
     spec = resolve_refs(validate_spec(load_spec(ROOT / "examples" / "flows" / "triage.yaml")))
     async with running(
-        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+        nc, subjects, flow_registry(), builtin_handlers(cli_allow="*"), forced_replay=forced_replay
     ) as h:
         high = await h.client.start(
             "flow",
@@ -312,7 +320,11 @@ async def test_api_foreach_parallel(
         spec = validate_spec(load_spec(path)).document
         inputs = {"base_url": f"http://127.0.0.1:{server.server_port}", "names": ["ada", "bo"]}
         async with running(
-            nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+            nc,
+            subjects,
+            flow_registry(),
+            builtin_handlers(cli_allow="*"),
+            forced_replay=forced_replay,
         ) as h:
             rid = await h.client.start("flow", {"spec": spec, "inputs": inputs})
             out = await h.client.result(rid, timeout=30)
@@ -379,7 +391,7 @@ async def test_runs_and_children_are_named_by_document(
     path.write_text(FAN_OUT)
     doc = validate_spec(load_spec(path)).document
     async with running(
-        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+        nc, subjects, flow_registry(), builtin_handlers(cli_allow="*"), forced_replay=forced_replay
     ) as h:
         new = await h.client.start("flow.fan", {"spec": doc, "inputs": {}})
         old = await h.client.start("flow", {"spec": doc, "inputs": {}})

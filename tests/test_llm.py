@@ -63,7 +63,9 @@ async def test_fallback_chain_tokens_and_cost(
     monkeypatch.setenv("MAINSPRING_LLM_PRICES", '{"small-model": [0.5, 2.0]}')
     try:
         projector = Projector(nc, pool, subjects)
-        async with running(nc, subjects, registry, builtin_handlers(), projector=projector) as h:
+        async with running(
+            nc, subjects, registry, builtin_handlers(cli_allow="*"), projector=projector
+        ) as h:
             rid = await h.client.start("ask", "the answer?", run_id="llm1")
             assert await h.client.result(rid, timeout=20) == "forty-two"
             await projected(projector, nc, subjects)

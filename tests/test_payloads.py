@@ -396,7 +396,7 @@ async def test_cli_run_with_a_5mb_input_completes(
     spec.write_text(ECHO_SPEC)
     blob = "q" * (5 * MB)
     (tmp_path / "5mb.json").write_text(json.dumps({"blob": blob}))
-    async with running(nc, subjects, flow_registry(), builtin_handlers()):
+    async with running(nc, subjects, flow_registry(), builtin_handlers(cli_allow="*")):
         out = await acli(
             "run",
             str(spec),

@@ -263,7 +263,7 @@ async def test_declarative_run_rejects_event_names_its_document_does_not_declare
 
     spec = validate_spec(load_spec(EXAMPLES / "tag_release.yaml")).document
     async with running(
-        nc, subjects, flow_registry(), builtin_handlers(), forced_replay=forced_replay
+        nc, subjects, flow_registry(), builtin_handlers(cli_allow="*"), forced_replay=forced_replay
     ) as h:
         rid = await h.client.start("flow", {"spec": spec, "inputs": {"repo": "r", "tag": "v1"}})
         await wait_status(h.client, rid, "waiting")
