@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(roles_app, name="roles")
     app.add_typer(tenants_app, name="tenants")
     app.command()(setup)
+    from mainspring._cli_erase import erase
+
+    app.command()(erase)
 
 
 @connecting(json=False)

@@ -4,6 +4,7 @@ from projections._audit import (
     AuditReport,
     ChainChecker,
     Checkpoint,
+    Erased,
     Problem,
     audit,
     check_postgres,
@@ -13,12 +14,13 @@ from projections._checkpoints import Signer, load_public_key, public_pem, verify
 from projections._export import FORMAT, export_run, verify_export
 from projections._projector import Projector, ProjectorStats
 from projections._queries import EventRow, Lag, Queries, RunRow
-from projections._schema import MIGRATIONS, drop_projections, migrate
+from projections._schema import MIGRATIONS, drop_projections, erase_rows, migrate
 
 __all__ = [
     "AuditReport",
     "ChainChecker",
     "Checkpoint",
+    "Erased",
     "EventRow",
     "FORMAT",
     "Lag",
@@ -33,6 +35,7 @@ __all__ = [
     "check_postgres",
     "check_stream",
     "drop_projections",
+    "erase_rows",
     "export_run",
     "load_public_key",
     "migrate",

@@ -36,6 +36,7 @@ from streams import (
     Subjects,
     Verdict,
     chain,
+    is_placeholder,
     read_records,
     stream_seq,
 )
@@ -142,10 +143,15 @@ class AuditReport:
 
 # ------------------------------------------------------------------ sources
 async def check_stream(
-    nc: NATS, subjects: Subjects, run_id: str | None = None, keys: Keyring | None = None
+    nc: NATS,
+    subjects: Subjects,
+    run_id: str | None = None,
+    keys: Keyring | None = None,
+    erased: dict[str, Erased] | None = None,
 ) -> dict[str, ChainChecker]:
     """One ordered pass over the journal (one run, or all of them); with ``keys`` each
     entry's tag is checked too (an untagged one is forged, or legacy if old enough).
+    The placeholders of erased runs are counted into ``erased``, by run.
 
     Uses an ordered push consumer: its messages carry only the stored headers,
     which is what makes this pass fast (nats-py parses every header).
@@ -159,6 +165,12 @@ async def check_stream(
 
     async def check(msg: Msg) -> None:
         rid = msg.subject.split(".", 3)[2]
+        if is_placeholder(msg.subject):
+            if erased is not None:
+                _placeholder(msg, keys, erased)
+            if msg.reply and msg.reply.rsplit(".", 1)[-1] == "0":
+                done.set()
+            return
         checker = checkers.get(rid)
         if checker is None:
             checker = checkers[rid] = ChainChecker(rid, "stream")
@@ -196,6 +208,23 @@ async def check_stream(
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
     return checkers
+
+
+@dataclass
+class Erased:
+    """An erased run's placeholders in the journal (streams/_erase.py)."""
+
+    entries: int = 0
+    first_seq: int = 0
+    problem: str | None = None
+
+
+def _placeholder(msg: Msg, keys: Keyring | None, erased: dict[str, Erased]) -> None:
+    rid = msg.data.decode(errors="replace")
+    found = erased.setdefault(rid, Erased(first_seq=stream_seq(msg)))
+    found.entries += 1
+    if keys is not None and found.problem is None:
+        found.problem = keys.check_index(msg.subject, msg.data, (msg.headers or {}).get(HDR_MAC))
 
 
 async def check_postgres(conn: Conn, run_id: str | None = None) -> dict[str, ChainChecker]:
@@ -338,7 +367,8 @@ async def audit(
     """Verify the stream (with ``keys``: who wrote each entry too), Postgres (if given),
     checkpoints, and cross-check them."""
     report = AuditReport()
-    stream = await check_stream(nc, subjects, run_id, keys)
+    erased: dict[str, Erased] = {}
+    stream = await check_stream(nc, subjects, run_id, keys, erased if run_id is None else None)
     sources = [stream]
     report.runs = len(stream)
     report.events = sum(c.n for c in stream.values())
@@ -356,7 +386,7 @@ async def audit(
         report.notes.append("no Postgres DSN: only the stream was verified")
     report.problems = [c.problem for c in stream.values() if c.problem] + report.problems
     if run_id is None:
-        report.problems += await check_index(nc, subjects, keys, stream, report.notes)
+        report.problems += await check_index(nc, subjects, keys, stream, erased, report.notes)
     if keys is None:
         report.notes.append(
             "no keys given (--keys): who wrote each entry was not checked, only its chain"
@@ -378,19 +408,54 @@ async def check_index(
     subjects: Subjects,
     keys: Keyring | None,
     stream: dict[str, ChainChecker],
+    erased: dict[str, Erased],
     notes: list[str],
 ) -> list[Problem]:
     """Every run the index knows still has a journal (a whole journal can vanish
-    without a trace in the journal stream), and every index entry is a worker's."""
+    without a trace in the journal stream), and every index entry is a worker's. A run
+    erased on request has a record in the index and placeholders in the journal: each
+    without the other is reported."""
     index = RunIndex(nc, subjects, keys)
     await index.open()
+    entries = await index.entries() if index.present else {}
     if not index.present:
         notes.append("no run index: a run whose whole journal vanished cannot be noticed")
-        return []
     problems = []
-    for rid, problem in sorted((await index.entries()).items()):
+    for rid, found in sorted(erased.items()):
+        record = entries.get(rid, (None, None))[1]
+        if found.problem is not None:
+            problems.append(Problem(rid, "stream", 1, "forged", f"its erasure: {found.problem}"))
+        elif record is None and index.present:
+            problems.append(
+                Problem(
+                    rid,
+                    "stream",
+                    1,
+                    "erased-unrecorded",
+                    f"{found.entries} entries from stream sequence {found.first_seq} were "
+                    "replaced by erasure placeholders, but the run index has no record of it",
+                )
+            )
+        elif record is not None:
+            notes.append(
+                f"run {rid} was erased on request at {record.erased_at} ({record.reason!r}): "
+                f"{record.entries} entries, the last with hash {record.head_hash[:16]}…"
+            )
+    for rid, (problem, record) in sorted(entries.items()):
         if problem is not None:
             problems.append(Problem(rid, "index", 1, "forged", f"its index entry: {problem}"))
+        elif record is not None:
+            if rid not in erased or erased[rid].entries != record.entries:
+                problems.append(
+                    Problem(
+                        rid,
+                        "index",
+                        1,
+                        "erased-mismatch",
+                        f"the run index records {record.entries} entries erased; the journal "
+                        f"holds {erased[rid].entries if rid in erased else 0} placeholders",
+                    )
+                )
         elif rid not in stream:
             problems.append(
                 Problem(

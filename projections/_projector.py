@@ -43,6 +43,7 @@ from streams import (
     dead_letter,
     decode_record,
     ensure_topology,
+    is_placeholder,
     read_records,
 )
 
@@ -294,6 +295,8 @@ class Projector:
         newest_at: datetime | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             for rec in records:
+                if is_placeholder(rec.subject):  # an erased run's entry (streams/_erase.py)
+                    continue
                 try:
                     stored = decode_record(rec)
                 except JournalCorrupt as exc:

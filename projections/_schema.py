@@ -147,3 +147,20 @@ async def drop_projections(conn: Conn) -> None:
         for table in PROJECTION_TABLES:
             await conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         await conn.execute("DROP TABLE IF EXISTS mainspring_schema")
+
+
+async def erase_rows(conn: Conn, run_ids: list[str]) -> int:
+    """Delete what the projections hold of these runs (every table of this schema with
+    a ``run_id`` column): the erasure of runs on request. How many rows went."""
+    tables = await conn.fetch(
+        "SELECT table_name FROM information_schema.columns WHERE column_name = 'run_id' "
+        "AND table_schema = current_schema() ORDER BY table_name"
+    )
+    gone = 0
+    async with conn.transaction():
+        for row in tables:
+            status = await conn.execute(
+                f'DELETE FROM "{row["table_name"]}" WHERE run_id = ANY($1::text[])', run_ids
+            )
+            gone += int(status.rsplit(" ", 1)[-1])
+    return gone

@@ -18,6 +18,13 @@ from streams._deadletters import (
     dead_letters,
     reinject,
 )
+from streams._erase import (
+    Erasure,
+    JournalEraser,
+    erasure_record,
+    is_placeholder,
+    purge_run_inputs,
+)
 from streams._inbox import Inbox
 from streams._index import RunIndex
 from streams._inflight import InFlight, Tasks, take_slot
@@ -88,6 +95,7 @@ __all__ = [
     "DeadLetter",
     "EffectKeys",
     "EffectMarkers",
+    "Erasure",
     "GENESIS",
     "HDR_FX_MAC",
     "HDR_HASH",
@@ -99,6 +107,7 @@ __all__ = [
     "Inbox",
     "InboxWriter",
     "Journal",
+    "JournalEraser",
     "JournalStore",
     "Key",
     "Keyring",
@@ -136,6 +145,8 @@ __all__ = [
     "delete_consumer",
     "ensure_consumer",
     "ensure_topology",
+    "erasure_record",
+    "is_placeholder",
     "key_id",
     "new_key",
     "nkey_public",
@@ -148,6 +159,7 @@ __all__ = [
     "publish",
     "publish_checked",
     "pull_loop",
+    "purge_run_inputs",
     "read_records",
     "reinject",
     "reply_prefix",

@@ -27,6 +27,8 @@ from streams._jsapi import ApiError, api_request
 log = structlog.get_logger()
 _NS = 1_000_000_000
 _CONSUMER_NOT_FOUND = 10014
+_START = ("deliver_policy", "opt_start_seq", "opt_start_time")
+"""where a consumer starts: fixed once it exists"""
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,20 @@ async def ensure_consumer(nc: NATS, spec: ConsumerSpec, *, recreate: bool = Fals
     unacknowledged message is delivered again at once (partition takeover)."""
     if recreate:
         await delete_consumer(nc, spec.stream, spec.durable)
-    body = {"stream_name": spec.stream, "config": spec.config(), "action": ""}
+    config = spec.config()
     # the filter in the subject too: the server holds the body to it, so a permission
     # on this subject (streams/_roles.py) limits what the consumer may read
     subject = f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}.{spec.filter_subject}"
-    await api_request(nc, subject, body)
+    try:
+        await api_request(nc, subject, {"stream_name": spec.stream, "config": config})
+    except ApiError as e:
+        if "can not be updated" not in e.description:
+            raise
+        # Created where it should start by someone else (a journal rebuilt without an
+        # erased run, streams/_erase.py): keep its start, update the rest.
+        info = await api_request(nc, f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}")
+        kept = {k: info["config"][k] for k in _START if k in info["config"]}
+        await api_request(nc, subject, {"stream_name": spec.stream, "config": config | kept})
 
 
 async def delete_consumer(nc: NATS, stream: str, durable: str) -> None:

@@ -6,7 +6,8 @@ run it starts in ``<PREFIX>_RUNS`` (subject ``<prefix>.runs.<run>``, one message
 run, deletes and purges denied): the body is the stream sequence of its
 ``run.started``, tagged like an inbox input (``ms1:idx:``). ``audit verify --all``
 compares the index with the journal: a run the index knows and the journal does not
-has vanished, even without PostgreSQL (DESIGN.md §9).
+has vanished, even without PostgreSQL (DESIGN.md §9). A run erased on request
+(``mainspring erase``) keeps its entry, replaced by the erasure's record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from streams._erase import Erasure, erasure_record
 from streams._jsapi import stream_info
 from streams._keys import HDR_MAC, Keyring
 from streams._publish import publish_checked
@@ -60,10 +62,10 @@ class RunIndex:
         headers = {"Nats-Msg-Id": f"idx:{run_id}", HDR_MAC: self._keys.tag_index(subject, body)}
         await publish_checked(self._nc, subject, body, headers)
 
-    async def entries(self) -> dict[str, str | None]:
-        """Every indexed run: None if its entry checks out (or no keys to check it
-        with), else what is wrong with it."""
-        found: dict[str, str | None] = {}
+    async def entries(self) -> dict[str, tuple[str | None, Erasure | None]]:
+        """Every indexed run: (None if its entry checks out, or no keys to check it
+        with, else what is wrong with it; its erasure record if it was erased)."""
+        found: dict[str, tuple[str | None, Erasure | None]] = {}
         start = 1
         while True:
             records, pending = await read_records(
@@ -76,7 +78,7 @@ class RunIndex:
                     problem = self._keys.check_index(
                         rec.subject, rec.data, rec.headers.get(HDR_MAC)
                     )
-                found[run_id] = problem
+                found[run_id] = (problem, erasure_record(rec.data))
             if not pending or not records:
                 return found
             start = records[-1].seq + 1

@@ -233,6 +233,14 @@ async def stream_info(nc: NATS, name: str) -> dict[str, Any] | None:
     return info
 
 
+async def purge_subject(nc: NATS, stream: str, subjects_filter: str) -> int:
+    """Remove every message of ``stream`` matching the filter; how many went."""
+    if await stream_info(nc, stream) is None:
+        return 0
+    answer = await api_request(nc, f"$JS.API.STREAM.PURGE.{stream}", {"filter": subjects_filter})
+    return int(answer.get("purged", 0))
+
+
 async def stream_subjects(nc: NATS, stream: str, subjects_filter: str) -> dict[str, int]:
     """Messages per subject of ``stream`` matching the filter (the stream's subject
     index, read page by page)."""

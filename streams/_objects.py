@@ -40,6 +40,7 @@ from schemas import (
     parse_ref,
     ref_json,
 )
+from streams._jsapi import purge_subject
 from streams._publish import publish_checked, retrying
 from streams._records import read_records
 from streams._subjects import Subjects
@@ -185,6 +186,22 @@ class Objects:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
         return None if meta.deleted else meta
+
+    async def delete(self, digest: str) -> bool:
+        """Remove an object, as NATS clients do: its chunks purged, its meta replaced by
+        a deleted marker (False: there was none)."""
+        meta = await self.stat(digest)
+        if meta is None:
+            return False
+        await purge_subject(self._nc, self._s.object_stream, self._s.object_chunks(meta.nuid))
+        gone = msgspec.structs.replace(meta, deleted=True, size=0, chunks=0, nuid="")
+        await publish_checked(
+            self._nc,
+            self._s.object_meta(digest),
+            _meta_encoder.encode(gone),
+            {"Nats-Rollup": "sub"},
+        )
+        return True
 
     async def read(self, digest: str) -> bytes | None:
         """The object's bytes as stored, unchecked (None when missing): for exports."""

@@ -38,6 +38,7 @@ CONNECTING: dict[str, tuple[list[str], set[Scope]]] = {
     "keys new": ([], set()),
     "keys revoke": (["k1"], set()),
     "setup": ([], set()),
+    "erase": (["r-1", "--reason", "test", "--yes"], {"postgres"}),
 }
 OFFLINE = {
     "dev",
