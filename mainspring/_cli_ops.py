@@ -57,6 +57,14 @@ def setup(
             show_default=False,
         ),
     ] = None,
+    retain_days: Annotated[
+        float | None,
+        typer.Option(
+            help="keep journal entries this many days, then drop the oldest (retention "
+            "by the stream's max_age; pick more than any run lives: docs/security.md)",
+            show_default=False,
+        ),
+    ] = None,
     *,
     conn: Connection,
 ) -> None:
@@ -64,10 +72,12 @@ def setup(
 
     With roles (`mainspring roles write`) only the operator may: run this once with
     --nats-nkey operator.nk before starting workers, handlers and the rest."""
-    from streams import EffectMarkers, Leases, ensure_topology, set_active_cap
+    from streams import EffectMarkers, Leases, ensure_topology, set_active_cap, set_retention
 
     if max_active_runs is not None and max_active_runs < 1:
         raise typer.BadParameter("--max-active-runs must be at least 1")
+    if retain_days is not None and retain_days < 1:
+        raise typer.BadParameter("--retain-days must be at least 1")
 
     async def body(env: Env) -> int:
         await ensure_topology(env.nc, env.subjects)
@@ -77,6 +87,9 @@ def setup(
         if max_active_runs is not None:
             await set_active_cap(env.nc, env.subjects, max_active_runs)
             print(f"  at most {max_active_runs} runs not yet ended (restart workers to apply)")
+        if retain_days is not None:
+            await set_retention(env.nc, env.subjects, retain_days * 86400)
+            print(f"  journal entries older than {retain_days:g} days are dropped, oldest first")
         return EXIT_OK
 
     conn.run(body)

@@ -38,6 +38,7 @@ from streams import (
     chain,
     is_placeholder,
     read_records,
+    stream_info,
     stream_seq,
 )
 
@@ -422,7 +423,7 @@ async def check_index(
         notes.append("no run index: a run whose whole journal vanished cannot be noticed")
     problems = []
     for rid, found in sorted(erased.items()):
-        record = entries.get(rid, (None, None))[1]
+        record = entries[rid].erasure if rid in entries else None
         if found.problem is not None:
             problems.append(Problem(rid, "stream", 1, "forged", f"its erasure: {found.problem}"))
         elif record is None and index.present:
@@ -441,9 +442,12 @@ async def check_index(
                 f"run {rid} was erased on request at {record.erased_at} ({record.reason!r}): "
                 f"{record.entries} entries, the last with hash {record.head_hash[:16]}…"
             )
-    for rid, (problem, record) in sorted(entries.items()):
-        if problem is not None:
-            problems.append(Problem(rid, "index", 1, "forged", f"its index entry: {problem}"))
+    first_seq = await _journal_first_seq(nc, subjects)
+    retired = 0
+    for rid, entry in sorted(entries.items()):
+        record = entry.erasure
+        if entry.problem is not None:
+            problems.append(Problem(rid, "index", 1, "forged", f"its index entry: {entry.problem}"))
         elif record is not None:
             if rid not in erased or erased[rid].entries != record.entries:
                 problems.append(
@@ -456,6 +460,8 @@ async def check_index(
                         f"holds {erased[rid].entries if rid in erased else 0} placeholders",
                     )
                 )
+        elif rid not in stream and 0 < entry.started_seq < first_seq:
+            retired += 1  # aged out by the journal's limits (retention), not removed
         elif rid not in stream:
             problems.append(
                 Problem(
@@ -467,7 +473,17 @@ async def check_index(
                     "holds none of it: its history was removed",
                 )
             )
+    if retired:
+        notes.append(
+            f"{retired} run(s) began before the journal's first entry ({first_seq}): "
+            "aged out by its limits (retention), not reported as vanished"
+        )
     return problems
+
+
+async def _journal_first_seq(nc: NATS, subjects: Subjects) -> int:
+    info = await stream_info(nc, subjects.journal_stream)
+    return int(info["state"]["first_seq"]) if info is not None else 0
 
 
 async def check_objects(objects: Objects, checkers: dict[str, ChainChecker]) -> list[Problem]:

@@ -50,6 +50,7 @@ from streams._jsapi import (
     connect,
     nkey_public,
     reply_prefix,
+    stream_info,
     stream_subjects,
 )
 from streams._keys import (
@@ -85,6 +86,7 @@ from streams._topology import (
     TopologyConfig,
     check_server,
     ensure_topology,
+    set_retention,
 )
 
 __all__ = [
@@ -166,6 +168,8 @@ __all__ = [
     "retrying",
     "role_users",
     "set_active_cap",
+    "set_retention",
+    "stream_info",
     "stream_seq",
     "stream_subjects",
     "take_slot",

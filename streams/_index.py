@@ -12,6 +12,7 @@ has vanished, even without PostgreSQL (DESIGN.md §9). A run erased on request
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -39,6 +40,16 @@ def index_stream_config(subjects: Subjects) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    problem: str | None
+    """None if the entry checks out (or there are no keys to check it with)"""
+    erasure: Erasure | None
+    """the record of its erasure, if the run was erased on request"""
+    started_seq: int
+    """the journal stream sequence of its ``run.started`` (0: unknown)"""
+
+
 class RunIndex:
     """Record runs as they start; list what was recorded, with each entry's verdict."""
 
@@ -62,10 +73,9 @@ class RunIndex:
         headers = {"Nats-Msg-Id": f"idx:{run_id}", HDR_MAC: self._keys.tag_index(subject, body)}
         await publish_checked(self._nc, subject, body, headers)
 
-    async def entries(self) -> dict[str, tuple[str | None, Erasure | None]]:
-        """Every indexed run: (None if its entry checks out, or no keys to check it
-        with, else what is wrong with it; its erasure record if it was erased)."""
-        found: dict[str, tuple[str | None, Erasure | None]] = {}
+    async def entries(self) -> dict[str, IndexEntry]:
+        """Every indexed run, with what is wrong with its entry (if anything)."""
+        found: dict[str, IndexEntry] = {}
         start = 1
         while True:
             records, pending = await read_records(
@@ -78,7 +88,9 @@ class RunIndex:
                     problem = self._keys.check_index(
                         rec.subject, rec.data, rec.headers.get(HDR_MAC)
                     )
-                found[run_id] = (problem, erasure_record(rec.data))
+                erasure = erasure_record(rec.data)
+                started = int(rec.data) if erasure is None and rec.data.isdigit() else 0
+                found[run_id] = IndexEntry(problem, erasure, started)
             if not pending or not records:
                 return found
             start = records[-1].seq + 1

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 
-from schemas import ServerUnsupported
+from schemas import ConfigError, ServerUnsupported
 from streams._index import index_stream_config
 from streams._jsapi import ApiError, api_request, stream_info
 from streams._objects import object_stream_config
@@ -227,3 +227,18 @@ async def _ensure_objects(nc: NATS, subjects: Subjects, cfg: TopologyConfig) -> 
         replicas = int(info["config"].get("num_replicas", 1))
     config = object_stream_config(subjects, replicas, cfg.storage)
     _require(await create_or_update(nc, config), config, ("allow_rollup_hdrs", "allow_direct"))
+
+
+async def set_retention(nc: NATS, subjects: Subjects, max_age_s: float) -> None:
+    """Keep journal entries ``max_age_s`` seconds, then let the server drop the oldest
+    (``discard: old``): retention for every run alike. Workers starting later keep it
+    (they only set what they need). A run still going when its first entries age out
+    loses them: pick an age longer than any run lives."""
+    info = await stream_info(nc, subjects.journal_stream)
+    if info is None:
+        raise ConfigError(f"no journal stream {subjects.journal_stream}: run setup first")
+    await api_request(
+        nc,
+        f"$JS.API.STREAM.UPDATE.{subjects.journal_stream}",
+        {**info["config"], "max_age": int(max_age_s * _NS)},
+    )

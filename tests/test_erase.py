@@ -8,15 +8,15 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from projections import Projector, audit, check_stream
 from servers import NatsServer
-from streams import Journal, JournalEraser, Objects, Subjects
-from streams._jsapi import stream_info
-from tests.harness import keys_for, projected, running, wait_status
+from streams import Journal, JournalEraser, Objects, Subjects, stream_info
+from tests.harness import keys_for, projected, running, wait_status, wait_until
 from tests.procs import acli, conn_args
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live_only("erasure rebuilds streams; runs are set")]
@@ -163,3 +163,34 @@ async def test_erase_refuses_while_workers_run(
     assert unconfirmed.returncode == 10
     assert "cannot be undone" in unconfirmed.stderr
     assert "victim" in await Journal(nc, subjects, keys=keys_for(subjects)).run_ids()
+
+
+async def test_setup_retention_keeps_entries_a_while_and_audit_knows_aged_out_runs(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects, pool: asyncpg.Pool
+) -> None:
+    """`setup --retain-days` sets the journal's max_age, which workers starting later keep;
+    runs whose whole journal aged out are noted by `audit verify --all`, not reported
+    vanished."""
+    await _runs(nc, subjects, pool)
+    out = await acli("setup", "--retain-days", "400", *conn_args(nats_server, subjects))
+    assert out.returncode == 0, out.stderr
+    async with running(nc, subjects, registry, handlers):  # a worker's setup keeps it
+        pass
+    info = await stream_info(nc, subjects.journal_stream)
+    assert info is not None
+    assert info["config"]["max_age"] == 400 * 86400 * 10**9
+    # Age everything out at once (a test cannot wait 400 days): a one-second max_age.
+    config = info["config"] | {"max_age": 10**9, "duplicate_window": 10**9 // 2}
+    await nc.request(
+        f"$JS.API.STREAM.UPDATE.{subjects.journal_stream}", msgspec.json.encode(config)
+    )
+    await wait_until(lambda: _aged_out(nc, subjects), timeout=20)
+    report = await audit(nc, subjects, None, keys=keys_for(subjects))
+    assert report.ok, report.problems
+    assert any("3 run(s) began before the journal's first entry" in n for n in report.notes)
+
+
+async def _aged_out(nc: NATS, subjects: Subjects) -> bool:
+    info = await stream_info(nc, subjects.journal_stream)
+    assert info is not None
+    return int(info["state"]["messages"]) == 0
