@@ -48,6 +48,12 @@ class WorkerOptions:
     max_duration_s: float = 0.0
     """default wall-time limit per run in seconds (0: none) -> limit.wall_time"""
     lease_ttl_s: float = 10.0
+    """a partition's lease lapses this long after its holder's last renewal (renewed
+    every third of it): how long a worker cut off from NATS keeps others waiting"""
+    peer_check_s: float = 0.2
+    """how often each worker pings the next live worker (a ring): one whose connection
+    is gone is noticed within this, and its partitions taken at once instead of after a
+    lease round (0: off, takeover at the next round)"""
     ack_wait_s: float = 30.0
     forced_replay: bool = False
     """test mode to find nondeterminism: after every journal append, the run's code is

@@ -97,6 +97,10 @@ class Worker:
         """activations (a task per busy run) and dead-lettering of unroutable input;
         a new set for each ``run``"""
         self.log = log.bind(worker=self.worker_id)
+        self._peers: set[str] = set()
+        """workers that announced themselves (the lease bucket's members), live or not"""
+        self._wake = anyio.Event()
+        """set when a worker is gone: run a lease round now, not at the next period"""
 
     @property
     def partitions(self) -> list[int]:
@@ -116,13 +120,24 @@ class Worker:
         async def pong(msg: Msg) -> None:
             await msg.respond(b"ok")
 
+        async def round_asked(msg: Msg) -> None:
+            peer = msg.data.decode(errors="replace")
+            if peer != self.worker_id:
+                self._peers.discard(peer)
+                self._wake.set()
+
         ping = await nc.subscribe(self.subjects.worker_ping(self.worker_id), cb=pong)
+        rounds = await nc.subscribe(self.subjects.lease_round(), cb=round_asked)
         try:
             async with self._tasks, anyio.create_task_group() as tg:
                 share = await retrying(self._fair_share, "counting live workers")
                 await retrying(lambda: self._acquire(tg, share), "acquiring partitions")
+                await nc.publish(self.subjects.lease_round(), b"")  # others: hand over now
                 tg.start_soon(self._lease_loop, tg)
                 tg.start_soon(self._expiry_watch)
+                if self.options.peer_check_s > 0:
+                    tg.start_soon(self._watch_members)
+                    tg.start_soon(self._peer_watch)
                 tg.start_soon(self._inflight.keep_alive)
                 keys = self.rt.keys
                 self.log.info(
@@ -147,6 +162,9 @@ class Worker:
                 self._held.clear()
                 with contextlib.suppress(nats.errors.Error):
                     await ping.unsubscribe()
+                    await rounds.unsubscribe()
+                    # the partitions just released: the others take them now
+                    await nc.publish(self.subjects.lease_round(), self.worker_id.encode())
                 for actor in self.actors.values():
                     actor.evict()
 
@@ -225,7 +243,9 @@ class Worker:
     async def _lease_loop(self, tg: TaskGroup) -> None:
         period = self.options.lease_ttl_s / 3
         while True:
-            await anyio.sleep(period)
+            with anyio.move_on_after(period):
+                await self._wake.wait()
+            self._wake = anyio.Event()
             try:
                 await self._lease_round(tg)
             except (nats.errors.Error, MainspringError) as exc:
@@ -246,6 +266,41 @@ class Worker:
         await self._rebalance(share)
         await self._acquire(tg, share)
 
+    async def _watch_members(self) -> None:
+        """Keep ``_peers``: every worker that announced itself (announcements repeat
+        every lease round, so a new worker shows up within one)."""
+        while True:
+            try:
+                async for peer, present in self.leases.watch_members():
+                    if present:
+                        self._peers.add(peer)
+                    else:
+                        self._peers.discard(peer)
+            except (nats.errors.Error, MainspringError) as exc:
+                self.log.warning("member_watch_failed", error=str(exc))
+            await anyio.sleep(self.options.lease_ttl_s / 3)  # cut off: watch again later
+
+    async def _peer_watch(self) -> None:
+        """Ping the next worker of the ring (the live workers, sorted): one whose
+        connection is gone (killed, or stopped without a word) is noticed within
+        ``peer_check_s``, and every worker is told to take its partitions now. One ping
+        per worker per period, whatever the number of workers."""
+        while True:
+            await anyio.sleep(self.options.peer_check_s)
+            ring = sorted(self._peers | {self.worker_id})
+            if len(ring) < 2:
+                continue
+            peer = ring[(ring.index(self.worker_id) + 1) % len(ring)]
+            try:
+                if not await self.leases.gone(peer):
+                    continue
+                self._peers.discard(peer)
+                self.log.info("worker_gone", peer=peer)
+                self._wake.set()
+                await self.rt.nc.publish(self.subjects.lease_round(), peer.encode())
+            except nats.errors.Error as exc:  # NATS unreachable: the lease rounds cope
+                self.log.warning("peer_check_failed", error=str(exc))
+
     async def _rebalance(self, share: int) -> None:
         """Hand partitions beyond this worker's fair share back, for newcomers to take.
 
@@ -258,6 +313,7 @@ class Worker:
             await self.leases.release(lease)
         if excess:
             self.log.info("partitions_released", partitions=excess, share=share)
+            await self.rt.nc.publish(self.subjects.lease_round(), b"")
 
     async def _expiry_watch(self) -> None:
         """Stop consuming a partition *before* its lease can expire.

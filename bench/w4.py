@@ -1,20 +1,25 @@
-"""W4, crash recovery: SIGKILL the worker mid-flight, start another, count time and duplicates."""
+"""W4, crash recovery: two workers share the runs; SIGKILL one mid-flight; the survivor takes
+its partitions over. Counts duplicates, and times the takeover and the recovery."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import anyio
+import nats.js.errors
+from nats.aio.msg import Msg
 
 import mainspring as ms
 from bench._env import Environment, common_fields, connect, log, warm_up
 from schemas import event_type
+from streams import Subjects
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kill-after", type=float, default=1.5, help="seconds after the first start to SIGKILL"
     )
+    p.add_argument(
+        "--replacement",
+        action="store_true",
+        help="the old W4: one worker, and a new one spawned at the kill (no survivor)",
+    )
 
 
 def _lines(path: Path) -> list[str]:
@@ -33,6 +43,8 @@ def _lines(path: Path) -> list[str]:
 
 @dataclass
 class Audit:
+    takeovers: list[float] = field(default_factory=list)
+    """per affected run: its first event after the kill, minus the kill (s)"""
     duplicate_steps: int = 0
     """step.completed events beyond ``steps`` in a run's journal (must stay 0)."""
     completed_before_kill: int = 0
@@ -41,7 +53,9 @@ class Audit:
     """the earliest event stamped after the kill: the new worker's first progress"""
 
 
-async def _audit(client: ms.Client, ids: list[str], steps: int, killed_at: datetime) -> Audit:
+async def _audit(
+    client: ms.Client, ids: list[str], steps: int, killed_at: datetime, affected: set[str]
+) -> Audit:
     audit = Audit()
     for rid in ids:
         events = [e.event for e in await client.history(rid)]
@@ -52,9 +66,63 @@ async def _audit(client: ms.Client, ids: list[str], steps: int, killed_at: datet
             for tag, ev in zip(tags, events, strict=True)
         )
         after = [ev.at for ev in events if ev.at >= killed_at]
+        if rid in affected and after:
+            audit.takeovers.append((min(after) - killed_at).total_seconds())
         if after and (audit.first_after_kill is None or min(after) < audit.first_after_kill):
             audit.first_after_kill = min(after)
     return audit
+
+
+async def _holders(client: ms.Client, subjects: Subjects) -> dict[int, str]:
+    """Partition → the worker id holding its lease now."""
+    kv = await client.nc.jetstream().key_value(subjects.lease_bucket)
+    held: dict[int, str] = {}
+    for p in range(subjects.partitions):
+        try:
+            entry = await kv.get(subjects.lease_key(p))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            continue
+        held[p] = (entry.value or b"").decode()
+    return held
+
+
+async def _split(client: ms.Client, subjects: Subjects, timeout: float = 30) -> dict[int, str]:
+    """Wait until two workers hold every partition between them, balanced."""
+    with anyio.fail_after(timeout):
+        while True:
+            held = await _holders(client, subjects)
+            counts = Counter(held.values())
+            full = len(held) == subjects.partitions and len(counts) == 2
+            if full and max(counts.values()) - min(counts.values()) <= 1:
+                return held
+            await anyio.sleep(0.05)
+
+
+class _Freed:
+    """When the survivor said the killed worker is gone, and when it held each lease."""
+
+    def __init__(self) -> None:
+        self.gone_at: float | None = None
+        self.taken_at: dict[int, float] = {}
+
+
+async def _watch_takeover(client: ms.Client, subjects: Subjects, victim: str, out: _Freed) -> None:
+    async def freed(msg: Msg) -> None:
+        if out.gone_at is None and msg.data.decode() == victim:
+            out.gone_at = time.perf_counter()
+
+    sub = await client.nc.subscribe(subjects.lease_round(), cb=freed)
+    kv = await client.nc.jetstream().key_value(subjects.lease_bucket)
+    watcher = await kv.watch(">")
+    try:
+        async for entry in watcher:
+            lease = entry is not None and entry.key[1:].isdigit() and entry.key[0] == "p"
+            if lease and entry.value and entry.value.decode() != victim:
+                p = int(entry.key[1:])
+                out.taken_at.setdefault(p, time.perf_counter())
+    finally:
+        await sub.unsubscribe()
+        await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
@@ -66,15 +134,24 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
     first = env.spawn_worker(concurrency)
     results: dict[str, object] = {}
     done: list[float] = []
+    s = env.subjects
     async with connect(env) as client:
         await warm_up(client, 1)
+        victim = next(iter((await _holders(client, s)).values()))
+        if not args.replacement:
+            env.spawn_worker(concurrency)  # the survivor, running before the kill
+            held = await _split(client, s)
+            log(f"two workers hold {Counter(held.values()).most_common()} partitions")
         ids = [f"w4-{i}" for i in range(runs)]
+        all_done = anyio.Event()
         inp = {"file": str(side), "steps": steps, "delay": args.delay}
 
         async def one(rid: str) -> None:
             await client.start("slow_chain", inp, run_id=rid)
             results[rid] = await client.result(rid, timeout=args.timeout)
             done.append(time.perf_counter())
+            if len(done) == runs:
+                all_done.set()
 
         async with anyio.create_task_group() as tg:
             t0 = time.perf_counter()
@@ -83,15 +160,29 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
                 tg.start_soon(partial(one, rid))
             # the kill lands at --kill-after, mid-flight: that is the workload, not a settle
             await anyio.sleep(max(0.0, t0 + kill_after - time.perf_counter()))
+            lost = {p for p, w in (await _holders(client, s)).items() if w == victim}
+            freed = _Freed()
+            watch = anyio.CancelScope()
+
+            async def watching() -> None:
+                with watch:
+                    await _watch_takeover(client, s, victim, freed)
+
+            tg.start_soon(watching)
             first.kill9()
             killed_at = datetime.now(UTC)
             lines_at_kill = len(_lines(side))
-            t_spawn = time.perf_counter()
-            log(f"SIGKILLed worker {first.pid} at {t_spawn - t0:.3f}s; {lines_at_kill} lines")
-            env.spawn_worker(concurrency)
-        recovery = max(done) - t_spawn
-        log(f"all {runs} results {recovery:.3f}s after spawning the new worker")
-        audit = await _audit(client, ids, steps, killed_at)
+            t_kill = time.perf_counter()
+            log(f"SIGKILLed worker {first.pid} at {t_kill - t0:.3f}s; {lines_at_kill} lines")
+            if args.replacement:
+                env.spawn_worker(concurrency)
+            await all_done.wait()
+            watch.cancel()
+        recovery = max(done) - t_kill
+        log(f"all {runs} results {recovery:.3f}s after the kill")
+        affected = {rid for rid in ids if s.partition(rid) in lost}
+        audit = await _audit(client, ids, steps, killed_at, affected)
+    taken = [freed.taken_at[p] - t_kill for p in lost if p in freed.taken_at]
     lines = _lines(side)
     per_line = Counter(lines)
     expected = {f"{rid},{i}" for rid in ids for i in range(steps)}
@@ -116,4 +207,10 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         "duplicate_journal_steps": audit.duplicate_steps,
         "recovery_s": round(recovery, 4),
         "first_progress_s": first_progress,
+        "survivor": not args.replacement,
+        "affected_runs": len(audit.takeovers),
+        "takeover_s": round(statistics.median(audit.takeovers), 4) if audit.takeovers else None,
+        "takeover_max_s": round(max(audit.takeovers), 4) if audit.takeovers else None,
+        "detect_s": None if freed.gone_at is None else round(freed.gone_at - t_kill, 4),
+        "leases_taken_s": round(max(taken), 4) if taken else None,
     }

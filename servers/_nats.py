@@ -88,6 +88,9 @@ class NatsServer(ChildServer):
         text = (
             f'listen: "{self.host}:{self.port}"\n'
             f"http_port: {self.monitor_port}\n"
+            # a client that stops answering (a cut link) is dropped within seconds, so
+            # its subscriptions (a worker's liveness ping) go with it
+            'ping_interval: "2s"\nping_max: 3\n'
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"{sync}\n}}\n'
         )
         if self.server_name:

@@ -157,6 +157,10 @@ class NatsAuth:
         return ctx
 
 
+PING_INTERVAL_S = 2
+MAX_OUTSTANDING_PINGS = 3
+
+
 async def connect(
     url: str, *, auth: NatsAuth | None = None, reconnect_forever: bool = False, **options: Any
 ) -> NATS:
@@ -178,6 +182,11 @@ async def connect(
         level("nats_error", error=text)
 
     settings: dict[str, Any] = {"connect_timeout": 3, "reconnect_time_wait": 0.2}
+    # A server that stops answering (a cut link, a frozen host) is given up after
+    # PING_INTERVAL_S * (MAX_OUTSTANDING_PINGS + 1), and another cluster node tried:
+    # nats-py's defaults (120 s * 2) would leave a worker deaf for minutes.
+    settings["ping_interval"] = PING_INTERVAL_S
+    settings["max_outstanding_pings"] = MAX_OUTSTANDING_PINGS
     settings["max_reconnect_attempts"] = -1 if reconnect_forever else 3
     settings["error_cb"] = on_error
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"

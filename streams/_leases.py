@@ -12,6 +12,7 @@ journal OCC keeps runs correct while two workers overlap.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats.errors
@@ -74,16 +75,31 @@ class Leases:
             alive += await self._holder_alive(other)
         return alive
 
-    async def _holder_alive(self, holder: str) -> bool:
-        if holder == self.worker_id:
-            return False
+    async def gone(self, worker_id: str) -> bool:
+        """True when nobody answers the worker's ping at all: its connection is closed
+        (killed, stopped). A slow answer is not gone: the lease's TTL decides then."""
         try:
-            await self._nc.request(self._s.worker_ping(holder), b"", timeout=0.5)
+            await self._nc.request(self._s.worker_ping(worker_id), b"", timeout=0.5)
         except nats.errors.NoRespondersError:
-            return False
+            return True
         except nats.errors.TimeoutError:
-            return True  # cannot tell; respect the TTL
-        return True
+            return False
+        return False
+
+    async def watch_members(self) -> AsyncIterator[tuple[str, bool]]:
+        """(worker id, announced) for every member announcement there is, then for each
+        new one; a removed key yields False."""
+        watcher = await self.kv.watch("m.*", meta_only=True)
+        try:
+            async for entry in watcher:
+                if entry is not None:
+                    yield entry.key[2:], entry.operation is None
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _holder_alive(self, holder: str) -> bool:
+        return holder != self.worker_id and not await self.gone(holder)
 
     async def try_acquire(self, partition: int) -> Lease | None:
         """Take the partition if it is free or its holder is dead; None if held."""

@@ -90,6 +90,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 f"{p}.sched.>",
                 f"{p}.dlq.>",
                 f"{p}.worker.*.ping",
+                s.lease_round(),
                 f"{p}.active.*",
                 s.index_all(),
                 *_api(f"STREAM.INFO.{s.active_stream}", f"STREAM.PURGE.{s.active_stream}"),
@@ -111,7 +112,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 f"$JS.ACK.{i}.>",
                 "$JS.FC.>",
             ],
-            subscribe=[REPLIES, f"{p}.worker.*.ping"],
+            subscribe=[REPLIES, f"{p}.worker.*.ping", s.lease_round()],
             responds=True,
         )
     if role == "handler":

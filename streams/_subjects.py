@@ -167,6 +167,12 @@ class Subjects:
     def worker_ping(self, worker_id: str) -> str:
         return f"{self.prefix}.worker.{worker_id}.ping"
 
+    def lease_round(self) -> str:
+        """Where a worker asks every worker for a lease round now, not at the next
+        period: it found another gone (or is stopping: the id in the body), let
+        partitions go to balance the load, or joined (an empty body)."""
+        return f"{self.prefix}.worker.round"
+
     def inbox_consumer(self, partition: int) -> str:
         return f"inbox-p{partition}"
 

@@ -298,3 +298,33 @@ async def test_postgres_over_verified_tls(tmp_path: Path, nats_server: NatsServe
         assert "Traceback" not in refused.stderr
     finally:
         pg.destroy()
+
+
+async def test_a_server_that_stops_answering_is_left_within_seconds(tmp_path: Path) -> None:
+    """A frozen server (SIGSTOP: its TCP connections stay open, as over a cut link) is
+    noticed by the connection's pings within seconds, not nats-py's default minutes,
+    so a client moves to another cluster node; the time is printed."""
+    import signal
+    import time
+
+    server = NatsServer(tmp_path / "frozen")
+    await server.start_async()
+    left = anyio.Event()
+
+    async def disconnected() -> None:
+        left.set()
+
+    nc = await connect(server.url, disconnected_cb=disconnected)
+    pid = server.pid
+    assert pid is not None
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with anyio.fail_after(30):
+            await left.wait()
+        print(f"frozen server left after {time.monotonic() - t0:.1f} s")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        with anyio.move_on_after(5):
+            await nc.close()
+        server.stop()

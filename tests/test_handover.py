@@ -3,6 +3,7 @@ a gap in its ownership (issue: runs stalled forever after rebalancing)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -165,3 +166,51 @@ async def test_letting_a_partition_go_mid_pull_keeps_the_connection(tmp_path: Pa
         await nc.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("how", ["kill9", "stop"])
+async def test_a_gone_workers_partitions_are_taken_at_once_not_at_the_lease_ttl(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects, tmp_path: Path, how: str
+) -> None:
+    """Two workers with a 60 s lease TTL (a lease round every 20 s): when one is
+    SIGKILLed or stopped, the other takes its partitions as soon as its ring ping finds
+    the connection gone (or hears the stop), so runs waiting there resume in seconds."""
+    client = ms.Client(nc, subjects)
+    url, ttl = nats_server.url, ("--lease-ttl", "60")
+    a = spawn("worker", "tests.apps:registry", url, subjects, tmp_path / "a.log", extra=ttl)
+    b = spawn("worker", "tests.apps:registry", url, subjects, tmp_path / "b.log", extra=ttl)
+    try:
+
+        async def holders() -> set[bytes]:
+            found: set[bytes] = set()
+            try:
+                kv = await nc.jetstream().key_value(subjects.lease_bucket)
+            except nats.js.errors.BucketNotFoundError:
+                return found  # no worker has started yet
+            for p in range(subjects.partitions):
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    found.add((await kv.get(subjects.lease_key(p))).value or b"")
+            return found
+
+        async def both_hold() -> bool:
+            return len(await holders()) == 2
+
+        await wait_until(both_hold, timeout=60)
+        rids = [
+            _run_in_partition(p, subjects.partitions, "gone") for p in range(subjects.partitions)
+        ]
+        for rid in rids:
+            await client.start("wait_go", None, run_id=rid)
+        for rid in rids:
+            await client.wait_for(rid, "waiting", timeout=20)
+        a.kill9() if how == "kill9" else a.stop()
+        for rid in rids:
+            await nc.publish(subjects.event(rid, "go"), b"{}")
+        with anyio.fail_after(15):  # far below the 20 s a lease round would take
+            for rid in rids:
+                assert await client.result(rid, timeout=15) == {}
+    finally:
+        a.kill9()
+        b.kill9()
+    if how == "kill9":
+        assert "worker_gone" in (tmp_path / "b.log").read_text()
