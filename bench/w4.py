@@ -183,6 +183,11 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         affected = {rid for rid in ids if s.partition(rid) in lost}
         audit = await _audit(client, ids, steps, killed_at, affected)
     taken = [freed.taken_at[p] - t_kill for p in lost if p in freed.taken_at]
+    # leases flapping: a live worker losing a partition it held (the killed one's log aside)
+    flaps = sum(
+        (env.dir / f"worker-{n}.log").read_text().count("partition_lost")
+        for n in range(2, len(env.workers) + 1)
+    )
     lines = _lines(side)
     per_line = Counter(lines)
     expected = {f"{rid},{i}" for rid in ids for i in range(steps)}
@@ -213,4 +218,5 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         "takeover_max_s": round(max(audit.takeovers), 4) if audit.takeovers else None,
         "detect_s": None if freed.gone_at is None else round(freed.gone_at - t_kill, 4),
         "leases_taken_s": round(max(taken), 4) if taken else None,
+        "survivor_partitions_lost": flaps,
     }
