@@ -56,8 +56,9 @@ class NatsServer(ChildServer):
         server_name: str | None = None,
         cluster_name: str | None = None,
         cluster_port: int | None = None,
-        routes: list[int] | None = None,
+        routes: list[int | str] | None = None,
         extra_config: str = "",
+        launch_prefix: tuple[str, ...] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self._auto_ports = port is None
@@ -69,6 +70,8 @@ class NatsServer(ChildServer):
         self.cluster_name = cluster_name
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.launch_prefix = launch_prefix
+        """what the server runs under (tests: ``ip netns exec <host>``)"""
         self.extra_config = extra_config
         """more server configuration, as written in nats-server.conf (authorization, tls)"""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,7 +99,10 @@ class NatsServer(ChildServer):
         if self.server_name:
             text += f'server_name: "{self.server_name}"\n'
         if self.cluster_name and self.cluster_port:
-            routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
+            routes = ", ".join(
+                f'"nats-route://{r if isinstance(r, str) else f"{self.host}:{r}"}"'
+                for r in self.routes
+            )
             text += (
                 f'cluster {{\n  name: "{self.cluster_name}"\n'
                 f'  listen: "{self.host}:{self.cluster_port}"\n  routes: [{routes}]\n}}\n'
@@ -129,7 +135,7 @@ class NatsServer(ChildServer):
         conf = self._config()
         with open(self.store_dir / "nats-server.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [server_binary(), "-c", str(conf)],
+                [*self.launch_prefix, server_binary(), "-c", str(conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, not the server

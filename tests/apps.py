@@ -416,3 +416,13 @@ async def agent_turn(ctx: ms.Context, _: None) -> float:
     await ctx.wait_event("approval", Approval)
     worked.append(await ctx.effect("bench.llm", result_type=Worked))
     return sum(w.seconds for w in worked)
+
+
+@registry.workflow
+async def across_hosts(ctx: ms.Context, n: int) -> int:
+    """An effect, a timer, a resume event, another effect (the multi-host tests' run)."""
+    doubled: int = await ctx.effect("math.double", n)
+    await ctx.sleep(0.3)
+    await ctx.wait_event("go", dict)
+    again: int = await ctx.effect("math.double", doubled)
+    return again

@@ -64,14 +64,17 @@ def spawn(
     extra: tuple[str, ...] = (),
     python: tuple[str, ...] = (),
     new_session: bool = False,
+    wrap: tuple[str, ...] = (),
 ) -> Proc:
     """Start `mainspring <command> [--app <app>]` against the test server, with the
     deployment keys every harness of ``subjects`` has.
 
     ``python``: interpreter options before ``-m mainspring`` (e.g. ``-m cProfile -o f``);
-    ``new_session``: a Ctrl-C in the terminal does not reach it (the caller stops it)."""
+    ``new_session``: a Ctrl-C in the terminal does not reach it (the caller stops it);
+    ``wrap``: a command prefix (``ip netns exec <host>``: run it on a lab host)."""
     app_args = ["--app", app] if app else []
     args = [
+        *wrap,
         sys.executable,
         *python,
         "-m",
