@@ -18,6 +18,7 @@ handlers); ``load`` refuses an entry whose tag does not check as ``JournalForged
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass, replace
@@ -38,10 +39,10 @@ from schemas import (
     encode_event,
     event_type,
 )
-from streams._jsapi import stream_info, stream_subjects
+from streams._jsapi import ApiError, stream_info, stream_subjects
 from streams._keys import HDR_FX_MAC, HDR_MAC, Keyring
 from streams._objects import Objects
-from streams._publish import publish, refused, retrying
+from streams._publish import parse_headers, publish, refused, retrying
 
 # re-exported: they lived here, and readers import them from here
 from streams._records import Record as Record
@@ -55,6 +56,8 @@ HDR_PREV = "Ms-Prev"
 HDR_TYPE = "Ms-Type"
 _WRONG_LAST_SEQ = 10071
 _LAST_SEQ_RE = re.compile(r"wrong last sequence: (\d+)")
+_NO_MESSAGE = 10037
+_STREAM_NOT_FOUND = 10059
 
 
 def chain(prev: bytes, data: bytes) -> bytes:
@@ -179,8 +182,10 @@ class Journal:
 
     async def last(self, run_id: str, *, resolve: bool = True) -> StoredEvent | None:
         """The newest event of a run, whatever its subject: its terminal event when it
-        ended (one direct get over the run's subjects)."""
-        stored = await self._direct_one({"last_by_subj": self._s.journal_run_filter(run_id)})
+        ended (asked of the stream's leader: a direct get may be answered by a replica
+        that is behind, e.g. a node just back)."""
+        rec = await self._leader_get({"last_by_subj": self._s.journal_run_filter(run_id)})
+        stored = decode_record(rec) if rec is not None else None
         if stored is not None and self.keys is not None:
             check_tag(self.keys, stored)
         return await self._resolved(stored) if resolve and stored is not None else stored
@@ -216,11 +221,55 @@ class Journal:
             if not pending or not records:
                 break
             start = records[-1].seq + 1
+        await self._catch_up(filt, events)
         if verify:
             verify_chain(run_id, events, self.keys)
         if resolve:
             events = [await self._resolved(e) for e in events]
         return events
+
+    async def _catch_up(self, filt: str, events: list[StoredEvent]) -> None:
+        """Direct gets may be answered by a replica that is behind (a node just back
+        in a cluster): ask the leader for the run's newest entry and, if the batch
+        missed any, read them from the leader. One request when nothing is missing."""
+        newest = await self._leader_get({"last_by_subj": filt})
+        seen = events[-1].seq if events else 0
+        if newest is None or newest.seq <= seen:
+            return
+        while seen < newest.seq:
+            rec = await self._leader_get({"seq": seen + 1, "next_by_subj": filt})
+            if rec is None:
+                return
+            events.append(decode_record(rec))
+            seen = rec.seq
+
+    async def _leader_get(self, req: dict[str, object]) -> Record | None:
+        """One stored message, from the stream's leader (``STREAM.MSG.GET``)."""
+        subject = f"$JS.API.STREAM.MSG.GET.{self._s.journal_stream}"
+
+        async def once() -> Record | None:  # timeouts retried: a leader may be moving
+            msg = await self._nc.request(subject, msgspec.json.encode(req), timeout=self._timeout)
+            answer = msgspec.json.decode(msg.data)
+            error = answer.get("error")
+            if error is not None:
+                if error.get("err_code") in (_NO_MESSAGE, _STREAM_NOT_FOUND):
+                    return None
+                raise ApiError(
+                    subject,
+                    error.get("code", 0),
+                    error.get("err_code", 0),
+                    error.get("description", ""),
+                )
+            m = answer["message"]
+            raw = base64.b64decode(m.get("hdrs") or "")
+            return Record(
+                int(m["seq"]),
+                m["subject"],
+                parse_headers(raw),
+                base64.b64decode(m.get("data") or ""),
+            )
+
+        return await retrying(once, f"reading {self._s.journal_stream}")
 
     async def _resolved(self, stored: StoredEvent) -> StoredEvent:
         """``stored`` with its referenced payload (if any) in ``.event``."""

@@ -158,7 +158,7 @@ Headers = dict[str, str] | bytes
 async def _request(nc: NATS, subject: str, data: bytes, headers: Headers, timeout: float) -> Msg:
     if not nc.is_connected or nc.is_draining_pubs:
         # reconnecting, closing or draining: nats-py's own checks and buffering
-        as_dict = _parse_block(headers) if isinstance(headers, bytes) else headers
+        as_dict = parse_headers(headers) if isinstance(headers, bytes) else headers
         msg = await nc.request(subject, data, timeout=timeout, headers=as_dict)
     else:
         acks = _acks.get(nc)
@@ -171,7 +171,8 @@ async def _request(nc: NATS, subject: str, data: bytes, headers: Headers, timeou
     return msg
 
 
-def _parse_block(block: bytes) -> dict[str, str]:
+def parse_headers(block: bytes) -> dict[str, str]:
+    """A NATS header block as a dict (the inverse of ``header_block``)."""
     lines = block.decode().split("\r\n")[1:]
     return dict(line.split(": ", 1) for line in lines if line)
 

@@ -63,7 +63,10 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
     runs = s.index_stream
     base = _api("INFO", *(f"STREAM.INFO.{x}" for x in (j, i, d, o, runs)))
     read_objects = _api(f"DIRECT.GET.{o}", f"DIRECT.GET.{o}.>")
-    read_journal = [*_api(f"DIRECT.GET.{j}", f"DIRECT.GET.{j}.>"), *read_objects]
+    read_journal = [
+        *_api(f"DIRECT.GET.{j}", f"DIRECT.GET.{j}.>", f"STREAM.MSG.GET.{j}"),
+        *read_objects,
+    ]
     write_objects = [f"$O.{objects}.>"]
     if role == "operator":
         return Permissions(
