@@ -42,7 +42,7 @@ from schemas import (
 from streams._jsapi import ApiError, stream_info, stream_subjects
 from streams._keys import HDR_FX_MAC, HDR_MAC, Keyring
 from streams._objects import Objects
-from streams._publish import parse_headers, publish, refused, retrying
+from streams._publish import Unavailable, parse_headers, publish, refused, retrying
 
 # re-exported: they lived here, and readers import them from here
 from streams._records import Record as Record
@@ -254,6 +254,8 @@ class Journal:
             if error is not None:
                 if error.get("err_code") in (_NO_MESSAGE, _STREAM_NOT_FOUND):
                     return None
+                if error.get("code") == 503:  # no leader yet (an election): ask again
+                    raise Unavailable(error.get("description", ""))
                 raise ApiError(
                     subject,
                     error.get("code", 0),
