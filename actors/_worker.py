@@ -101,6 +101,8 @@ class Worker:
         """workers that announced themselves (the lease bucket's members), live or not"""
         self._wake = anyio.Event()
         """set when a worker is gone: run a lease round now, not at the next period"""
+        self._balancing = False
+        """a ``_balance`` task is running (one at a time)"""
 
     @property
     def partitions(self) -> list[int]:
@@ -191,10 +193,18 @@ class Worker:
             # another worker may have advanced its runs meanwhile.
             self._drop_partition(p)
             specs = self._specs(p)
-            for spec in specs:
-                # Recreate the consumer: whatever the previous owner left unacked is
-                # delivered again now, not after an ack-wait.
-                await ensure_consumer(self.rt.nc, spec, recreate=True)
+            try:
+                for spec in specs:
+                    # Recreate the consumer: whatever the previous owner left unacked is
+                    # delivered again now, not after an ack-wait.
+                    await ensure_consumer(self.rt.nc, spec, recreate=True)
+            except BaseException:
+                with (
+                    anyio.CancelScope(shield=True),
+                    contextlib.suppress(nats.errors.Error, MainspringError),
+                ):
+                    await self.leases.release(lease)  # not consumed: free for anyone
+                raise
             # Held before its consumers start: a message they fetch at once is routed,
             # not taken for one fetched before a move (left unacked for the ack wait).
             generation = next(self._generations)
@@ -262,9 +272,24 @@ class Worker:
             elif self._held.get(p) is held:
                 self.log.warning("partition_lost", partition=p, reason="lease taken over")
                 self._give_up(p)
-        share = await self._fair_share()
-        await self._rebalance(share)
-        await self._acquire(tg, share)
+        if not self._balancing:
+            self._balancing = True
+            tg.start_soon(self._balance, tg)
+
+    async def _balance(self, tg: TaskGroup) -> None:
+        """Count the workers, hand back what is over this one's share, take what is
+        free: in a task of its own, so a slow JetStream call (a consumer created while
+        a NATS node is unreachable takes seconds, or times out) never holds back the
+        renewals of the partitions already held. Found with a node's link cut: rounds
+        stuck in consumer creation let every lease lapse, and partitions flapped."""
+        try:
+            share = await self._fair_share()
+            await self._rebalance(share)
+            await self._acquire(tg, share)
+        except (nats.errors.Error, MainspringError) as exc:
+            self.log.warning("lease_round_failed", error=str(exc))
+        finally:
+            self._balancing = False
 
     async def _watch_members(self) -> None:
         """Keep ``_peers``: every worker that announced itself (announcements repeat
