@@ -252,18 +252,26 @@ class Client:
         await self._ensure()
         # Only the terminal append is announced there: one message per run, however long.
         sub = await self.nc.subscribe(self.subjects.watch_end(run_id))
+        announced = False
         try:
             with anyio.fail_after(timeout):
                 while True:
                     last = await self.journal.last(run_id)
-                    if last is not None and isinstance(
-                        last.event, RunCompleted | RunFailed | RunCancelled
-                    ):
-                        return _outcome(last.event, output_type)
+                    if announced and not _ended(last):
+                        # the end was announced, so the leader has it: the replica that
+                        # answered is behind (a node just back in a cluster)
+                        last = await self.journal.last(run_id, leader=True)
+                    if last is not None and _ended(last):
+                        return _outcome(last.event, output_type)  # type: ignore[arg-type]
                     with contextlib.suppress(nats.errors.TimeoutError):
                         await sub.next_msg(timeout=RECHECK_S)
+                        announced = True
         finally:
             await sub.unsubscribe()
+
+
+def _ended(stored: StoredEvent | None) -> bool:
+    return stored is not None and isinstance(stored.event, RunCompleted | RunFailed | RunCancelled)
 
 
 def _outcome(ev: RunCompleted | RunFailed | RunCancelled, output_type: Any) -> Any:

@@ -180,12 +180,18 @@ class Journal:
         """The journal message at stream sequence ``seq`` (direct get)."""
         return await self._direct_one({"seq": seq})
 
-    async def last(self, run_id: str, *, resolve: bool = True) -> StoredEvent | None:
+    async def last(
+        self, run_id: str, *, resolve: bool = True, leader: bool = False
+    ) -> StoredEvent | None:
         """The newest event of a run, whatever its subject: its terminal event when it
-        ended (asked of the stream's leader: a direct get may be answered by a replica
-        that is behind, e.g. a node just back)."""
-        rec = await self._leader_get({"last_by_subj": self._s.journal_run_filter(run_id)})
-        stored = decode_record(rec) if rec is not None else None
+        ended. A direct get (fast) may be answered by a replica that is behind (a node
+        just back in a cluster); ``leader`` asks the stream's leader instead."""
+        req: dict[str, object] = {"last_by_subj": self._s.journal_run_filter(run_id)}
+        if leader:
+            rec = await self._leader_get(req)
+            stored = decode_record(rec) if rec is not None else None
+        else:
+            stored = await self._direct_one(req)
         if stored is not None and self.keys is not None:
             check_tag(self.keys, stored)
         return await self._resolved(stored) if resolve and stored is not None else stored
