@@ -14,7 +14,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from streams._jsapi import api_request, stream_info, stream_subjects
+from streams._jsapi import purge_subject, stream_info, stream_subjects
 from streams._publish import publish, refused
 from streams._subjects import Subjects
 from streams._topology import create_or_update
@@ -65,11 +65,7 @@ class ActiveRuns:
 
     async def release(self, run_id: str) -> None:
         """``run_id`` has ended: it no longer counts."""
-        await api_request(
-            self._nc,
-            f"$JS.API.STREAM.PURGE.{self._s.active_stream}",
-            {"filter": self._s.active(run_id)},
-        )
+        await purge_subject(self._nc, self._s.active_stream, self._s.active(run_id))
 
     async def sweep(self, ended: Callable[[str], Awaitable[bool]]) -> int:
         """Release every counted run that has in fact ended (its end was journaled but

@@ -92,7 +92,7 @@ async def purge_run_inputs(nc: NATS, subjects: Subjects, run_id: str) -> int:
         (subjects.dead_letter_stream, subjects.dead_letter("*", run_id)),
         (subjects.active_stream, subjects.active(run_id)),
     )
-    return sum([await purge_subject(nc, stream, filt) for stream, filt in where])
+    return sum([await purge_subject(nc, stream, f, missing_ok=True) for stream, f in where])
 
 
 def placeholder_subject(subjects: Subjects) -> str:

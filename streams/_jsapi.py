@@ -242,11 +242,19 @@ async def stream_info(nc: NATS, name: str) -> dict[str, Any] | None:
     return info
 
 
-async def purge_subject(nc: NATS, stream: str, subjects_filter: str) -> int:
-    """Remove every message of ``stream`` matching the filter; how many went."""
-    if await stream_info(nc, stream) is None:
-        return 0
-    answer = await api_request(nc, f"$JS.API.STREAM.PURGE.{stream}", {"filter": subjects_filter})
+async def purge_subject(
+    nc: NATS, stream: str, subjects_filter: str, *, missing_ok: bool = False
+) -> int:
+    """Remove every message of ``stream`` matching the filter; how many went.
+    ``missing_ok``: no such stream counts as nothing to remove (else ``ApiError``)."""
+    try:
+        answer = await api_request(
+            nc, f"$JS.API.STREAM.PURGE.{stream}", {"filter": subjects_filter}
+        )
+    except ApiError as e:
+        if missing_ok and e.err_code == _STREAM_NOT_FOUND:
+            return 0
+        raise
     return int(answer.get("purged", 0))
 
 
