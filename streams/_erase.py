@@ -36,7 +36,7 @@ from schemas import ConfigError, JournalError
 from streams._jsapi import ApiError, api_request, purge_subject, stream_info
 from streams._keys import HDR_MAC, Keyring
 from streams._publish import publish_checked
-from streams._records import Record, read_records
+from streams._records import Record, read_all, read_records
 from streams._subjects import Subjects
 
 ERASED_TOKEN = "~erased"
@@ -161,7 +161,9 @@ class JournalEraser:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         erasures = []
         for rid in run_ids:
-            records = await self._all(self._s.journal_run_filter(rid), 1)
+            records = await read_all(
+                self._nc, self._s.journal_stream, self._s.journal_run_filter(rid)
+            )
             if not records:
                 raise ConfigError(
                     f"run {rid} has no journal entries (erased already, or never ran)"
@@ -341,15 +343,6 @@ class JournalEraser:
         if not records:
             raise JournalError(f"{self._side} has no plan: delete it (`nats stream rm`) and retry")
         return _plan_codec.decode(records[0].data)
-
-    async def _all(self, filt: str, start: int) -> list[Record]:
-        found: list[Record] = []
-        while True:
-            records, pending = await read_records(self._nc, self._s.journal_stream, filt, start)
-            found += records
-            if not pending or not records:
-                return found
-            start = records[-1].seq + 1
 
     async def _publish(
         self, subject: str, data: bytes, headers: dict[str, str], expected_last: int

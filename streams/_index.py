@@ -21,7 +21,7 @@ from streams._erase import Erasure, erasure_record
 from streams._jsapi import stream_info
 from streams._keys import HDR_MAC, Keyring
 from streams._publish import publish_checked
-from streams._records import read_records
+from streams._records import read_all
 from streams._subjects import Subjects
 
 
@@ -76,21 +76,12 @@ class RunIndex:
     async def entries(self) -> dict[str, IndexEntry]:
         """Every indexed run, with what is wrong with its entry (if anything)."""
         found: dict[str, IndexEntry] = {}
-        start = 1
-        while True:
-            records, pending = await read_records(
-                self._nc, self._s.index_stream, self._s.index_all(), start
-            )
-            for rec in records:
-                run_id = rec.subject.rsplit(".", 1)[-1]
-                problem = None
-                if self._keys is not None:
-                    problem = self._keys.check_index(
-                        rec.subject, rec.data, rec.headers.get(HDR_MAC)
-                    )
-                erasure = erasure_record(rec.data)
-                started = int(rec.data) if erasure is None and rec.data.isdigit() else 0
-                found[run_id] = IndexEntry(problem, erasure, started)
-            if not pending or not records:
-                return found
-            start = records[-1].seq + 1
+        for rec in await read_all(self._nc, self._s.index_stream, self._s.index_all()):
+            run_id = rec.subject.rsplit(".", 1)[-1]
+            problem = None
+            if self._keys is not None:
+                problem = self._keys.check_index(rec.subject, rec.data, rec.headers.get(HDR_MAC))
+            erasure = erasure_record(rec.data)
+            started = int(rec.data) if erasure is None and rec.data.isdigit() else 0
+            found[run_id] = IndexEntry(problem, erasure, started)
+        return found

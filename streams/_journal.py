@@ -46,6 +46,7 @@ from streams._publish import Unavailable, parse_headers, publish, refused, retry
 
 # re-exported: they lived here, and readers import them from here
 from streams._records import Record as Record
+from streams._records import read_all
 from streams._records import read_records as read_records
 from streams._subjects import Subjects
 
@@ -217,16 +218,8 @@ class Journal:
         their digests) into ``.event``; a missing or altered object is ``JournalCorrupt``.
         """
         filt = self._s.journal_run_filter(run_id)
-        events: list[StoredEvent] = []
-        start = 1
-        while True:
-            records, pending = await read_records(
-                self._nc, self._s.journal_stream, filt, start, timeout=self._timeout
-            )
-            events.extend(decode_record(r) for r in records)
-            if not pending or not records:
-                break
-            start = records[-1].seq + 1
+        records = await read_all(self._nc, self._s.journal_stream, filt, timeout=self._timeout)
+        events = [decode_record(r) for r in records]
         await self._catch_up(filt, events)
         if verify:
             verify_chain(run_id, events, self.keys)

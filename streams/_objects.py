@@ -42,7 +42,7 @@ from schemas import (
 )
 from streams._jsapi import purge_subject
 from streams._publish import publish_checked, retrying
-from streams._records import read_records
+from streams._records import read_all
 from streams._subjects import Subjects
 
 CHUNK_SIZE = 128 * 1024
@@ -241,22 +241,14 @@ class Objects:
     async def _chunks(self, meta: _ObjectMeta) -> bytes:
         if meta.size == 0 or not meta.nuid:
             return b""
-        parts: list[bytes] = []
-        start = 1
-        filt = self._s.object_chunks(meta.nuid)
-        while True:
-            records, pending = await read_records(
-                self._nc,
-                self._s.object_stream,
-                filt,
-                start,
-                size=_READ_BATCH,
-                timeout=self._timeout,
-            )
-            parts.extend(r.data for r in records)
-            if not pending or not records:
-                return b"".join(parts)
-            start = records[-1].seq + 1
+        chunks = await read_all(
+            self._nc,
+            self._s.object_stream,
+            self._s.object_chunks(meta.nuid),
+            size=_READ_BATCH,
+            timeout=self._timeout,
+        )
+        return b"".join(r.data for r in chunks)
 
     async def _direct(self, req: dict[str, object]) -> Msg | None:
         subject = f"$JS.API.DIRECT.GET.{self._s.object_stream}"

@@ -42,6 +42,20 @@ async def read_records(
     return await retrying(once, f"reading {stream} ({filt})")
 
 
+async def read_all(
+    nc: NATS, stream: str, filt: str, start: int = 1, *, size: int = 1000, timeout: float = 5.0
+) -> list[Record]:
+    """Every message matching ``filt`` from stream sequence ``start`` on, in order (pages
+    of ``size`` batched direct gets)."""
+    found: list[Record] = []
+    while True:
+        records, pending = await read_records(nc, stream, filt, start, size=size, timeout=timeout)
+        found += records
+        if not pending or not records:
+            return found
+        start = records[-1].seq + 1
+
+
 async def _read_once(
     nc: NATS, stream: str, filt: str, start: int, size: int, timeout: float
 ) -> tuple[list[Record], int]:
