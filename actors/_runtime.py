@@ -99,7 +99,6 @@ class Runtime:
             self.nc,
             self.subjects,
             msg,
-            stream=self.subjects.inbox_stream,
             source=source,
             reason=reason,
             run_id=run_id,

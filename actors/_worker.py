@@ -220,16 +220,25 @@ class Worker:
             self.log.info("partitions_acquired", partitions=acquired)
 
     def _specs(self, partition: int) -> list[ConsumerSpec]:
-        """The inbox consumers of a partition. Partition 0's owner also sweeps events
-        the stream could not route to any partition (published with a wildcard in
-        the subject, which the ingest transform leaves as it is)."""
+        """The inbox consumers of a partition: its shard's inbox stream, and where that
+        is not shard 0's, the partition's published events, which shard 0's stream
+        takes in. Partition 0's owner also sweeps events the stream could not route to
+        any partition (published with a wildcard in the subject, which the ingest
+        transform leaves as it is)."""
         s = self.subjects
-        consumers = [(s.inbox_consumer(partition), s.inbox_partition(partition))]
+        shard = s.shard_of_partition(partition)
+        consumers = [
+            (s.inbox_stream_of(shard), s.inbox_consumer(partition), s.inbox_partition(partition))
+        ]
+        if shard != 0:
+            consumers.append(
+                (s.inbox_stream, s.event_consumer(partition), s.event_partition(partition))
+            )
         if partition == 0:
-            consumers.append((s.unrouted_consumer(), s.event_unrouted()))
+            consumers.append((s.inbox_stream, s.unrouted_consumer(), s.event_unrouted()))
         return [
-            ConsumerSpec(s.inbox_stream, durable, filt, ack_wait_s=self.options.ack_wait_s)
-            for durable, filt in consumers
+            ConsumerSpec(stream, durable, filt, ack_wait_s=self.options.ack_wait_s)
+            for stream, durable, filt in consumers
         ]
 
     async def _consume(

@@ -43,6 +43,7 @@ from streams import (
     StoredEvent,
     Subjects,
     connect,
+    deployed_shards,
     ensure_topology,
     publish_checked,
 )
@@ -117,15 +118,24 @@ class Client:
         *,
         prefix: str = "ms",
         partitions: int = 16,
+        shards: int | None = None,
         auth: NatsAuth | None = None,
         keys: Keyring | str | None = None,
     ) -> Client:
         """Connect to a deployment; ``auth`` holds NATS credentials and TLS files
         (``streams.NatsAuth``) when the server asks for them; ``keys`` the deployment's
-        keys (or the path of its keys file) to check what the client reads."""
+        keys (or the path of its keys file) to check what the client reads. ``shards``
+        is read from the deployment unless given (1 where there is none yet)."""
         ring = Keyring.load(keys) if isinstance(keys, str) else keys
         nc = await connect(url, auth=auth)
-        return cls(nc, Subjects(prefix, partitions), owns_nc=True, keys=ring)
+        try:
+            if shards is None:
+                shards = await deployed_shards(nc, Subjects(prefix, partitions)) or 1
+            subjects = Subjects(prefix, partitions, shards)
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(nc, subjects, owns_nc=True, keys=ring)
 
     async def __aenter__(self) -> Client:
         return self

@@ -164,10 +164,18 @@ class HandlerService:
         subjects: Subjects | None = None,
         payloads: PayloadLimits | None = None,
         keys: EffectKeys | None = None,
+        shards: Iterable[int] | None = None,
     ) -> None:
         self.nc = nc
         self.handlers = handlers
         self.subjects = subjects or Subjects()
+        self.shards = sorted(set(range(self.subjects.shards) if shards is None else shards))
+        """the shards whose effect requests this service takes (all, unless given)"""
+        if not self.shards or not set(self.shards) <= set(range(self.subjects.shards)):
+            raise ConfigError(
+                f"shards {self.shards} are not shards of this deployment "
+                f"(0 to {self.subjects.shards - 1})"
+            )
         self.keys = keys
         """effect keys of the kinds served: requests must carry a worker's tag, results
         get ours (None: requests are not checked; see docs/security.md)"""
@@ -191,23 +199,32 @@ class HandlerService:
         self, hdef: HandlerDef, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         s = self.subjects
-        spec = ConsumerSpec(
-            stream=s.journal_stream,
-            durable=s.effect_consumer(hdef.kind),
-            filter_subject=s.effect_filter(hdef.kind),
-            ack_wait_s=hdef.ack_wait_s,
-            max_ack_pending=hdef.concurrency * 4,
-        )
-        await ensure_consumer(self.nc, spec)
+        specs = [
+            ConsumerSpec(
+                stream=s.journal_stream_of(shard),
+                durable=s.effect_consumer(hdef.kind),
+                filter_subject=s.effect_filter(hdef.kind, shard),
+                ack_wait_s=hdef.ack_wait_s,
+                max_ack_pending=hdef.concurrency * 4,
+            )
+            for shard in self.shards
+        ]
+        for spec in specs:
+            await ensure_consumer(self.nc, spec)
+        # One pull loop per shard into the kind's one runner (its concurrency is the
+        # kind's, whatever the shards); each fetches its share, so what waits fetched
+        # for a slot stays about one batch, as with one shard.
+        batch = max(1, -(-hdef.concurrency // len(specs)))
         async with Tasks() as tasks, anyio.create_task_group() as tg:
             runner = _Runner(self, hdef, tasks)
             tg.start_soon(runner.inflight.keep_alive)  # long effects (and retry waits) stay ours
-            await tg.start(
-                lambda task_status: pull_loop(
-                    self.nc, spec, runner, batch=hdef.concurrency, task_status=task_status
+            for spec in specs:
+                await tg.start(
+                    lambda task_status, spec=spec: pull_loop(
+                        self.nc, spec, runner, batch=batch, task_status=task_status
+                    )
                 )
-            )
-            log.info("handler_serving", kind=hdef.kind)
+            log.info("handler_serving", kind=hdef.kind, shards=len(specs))
             task_status.started()
 
     async def _execute(self, hdef: HandlerDef, msg: Msg) -> None:
@@ -359,7 +376,6 @@ class HandlerService:
             self.nc,
             self.subjects,
             msg,
-            stream=self.subjects.journal_stream,
             source="fx",
             reason=reason,
             run_id=run_id,

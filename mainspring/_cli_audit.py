@@ -100,8 +100,9 @@ async def _exists(env: Env, run_id: str) -> bool:
     only one of them is an alteration for the audit to report, not a typo)."""
     from streams import read_records
 
+    s = env.subjects
     records, _ = await read_records(
-        env.nc, env.subjects.journal_stream, env.subjects.journal_run_filter(run_id), 1, size=1
+        env.nc, s.run_journal_stream(run_id), s.journal_run_filter(run_id), 1, size=1
     )
     if records:
         return True
@@ -188,8 +189,9 @@ def projections_status(
         from projections import Queries
 
         lag = await Queries(env.pool).lag(name)
-        info = await env.nc.jetstream().stream_info(env.subjects.journal_stream)
-        last = info.state.last_seq
+        from streams import Journal
+
+        last = sum(await Journal(env.nc, env.subjects).last_seqs())
         if lag is None:
             print(f"projector '{name}' has not projected anything; the journal ends at {last}")
             return EXIT_OK
@@ -250,7 +252,7 @@ def projections_rebuild(
         proj = Projector(env.nc, env.pool, env.subjects, signer=signer, keys=env.keys())
         position = await proj.catch_up()
         after = await Queries(env.pool).signatures()
-        print(f"rebuilt: {proj.stats.events} events projected, stream position {position}")
+        print(f"rebuilt: {proj.stats.events} events projected, journal position {position}")
         if signer is not None:
             was = ", ".join(before.key_ids)
             print(

@@ -43,7 +43,7 @@ def erase(
 
     async def body(env: Env) -> int:
         from projections import Erased, check_stream, erase_rows
-        from streams import JournalEraser, Leases, Objects, purge_run_inputs
+        from streams import Leases, Objects, erase_runs, purge_run_inputs
 
         def say(line: str) -> None:
             print(f"  {line}", file=sys.stderr, flush=True)
@@ -61,7 +61,7 @@ def erase(
             found = await check_stream(env.nc, env.subjects, rid, keys)
             digests |= {ref.digest for checker in found.values() for _, ref in checker.refs}
         print(f"erasing {len(wanted)} run(s): {', '.join(wanted)}")
-        erasures = await JournalEraser(env.nc, env.subjects, keys, say).erase(wanted, reason)
+        erasures = await erase_runs(env.nc, env.subjects, keys, wanted, reason, say)
         inputs = sum([await purge_run_inputs(env.nc, env.subjects, rid) for rid in wanted])
         erased: dict[str, Erased] = {}
         rest = await check_stream(env.nc, env.subjects, None, keys, erased)

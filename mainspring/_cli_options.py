@@ -13,8 +13,8 @@ Where the shared options are declared:
   ``_config.SETTINGS``. Each goes to every command of its scope; a new entry there (NATS
   credentials, TLS) reaches each of them with its help, its variable, its place in
   ``mainspring config show`` and in ``--verbose``;
-- ``--prefix``, ``--partitions``, ``--verbose``: the fields of ``Connection`` annotated
-  with a ``typer.Option``;
+- ``--prefix``, ``--partitions``, ``--shards``, ``--verbose``: the fields of
+  ``Connection`` annotated with a ``typer.Option``;
 - ``--json``: here, on every command that prints envelopes (``json=``).
 """
 
@@ -54,6 +54,17 @@ class Connection:
             "--partitions", help="inbox partitions (fixed per deployment)", rich_help_panel=PANEL
         ),
     ] = 16
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            help="journal and inbox shards: fixed when the deployment is created (by "
+            "`setup` or its first worker), read from the deployment when it exists "
+            "[default: the deployment's, 1 for a new one]",
+            show_default=False,
+            rich_help_panel=PANEL,
+        ),
+    ] = None
     verbose: Annotated[
         bool,
         typer.Option(
@@ -80,6 +91,7 @@ class Connection:
             flags=self.flags,
             prefix=self.prefix,
             partitions=self.partitions,
+            shards=self.shards,
             postgres=postgres,
             verbose=self.verbose,
             on_error=report_errors(self.command, self.json),

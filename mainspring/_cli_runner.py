@@ -21,7 +21,15 @@ from mainspring._config import Settings, nats_auth, resolve
 from mainspring._logging import configure_logging
 from mainspring._shutdown import until_signalled
 from schemas import ConfigError, ConnectionFailed, MainspringError, RunNotFound, RunState, redact
-from streams import EffectKeys, Journal, Keyring, Subjects, connect
+from streams import (
+    EffectKeys,
+    Journal,
+    Keyring,
+    Subjects,
+    check_shards,
+    connect,
+    deployed_shards,
+)
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 10, 20
 EXIT_FAILED, EXIT_WAITING, EXIT_CANCELLED, EXIT_RUNNING = 30, 40, 50, 60
@@ -122,12 +130,23 @@ def print_settings(settings: Settings) -> None:
         print(f"config: {line}", file=sys.stderr)
 
 
+async def _layout(nc: NATS, prefix: str, partitions: int, shards: int | None) -> Subjects:
+    """The deployment's subjects: its shards as it was created with (``shards`` given
+    and different is refused, naming the number to give), or ``shards`` (1 if not
+    given) for a deployment not created yet."""
+    found = await deployed_shards(nc, Subjects(prefix, partitions))
+    subjects = Subjects(prefix, partitions, shards or found or 1)
+    await check_shards(nc, subjects)
+    return subjects
+
+
 def run_command(
     body: Callable[[Env], Awaitable[int]],
     *,
     flags: Mapping[str, str | None],
     prefix: str,
     partitions: int,
+    shards: int | None = None,
     postgres: Literal["needs", "wants"] | None = None,
     verbose: bool = False,
     log_level: str = "warning",
@@ -169,7 +188,9 @@ def run_command(
                     raise ConnectionFailed(
                         f"cannot reach PostgreSQL at {redact(dsn)} ({e}); check {_where(settings)}"
                     ) from None
-            return await body(Env(nc, Subjects(prefix, partitions), pool, settings))
+            return await body(
+                Env(nc, await _layout(nc, prefix, partitions, shards), pool, settings)
+            )
         finally:
             with anyio.CancelScope(shield=True):
                 if pool is not None:

@@ -7,7 +7,7 @@ instance's), like for every other command, so one variable serves them all.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -61,25 +61,45 @@ def _ring(flags: Mapping[str, str | None]) -> tuple[Path, Keyring]:
         _fail(e)
 
 
-def _journal_end(conn: Connection, then: Callable[[int], int]) -> None:
-    """Connect and hand ``then`` the journal stream's last sequence."""
+def _journal_end(conn: Connection, then: Callable[[list[int]], int]) -> None:
+    """Connect and hand ``then`` each shard's journal stream's last sequence."""
 
     async def body(env: Env) -> int:
         from streams import Journal
 
-        return then(await Journal(env.nc, env.subjects).last_seq())
+        return then(await Journal(env.nc, env.subjects).last_seqs())
 
     conn.run(body)
+
+
+def _seqs(text: str) -> list[int]:
+    """``12`` or, one per shard, ``12,40,7``."""
+    try:
+        found = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give a journal stream sequence, or one per shard (12,40,7)"
+        ) from None
+    if any(n < 0 for n in found):
+        raise typer.BadParameter(f"{text!r}: sequences are not negative")
+    return found
+
+
+def _seqs_text(seqs: Sequence[int]) -> str:
+    if len(seqs) == 1:
+        return str(seqs[0])
+    return ", ".join(f"{n} (shard {k})" for k, n in enumerate(seqs))
 
 
 @keys_app.command("new")
 @connecting(json=False)
 def keys_new(
     legacy_until: Annotated[
-        int | None,
+        str | None,
         typer.Option(
             help="journal stream sequence up to which entries may be untagged (written "
-            "before the keys); default: read from the deployment (0 for a new one)",
+            "before the keys), one per shard if it has several (12,40,7); default: read "
+            "from the deployment (0 for a new one)",
             show_default=False,
         ),
     ] = None,
@@ -96,16 +116,17 @@ def keys_new(
     if path.exists():
         _fail(ConfigError(f"{path} exists: keys are rotated with `mainspring keys add`"))
 
-    def create(until: int) -> int:
+    def create(until: list[int]) -> int:
         ring = Keyring.generate(legacy_until=until)
         ring.save(path)
         print(f"created {path} (sign key {ring.signing.id}); journal entries up to stream")
-        print(f"  sequence {until} may be untagged (legacy). Give it to workers, projectors and")
-        print("  operators (--keys / MAINSPRING_KEYS); handlers get `mainspring keys handler`.")
+        print(f"  sequence {_seqs_text(until)} may be untagged (legacy). Give it to workers,")
+        print("  projectors and operators (--keys / MAINSPRING_KEYS); handlers get")
+        print("  `mainspring keys handler`.")
         return EXIT_OK
 
     if legacy_until is not None:
-        raise SystemExit(create(legacy_until))
+        raise SystemExit(create(_seqs(legacy_until)))
     _journal_end(conn, create)
 
 
@@ -113,9 +134,13 @@ def keys_new(
 def keys_show(keys: KeysOpt = None) -> None:
     """List the keys (ids and uses, never the secrets)."""
     path, ring = _ring({"keys": keys})
-    print(f"{path}: legacy until journal stream sequence {ring.legacy_until}")
+    print(f"{path}: legacy until journal stream sequence {_seqs_text(ring.legacy)}")
     for key in ring.keys.values():
-        extra = f" (valid to stream sequence {key.valid_to_seq})" if key.use == "revoked" else ""
+        extra = (
+            f" (valid to stream sequence {_seqs_text(key.valid_to)})"
+            if key.use == "revoked"
+            else ""
+        )
         print(f"  {key.id}  {key.use}{extra}")
 
 
@@ -154,10 +179,11 @@ def keys_use(
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="the key to revoke (not the sign key)")],
     valid_to_seq: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            help="last journal stream sequence the key may have tagged; later entries "
-            "tagged with it are forged (default: the journal's end now)",
+            help="last journal stream sequence the key may have tagged, one per shard if "
+            "it has several (12,40,7); later entries tagged with it are forged (default: "
+            "the journal's end now)",
             show_default=False,
         ),
     ] = None,
@@ -168,17 +194,20 @@ def keys_revoke(
     later tagged with it is reported as forged, and no live input tagged with it is
     accepted."""
 
-    def revoke(seq: int) -> int:
+    def revoke(seqs: list[int]) -> int:
         path, ring = _ring(conn.flags)
         try:
-            ring.revoked(key_id, seq).save(path)
+            ring.revoked(key_id, seqs).save(path)
         except ConfigError as e:
             _fail(e)
-        print(f"revoked {key_id}: valid up to journal stream sequence {seq}; roll the file out")
+        print(
+            f"revoked {key_id}: valid up to journal stream sequence {_seqs_text(seqs)}; "
+            "roll the file out"
+        )
         return EXIT_OK
 
     if valid_to_seq is not None:
-        raise SystemExit(revoke(valid_to_seq))
+        raise SystemExit(revoke(_seqs(valid_to_seq)))
     _journal_end(conn, revoke)
 
 
@@ -215,6 +244,7 @@ def roles_write(
     ] = None,
     prefix: Annotated[str, typer.Option(help="subject prefix of the deployment")] = "ms",
     partitions: Annotated[int, typer.Option(help="inbox partitions")] = 16,
+    shards: Annotated[int, typer.Option(help="journal and inbox shards")] = 1,
 ) -> None:
     """Write nats-auth.conf (the deployment's account: JetStream on, one nkey user per
     role, each allowed exactly its subjects) and each user's seed, <user>.nk.
@@ -225,7 +255,7 @@ def roles_write(
     they are written readable by their owner only."""
     from streams import Subjects, nkey_public, reply_prefix, role_users, write_roles
 
-    subjects = Subjects(prefix, partitions)
+    subjects = Subjects(prefix, partitions, shards)
     paths = write_roles(out, subjects, kind or [])
     print(f"wrote {paths[0]} and {len(paths) - 1} nkey seeds:")
     for user, perms in role_users(subjects, kind or []).items():

@@ -69,7 +69,7 @@ async def _keyring(path: Path, journal: Journal) -> Keyring:
     had keys keeps its journals readable: what they hold so far is legacy."""
     if path.exists():  # noqa: ASYNC240 - a small local file, once at start
         return Keyring.load(path)
-    keys = Keyring.generate(legacy_until=await journal.last_seq())
+    keys = Keyring.generate(legacy_until=await journal.last_seqs())
     keys.save(path)
     return keys
 

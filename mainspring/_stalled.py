@@ -24,12 +24,15 @@ class Stalled:
 
 
 async def inbox_pending(nc: NATS, subjects: Subjects) -> dict[str, int]:
-    """Messages waiting in the inbox, per run (from the stream's subject index)."""
+    """Messages waiting in the inboxes, per run (from each shard's inbox stream's
+    subject index)."""
     counts: dict[str, int] = {}
-    found = await stream_subjects(nc, subjects.inbox_stream, subjects.inbox_all())
-    for subject, n in found.items():
-        run_id = subjects.parse_inbox(subject)[0]
-        counts[run_id] = counts.get(run_id, 0) + int(n)
+    for shard in range(subjects.shards):
+        stream = subjects.inbox_stream_of(shard)
+        found = await stream_subjects(nc, stream, subjects.inbox_all())
+        for subject, n in found.items():
+            run_id = subjects.parse_inbox(subject)[0]
+            counts[run_id] = counts.get(run_id, 0) + int(n)
     return counts
 
 

@@ -157,11 +157,29 @@ async def check_stream(
     Uses an ordered push consumer: its messages carry only the stored headers,
     which is what makes this pass fast (nats-py parses every header).
     """
-    filt = subjects.journal_run_filter(run_id) if run_id else subjects.journal_all()
     checkers: dict[str, ChainChecker] = {}
-    first, _ = await read_records(nc, subjects.journal_stream, filt, 1, size=1)
+    if run_id is not None:
+        where = [(subjects.run_journal_stream(run_id), subjects.journal_run_filter(run_id))]
+    else:
+        where = [
+            (subjects.journal_stream_of(k), subjects.journal_all(k)) for k in range(subjects.shards)
+        ]
+    for stream, filt in where:  # a run's entries are all in its shard's journal
+        await _check_shard(nc, stream, filt, keys, erased, checkers)
+    return checkers
+
+
+async def _check_shard(
+    nc: NATS,
+    stream: str,
+    filt: str,
+    keys: Keyring | None,
+    erased: dict[str, Erased] | None,
+    checkers: dict[str, ChainChecker],
+) -> None:
+    first, _ = await read_records(nc, stream, filt, 1, size=1)
     if not first:
-        return checkers
+        return
     done = anyio.Event()
 
     async def check(msg: Msg) -> None:
@@ -201,14 +219,13 @@ async def check_stream(
         cb=check,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
-        stream=subjects.journal_stream,
+        stream=stream,
     )
     try:
         await done.wait()
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-    return checkers
 
 
 @dataclass
@@ -442,7 +459,7 @@ async def check_index(
                 f"run {rid} was erased on request at {record.erased_at} ({record.reason!r}): "
                 f"{record.entries} entries, the last with hash {record.head_hash[:16]}…"
             )
-    first_seq = await _journal_first_seq(nc, subjects)
+    first_seqs = await _journal_first_seqs(nc, subjects)
     retired = 0
     for rid, entry in sorted(entries.items()):
         record = entry.erasure
@@ -460,7 +477,7 @@ async def check_index(
                         f"holds {erased[rid].entries if rid in erased else 0} placeholders",
                     )
                 )
-        elif rid not in stream and 0 < entry.started_seq < first_seq:
+        elif rid not in stream and 0 < entry.started_seq < first_seqs[subjects.shard_of(rid)]:
             retired += 1  # aged out by the journal's limits (retention), not removed
         elif rid not in stream:
             problems.append(
@@ -474,16 +491,21 @@ async def check_index(
                 )
             )
     if retired:
+        firsts = ", ".join(map(str, first_seqs))
         notes.append(
-            f"{retired} run(s) began before the journal's first entry ({first_seq}): "
+            f"{retired} run(s) began before the journal's first entry ({firsts}): "
             "aged out by its limits (retention), not reported as vanished"
         )
     return problems
 
 
-async def _journal_first_seq(nc: NATS, subjects: Subjects) -> int:
-    info = await stream_info(nc, subjects.journal_stream)
-    return int(info["state"]["first_seq"]) if info is not None else 0
+async def _journal_first_seqs(nc: NATS, subjects: Subjects) -> list[int]:
+    """Each shard's journal's first sequence (0: no such stream)."""
+    found = []
+    for stream in subjects.journal_streams:
+        info = await stream_info(nc, stream)
+        found.append(int(info["state"]["first_seq"]) if info is not None else 0)
+    return found
 
 
 async def check_objects(objects: Objects, checkers: dict[str, ChainChecker]) -> list[Problem]:

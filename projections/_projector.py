@@ -12,6 +12,7 @@ When caught up it sleeps until the journal's republish subject says there is mor
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from projections._checkpoints import Signer
 from projections._schema import migrate
 from schemas import (
     TERMINAL_EVENTS,
+    ConfigError,
     EffectState,
     EffectView,
     JournalCorrupt,
@@ -127,6 +129,9 @@ class ProjectorStats:
     """What the projector has done (for `mainspring projector` status and benchmarks)."""
 
     position: int = 0
+    """the sum of the shards' positions (with one shard: the journal stream sequence)"""
+    positions: dict[int, int] = field(default_factory=dict)
+    """the last journal stream sequence projected, by shard"""
     events: int = 0
     batches: int = 0
     undecodable: int = 0
@@ -151,11 +156,19 @@ class Projector:
         signer: Signer | None = None,
         max_views: int = 10_000,
         keys: Keyring | None = None,
+        shards: Iterable[int] | None = None,
     ) -> None:
         self.nc = nc
         self.pool = pool
         self.subjects = subjects or Subjects()
         self.name = name
+        self.shards = sorted(set(range(self.subjects.shards) if shards is None else shards))
+        """the shards this projector folds (each with a position of its own)"""
+        if not self.shards or not set(self.shards) <= set(range(self.subjects.shards)):
+            raise ConfigError(
+                f"shards {self.shards} are not shards of this deployment "
+                f"(0 to {self.subjects.shards - 1})"
+            )
         self.batch_size = batch_size
         self.signer = signer
         self.max_views = max_views
@@ -196,28 +209,40 @@ class Projector:
             pass
         return self.stats.position
 
+    def position_name(self, shard: int) -> str:
+        """The ``projector_positions`` row of a shard (shard 0's is the projector's name,
+        as it was before shards)."""
+        return position_name(self.name, shard)
+
     async def _prepare(self) -> None:
-        """Streams and schema exist; resume from the committed position."""
+        """Streams and schema exist; resume each shard from its committed position."""
         await ensure_topology(self.nc, self.subjects)
         async with self.pool.acquire() as conn:
             await migrate(conn)
-            pos = await conn.fetchval(
-                "SELECT stream_seq FROM projector_positions WHERE name = $1", self.name
-            )
-        self.stats.position = int(pos or 0)
+            for shard in self.shards:
+                pos = await conn.fetchval(
+                    "SELECT stream_seq FROM projector_positions WHERE name = $1",
+                    self.position_name(shard),
+                )
+                self.stats.positions[shard] = int(pos or 0)
+        self.stats.position = sum(self.stats.positions.values())
 
     async def _step(self) -> int:
-        """Project the next batch; return how many journal events are still behind it."""
-        records, pending = await read_records(
-            self.nc,
-            self.subjects.journal_stream,
-            self.subjects.journal_all(),
-            self.stats.position + 1,
-            size=self.batch_size,
-        )
-        if records:
-            await self._commit_with_retry(records)
-        return pending
+        """Project the next batch of each shard; return how many journal events are
+        still behind."""
+        behind = 0
+        for shard in self.shards:
+            records, pending = await read_records(
+                self.nc,
+                self.subjects.journal_stream_of(shard),
+                self.subjects.journal_all(shard),
+                self.stats.positions[shard] + 1,
+                size=self.batch_size,
+            )
+            if records:
+                await self._commit_with_retry(records, shard)
+            behind += pending
+        return behind
 
     def _report(self, pending: int, due: float) -> float:
         """Log progress and lag every few seconds while there is work."""
@@ -234,17 +259,17 @@ class Projector:
         )
         return now + 5.0
 
-    async def _commit_with_retry(self, records: list[Record]) -> None:
+    async def _commit_with_retry(self, records: list[Record], shard: int) -> None:
         delay = 0.2
         while True:
             try:
-                await self._commit(records)
+                await self._commit(records, shard)
                 return
             except _REFUSED as exc:
                 # PostgreSQL refuses something in the batch itself: retrying the same
                 # batch would loop forever. Find the record(s) by halving.
                 self._forget(records)
-                await self._isolate(records, exc)
+                await self._isolate(records, exc, shard)
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # Postgres down or restarting: keep the batch, try again. Views touched
@@ -258,19 +283,24 @@ class Projector:
         for rec in records:
             self._views.pop(rec.run_id, None)
 
-    async def _isolate(self, records: list[Record], exc: Exception) -> None:
+    async def _isolate(self, records: list[Record], exc: Exception, shard: int) -> None:
         if len(records) > 1:
             mid = len(records) // 2
-            await self._commit_with_retry(records[:mid])
-            await self._commit_with_retry(records[mid:])
+            await self._commit_with_retry(records[:mid], shard)
+            await self._commit_with_retry(records[mid:], shard)
             return
         (rec,) = records
         reason = f"PostgreSQL refused its projection ({type(exc).__name__}): {exc}"
         log.error("journal_record_dead_lettered", seq=rec.seq, run_id=rec.run_id, reason=reason)
         await self._dead_letter(rec, reason)
         async with self.pool.acquire() as conn:  # past it, so it is not tried again
-            await conn.execute(_SAVE_POSITION, self.name, rec.seq, None)
-        self.stats.position = rec.seq
+            await conn.execute(_SAVE_POSITION, self.position_name(shard), rec.seq, None)
+        self._moved(shard, rec.seq)
+
+    def _moved(self, shard: int, seq: int) -> None:
+        st = self.stats
+        st.position += seq - st.positions[shard]
+        st.positions[shard] = seq
 
     async def _dead_letter(self, rec: Record, reason: str) -> None:
         self.stats.dead_lettered += 1
@@ -282,12 +312,12 @@ class Projector:
             subject=rec.subject,
             data=rec.data,
             headers=rec.headers,
-            stream=self.subjects.journal_stream,
+            stream=self.subjects.journal_stream_of(self.subjects.shard_of_subject(rec.subject)),
             seq=rec.seq,
             run_id=rec.run_id,
         )
 
-    async def _commit(self, records: list[Record]) -> None:
+    async def _commit(self, records: list[Record], shard: int) -> None:
         rows: list[tuple[object, ...]] = []
         touched: dict[str, RunView] = {}
         head_seq: dict[str, int] = {}
@@ -350,13 +380,17 @@ class Projector:
                     "VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
                     checkpoints,
                 )
-            await conn.execute(_SAVE_POSITION, self.name, records[-1].seq, newest_at)
+            await conn.execute(
+                _SAVE_POSITION, self.position_name(shard), records[-1].seq, newest_at
+            )
         self._remember(touched)
-        self._record_progress(records, rows)
+        self._record_progress(records, rows, shard)
 
-    def _record_progress(self, records: list[Record], rows: list[tuple[object, ...]]) -> None:
+    def _record_progress(
+        self, records: list[Record], rows: list[tuple[object, ...]], shard: int
+    ) -> None:
         st = self.stats
-        st.position = records[-1].seq
+        self._moved(shard, records[-1].seq)
         st.events += len(rows)
         st.batches += 1
         now = datetime.now(UTC)
@@ -385,6 +419,11 @@ class Projector:
             view.apply(decode_event(row["data"]), bytes(row["hash"]))
         view.take_changes()  # already stored
         return view
+
+
+def position_name(name: str, shard: int) -> str:
+    """The ``projector_positions`` row of projector ``name``'s position in a shard."""
+    return name if shard == 0 else f"{name}@{shard}"
 
 
 def _event_row(stored: StoredEvent) -> tuple[object, ...]:

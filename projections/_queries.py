@@ -158,8 +158,14 @@ class Queries:
         return Signatures(row["signed"], row["unsigned"], tuple(sorted(row["key_ids"] or ())))
 
     async def lag(self, name: str = "main") -> Lag | None:
+        """Where projector ``name`` is: its positions summed over the shards (the
+        journal stream sequence with one shard), its newest event, its oldest commit."""
         row = await self.pool.fetchrow(
-            "SELECT stream_seq, event_at, updated_at FROM projector_positions WHERE name = $1",
+            "SELECT count(*) AS n, sum(stream_seq) AS position, max(event_at) AS event_at, "
+            "min(updated_at) AS updated_at FROM projector_positions "
+            "WHERE name = $1 OR left(name, length($1) + 1) = $1 || '@'",
             name,
         )
-        return None if row is None else Lag(row["stream_seq"], row["event_at"], row["updated_at"])
+        if row is None or not row["n"]:
+            return None
+        return Lag(int(row["position"]), row["event_at"], row["updated_at"])

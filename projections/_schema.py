@@ -105,6 +105,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN tokens bigint NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0;
     """,
+    # 3: shards: a stream sequence is unique within a shard's journal only
+    """
+    ALTER TABLE run_events DROP CONSTRAINT IF EXISTS run_events_stream_seq_key;
+    """,
 ]
 
 PROJECTION_TABLES = ("runs", "run_events", "effects", "waits", "checkpoints", "projector_positions")

@@ -191,6 +191,16 @@ def _ack_field(msg: Msg, index: int) -> int | None:
     return None
 
 
+def stream_of(msg: Msg) -> str:
+    """The stream a consumer delivered the message from ("" when it came from none)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return tokens[2]
+    if len(tokens) >= 12:
+        return tokens[4]
+    return ""
+
+
 def num_delivered(msg: Msg) -> int:
     """How many times JetStream delivered this message (1 = first time)."""
     delivered = _ack_field(msg, 4)

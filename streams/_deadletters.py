@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import ConfigError
-from streams._consumer import num_delivered, stream_seq
+from streams._consumer import num_delivered, stream_of, stream_seq
 from streams._jsapi import ApiError, api_request
 from streams._publish import PubAck, publish_checked
 from streams._records import read_records
@@ -81,9 +81,17 @@ async def dead_letter(
 
 
 async def dead_letter_msg(
-    nc: NATS, subjects: Subjects, msg: Msg, *, stream: str, source: str, reason: str, run_id: str
+    nc: NATS,
+    subjects: Subjects,
+    msg: Msg,
+    *,
+    stream: str = "",
+    source: str,
+    reason: str,
+    run_id: str,
 ) -> PubAck:
-    """``dead_letter`` for a message a consumer delivered (position and count from it)."""
+    """``dead_letter`` for a message a consumer delivered (stream, position and count
+    from it; ``stream`` where the message does not say)."""
     return await dead_letter(
         nc,
         subjects,
@@ -92,7 +100,7 @@ async def dead_letter_msg(
         subject=msg.subject,
         data=msg.data,
         headers=msg.headers,
-        stream=stream,
+        stream=stream_of(msg) or stream,
         seq=stream_seq(msg),
         deliveries=num_delivered(msg),
         run_id=run_id,

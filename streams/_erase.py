@@ -86,17 +86,21 @@ _Publish = tuple[str, bytes, dict[str, str], int]
 async def purge_run_inputs(nc: NATS, subjects: Subjects, run_id: str) -> int:
     """Remove what the other streams hold of a run: inbox inputs, timers, dead letters,
     its active-runs entry. How many messages went."""
-    where = (
-        (subjects.inbox_stream, f"{subjects.prefix}.in.{subjects.partition(run_id)}.{run_id}.>"),
-        (subjects.inbox_stream, f"{subjects.prefix}.sched.{run_id}.>"),
+    inbox = subjects.inbox_stream_of(subjects.shard_of(run_id))
+    inputs = f"{subjects.prefix}.in.{subjects.partition(run_id)}.{run_id}.>"
+    where = [
+        (inbox, inputs),
+        (inbox, subjects.schedule_run(run_id)),
         (subjects.dead_letter_stream, subjects.dead_letter("*", run_id)),
         (subjects.active_stream, subjects.active(run_id)),
-    )
+    ]
+    if inbox != subjects.inbox_stream:  # its published events: shard 0 takes them in
+        where.append((subjects.inbox_stream, inputs))
     return sum([await purge_subject(nc, stream, f, missing_ok=True) for stream, f in where])
 
 
-def placeholder_subject(subjects: Subjects) -> str:
-    return f"{subjects.prefix}.j.{ERASED_TOKEN}.gone"
+def placeholder_subject(subjects: Subjects, shard: int = 0) -> str:
+    return subjects.journal_placeholder(shard, ERASED_TOKEN)
 
 
 def is_placeholder(subject: str) -> bool:
@@ -113,8 +117,30 @@ def erasure_record(data: bytes) -> Erasure | None:
         return None
 
 
+async def erase_runs(
+    nc: NATS,
+    subjects: Subjects,
+    keys: Keyring | None,
+    run_ids: Iterable[str],
+    reason: str,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Erasure]:
+    """Erase runs from every shard's journal they are in (and finish an erasure a crash
+    cut short in any shard); what was erased."""
+    by_shard: dict[int, list[str]] = {}
+    for rid in run_ids:
+        by_shard.setdefault(subjects.shard_of(rid), []).append(rid)
+    done: list[Erasure] = []
+    for shard in range(subjects.shards):
+        eraser = JournalEraser(nc, subjects, keys, progress, shard=shard)
+        if shard in by_shard or await eraser.pending():
+            done += await eraser.erase(by_shard.get(shard, []), reason)
+    return done
+
+
 class JournalEraser:
-    """Erase runs from a stopped deployment's journal; ``progress`` hears each step."""
+    """Erase runs from one shard of a stopped deployment's journal; ``progress`` hears
+    each step."""
 
     def __init__(
         self,
@@ -122,18 +148,26 @@ class JournalEraser:
         subjects: Subjects,
         keys: Keyring | None,
         progress: Callable[[str], None] = lambda _: None,
+        *,
+        shard: int = 0,
     ) -> None:
         self._nc = nc
         self._s = subjects
         self._keys = keys
         self._say = progress
-        self._side = f"{subjects.journal_stream}_ERASING"
-        self._side_prefix = f"{subjects.prefix}.erasing"
+        self._shard = shard
+        self._stream = subjects.journal_stream_of(shard)
+        self._side = f"{self._stream}_ERASING"
+        self._side_prefix = f"{subjects.prefix}.erasing{shard or ''}"
+
+    async def pending(self) -> bool:
+        """An erasure of this shard was cut short (its side stream is still there)."""
+        return await stream_info(self._nc, self._side) is not None
 
     async def erase(self, run_ids: Iterable[str], reason: str) -> list[Erasure]:
         """Erase the runs' entries (finishing an erasure a crash cut short first); what
         was erased, finished erasures included."""
-        journal = await stream_info(self._nc, self._s.journal_stream)
+        journal = await stream_info(self._nc, self._stream)
         side = await stream_info(self._nc, self._side)
         finished: list[Erasure] = []
         if side is not None:
@@ -144,10 +178,10 @@ class JournalEraser:
             else:
                 self._say("finishing an earlier erasure that stopped during the swap")
                 await self._swap(plan, journal is None)
-                journal = await stream_info(self._nc, self._s.journal_stream)
+                journal = await stream_info(self._nc, self._stream)
                 finished = plan.erasures
         if journal is None:
-            raise ConfigError(f"no journal stream {self._s.journal_stream} to erase runs from")
+            raise ConfigError(f"no journal stream {self._stream} to erase runs from")
         wanted = sorted(set(run_ids) - {e.run_id for e in finished})
         if not wanted:
             return finished
@@ -161,9 +195,7 @@ class JournalEraser:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         erasures = []
         for rid in run_ids:
-            records = await read_all(
-                self._nc, self._s.journal_stream, self._s.journal_run_filter(rid)
-            )
+            records = await read_all(self._nc, self._stream, self._s.journal_run_filter(rid))
             if not records:
                 raise ConfigError(
                     f"run {rid} has no journal entries (erased already, or never ran)"
@@ -193,7 +225,7 @@ class JournalEraser:
         offset = 0
         while True:
             page = await api_request(
-                self._nc, f"$JS.API.CONSUMER.LIST.{self._s.journal_stream}", {"offset": offset}
+                self._nc, f"$JS.API.CONSUMER.LIST.{self._stream}", {"offset": offset}
             )
             infos = page.get("consumers") or []
             for info in infos:
@@ -201,7 +233,7 @@ class JournalEraser:
                     continue  # an ephemeral reader's (an audit's): it goes with its reader
                 if info.get("num_waiting", 0) or info.get("push_bound"):
                     raise ConfigError(
-                        f"consumer {info['name']} of {self._s.journal_stream} has a reader "
+                        f"consumer {info['name']} of {self._stream} has a reader "
                         "connected (a handler?): stop every worker, handler and projector "
                         "of this deployment before erasing"
                     )
@@ -231,7 +263,7 @@ class JournalEraser:
         start = plan.first_seq
         while start <= plan.last_seq:
             records, _ = await read_records(
-                self._nc, self._s.journal_stream, self._s.journal_all(), start
+                self._nc, self._stream, self._s.journal_all(self._shard), start
             )
             if not records:
                 break
@@ -241,12 +273,12 @@ class JournalEraser:
                     break
                 if rec.seq != start:
                     raise JournalError(
-                        f"{self._s.journal_stream} has no message at sequence {start}: "
+                        f"{self._stream} has no message at sequence {start}: "
                         "not erasing (a journal with gaps cannot be rebuilt seq for seq)"
                     )
                 subject, data, headers = rec.subject, rec.data, _stored(rec)
                 if rec.run_id in erased:
-                    subject, data = placeholder_subject(self._s), rec.run_id.encode()
+                    subject, data = placeholder_subject(self._s, self._shard), rec.run_id.encode()
                     headers = {HDR_ERASED: rec.run_id}
                     if self._keys is not None:
                         headers[HDR_MAC] = self._keys.tag_index(subject, data)
@@ -258,27 +290,27 @@ class JournalEraser:
             await self._publish_page(page)
             self._say(f"copied {copied} of {plan.last_seq - plan.first_seq + 1} entries")
         if start != plan.last_seq + 1:
-            raise JournalError(f"{self._s.journal_stream} ended at {start - 1}, not erasing")
+            raise JournalError(f"{self._stream} ended at {start - 1}, not erasing")
         self._say(f"copy done: {replaced} entries of {len(erased)} run(s) replaced")
 
     async def _swap(self, plan: _Plan, journal_gone: bool) -> None:
         config = {k: v for k, v in plan.config.items() if k != "republish"}
         if not journal_gone:
-            journal = await stream_info(self._nc, self._s.journal_stream)
+            journal = await stream_info(self._nc, self._stream)
             side = await stream_info(self._nc, self._side)
             assert side is not None
             if journal is not None and journal["created"] < side["created"]:
-                await self._delete(self._s.journal_stream)  # the point of no return
+                await self._delete(self._stream)  # the point of no return
                 journal = None
             if journal is None:
                 journal_gone = True
         if journal_gone:
             await api_request(
                 self._nc,
-                f"$JS.API.STREAM.CREATE.{self._s.journal_stream}",
+                f"$JS.API.STREAM.CREATE.{self._stream}",
                 {**config, "first_seq": plan.first_seq},
             )
-        info = await stream_info(self._nc, self._s.journal_stream)
+        info = await stream_info(self._nc, self._stream)
         assert info is not None
         start = int(info["state"]["last_seq"]) + 1  # where an interrupted copy stopped
         total = plan.last_seq - plan.first_seq + 1
@@ -299,7 +331,7 @@ class JournalEraser:
         if "republish" in plan.config:
             await api_request(
                 self._nc,
-                f"$JS.API.STREAM.UPDATE.{self._s.journal_stream}",
+                f"$JS.API.STREAM.UPDATE.{self._stream}",
                 plan.config | {"first_seq": plan.first_seq},
             )
         for consumer in plan.consumers:
@@ -314,13 +346,11 @@ class JournalEraser:
             config.pop(field, None)
         config |= {"deliver_policy": "by_start_sequence", "opt_start_seq": consumer.next_seq}
         name = config["durable_name"]
-        subject = f"$JS.API.CONSUMER.CREATE.{self._s.journal_stream}.{name}"
+        subject = f"$JS.API.CONSUMER.CREATE.{self._stream}.{name}"
         if config.get("filter_subject"):
             subject += f".{config['filter_subject']}"
         try:
-            await api_request(
-                self._nc, subject, {"stream_name": self._s.journal_stream, "config": config}
-            )
+            await api_request(self._nc, subject, {"stream_name": self._stream, "config": config})
         except ApiError as e:
             if "already in use" not in e.description and "exists" not in e.description:
                 raise

@@ -146,7 +146,7 @@ class Journal:
                 # The server checks OCC before de-duplication, so a retry of an append
                 # whose ack was lost lands here too: it is ours if the run's newest
                 # message is byte-for-byte this event.
-                ours = await self._already_stored(ack.error.description, data)
+                ours = await self._already_stored(run_id, ack.error.description, data)
                 if ours is not None:
                     return StoredEvent(ours.seq, event.n, prev, link, data, event, subject, mac)
                 raise JournalConflict(run_id, expected_seq, ack.error.description)
@@ -154,32 +154,45 @@ class Journal:
         if ack.duplicate:
             # Same Msg-Id already stored: our own earlier attempt (fine) or a rival
             # writer's event n (conflict). Compare the stored bytes to tell.
-            stored = await self.get(ack.seq)
+            stored = await self.get(ack.seq, shard=self._s.shard_of(run_id))
             if stored is None or stored.data != data:
                 raise JournalConflict(run_id, expected_seq, f"event {event.n} already stored")
         return StoredEvent(ack.seq, event.n, prev, link, data, event, subject, mac)
 
-    async def _already_stored(self, description: str, data: bytes) -> StoredEvent | None:
+    async def _already_stored(
+        self, run_id: str, description: str, data: bytes
+    ) -> StoredEvent | None:
         found = _LAST_SEQ_RE.search(description)
         if found is None:
             return None
-        stored = await self.get(int(found.group(1)))
+        stored = await self.get(int(found.group(1)), shard=self._s.shard_of(run_id))
         return stored if stored is not None and stored.data == data else None
 
     async def run_ids(self) -> list[str]:
-        """Every run with a journal (from the stream's subject index), sorted."""
-        filt = self._s.journal_run_filter("*").replace(".>", ".e")
-        subjects = await stream_subjects(self._nc, self._s.journal_stream, filt)
-        return sorted({subject.split(".")[2] for subject in subjects})
+        """Every run with a journal, in any shard (from the streams' subject indexes),
+        sorted."""
+        found: set[str] = set()
+        for shard in range(self._s.shards):
+            stream = self._s.journal_stream_of(shard)
+            subjects = await stream_subjects(self._nc, stream, self._s.journal_starts(shard))
+            found |= {subject.split(".")[2] for subject in subjects}
+        return sorted(found)
+
+    async def last_seqs(self) -> list[int]:
+        """Each shard's journal stream's last sequence (0: no stream, or nothing yet)."""
+        found = []
+        for stream in self._s.journal_streams:
+            info = await stream_info(self._nc, stream)
+            found.append(0 if info is None else int(info.get("state", {}).get("last_seq", 0)))
+        return found
 
     async def last_seq(self) -> int:
-        """The journal stream's last sequence (0: no stream, or nothing stored yet)."""
-        info = await stream_info(self._nc, self._s.journal_stream)
-        return 0 if info is None else int(info.get("state", {}).get("last_seq", 0))
+        """Shard 0's journal stream's last sequence (0: no stream, or nothing yet)."""
+        return (await self.last_seqs())[0]
 
-    async def get(self, seq: int) -> StoredEvent | None:
-        """The journal message at stream sequence ``seq`` (direct get)."""
-        return await self._direct_one({"seq": seq})
+    async def get(self, seq: int, *, shard: int = 0) -> StoredEvent | None:
+        """The message at stream sequence ``seq`` of a shard's journal (direct get)."""
+        return await self._direct_one(self._s.journal_stream_of(shard), {"seq": seq})
 
     async def last(
         self, run_id: str, *, resolve: bool = True, leader: bool = False
@@ -188,22 +201,23 @@ class Journal:
         ended. A direct get (fast) may be answered by a replica that is behind (a node
         just back in a cluster); ``leader`` asks the stream's leader instead."""
         req: dict[str, object] = {"last_by_subj": self._s.journal_run_filter(run_id)}
+        stream = self._s.run_journal_stream(run_id)
         if leader:
-            rec = await self._leader_get(req)
+            rec = await self._leader_get(stream, req)
             stored = decode_record(rec) if rec is not None else None
         else:
-            stored = await self._direct_one(req)
+            stored = await self._direct_one(stream, req)
         if stored is not None and self.keys is not None:
             check_tag(self.keys, stored)
         return await self._resolved(stored) if resolve and stored is not None else stored
 
-    async def _direct_one(self, req: dict[str, object]) -> StoredEvent | None:
-        subject = f"$JS.API.DIRECT.GET.{self._s.journal_stream}"
+    async def _direct_one(self, stream: str, req: dict[str, object]) -> StoredEvent | None:
+        subject = f"$JS.API.DIRECT.GET.{stream}"
 
         async def once() -> Msg:
             return await self._nc.request(subject, msgspec.json.encode(req), timeout=self._timeout)
 
-        msg = await retrying(once, f"reading {self._s.journal_stream}")
+        msg = await retrying(once, f"reading {stream}")
         if msg.headers and msg.headers.get("Status"):
             return None
         return _stored_from_msg(msg)
@@ -218,33 +232,34 @@ class Journal:
         their digests) into ``.event``; a missing or altered object is ``JournalCorrupt``.
         """
         filt = self._s.journal_run_filter(run_id)
-        records = await read_all(self._nc, self._s.journal_stream, filt, timeout=self._timeout)
+        stream = self._s.run_journal_stream(run_id)
+        records = await read_all(self._nc, stream, filt, timeout=self._timeout)
         events = [decode_record(r) for r in records]
-        await self._catch_up(filt, events)
+        await self._catch_up(stream, filt, events)
         if verify:
             verify_chain(run_id, events, self.keys)
         if resolve:
             events = [await self._resolved(e) for e in events]
         return events
 
-    async def _catch_up(self, filt: str, events: list[StoredEvent]) -> None:
+    async def _catch_up(self, stream: str, filt: str, events: list[StoredEvent]) -> None:
         """Direct gets may be answered by a replica that is behind (a node just back
         in a cluster): ask the leader for the run's newest entry and, if the batch
         missed any, read them from the leader. One request when nothing is missing."""
-        newest = await self._leader_get({"last_by_subj": filt})
+        newest = await self._leader_get(stream, {"last_by_subj": filt})
         seen = events[-1].seq if events else 0
         if newest is None or newest.seq <= seen:
             return
         while seen < newest.seq:
-            rec = await self._leader_get({"seq": seen + 1, "next_by_subj": filt})
+            rec = await self._leader_get(stream, {"seq": seen + 1, "next_by_subj": filt})
             if rec is None:
                 return
             events.append(decode_record(rec))
             seen = rec.seq
 
-    async def _leader_get(self, req: dict[str, object]) -> Record | None:
+    async def _leader_get(self, stream: str, req: dict[str, object]) -> Record | None:
         """One stored message, from the stream's leader (``STREAM.MSG.GET``)."""
-        subject = f"$JS.API.STREAM.MSG.GET.{self._s.journal_stream}"
+        subject = f"$JS.API.STREAM.MSG.GET.{stream}"
 
         async def once() -> Record | None:  # timeouts retried: a leader may be moving
             msg = await self._nc.request(subject, msgspec.json.encode(req), timeout=self._timeout)
@@ -270,7 +285,7 @@ class Journal:
                 base64.b64decode(m.get("data") or ""),
             )
 
-        return await retrying(once, f"reading {self._s.journal_stream}")
+        return await retrying(once, f"reading {stream}")
 
     async def _resolved(self, stored: StoredEvent) -> StoredEvent:
         """``stored`` with its referenced payload (if any) in ``.event``."""

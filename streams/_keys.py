@@ -40,7 +40,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +49,7 @@ from typing import Any
 import msgspec
 
 from schemas import ConfigError
+from streams._subjects import journal_shard
 
 try:  # CPython's OpenSSL binding (hmac.new wraps it in a Python object)
     from _hashlib import hmac_new as _hmac_new
@@ -92,6 +93,20 @@ def _value(seq: int | Callable[[], int]) -> int:
     return seq() if callable(seq) else seq
 
 
+Seqs = int | Sequence[int]
+"""a journal stream sequence threshold: one for a deployment of one shard, or one per
+shard (shard 0's first)"""
+
+
+def _seqs(value: Seqs) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def _at(seqs: tuple[int, ...], shard: int) -> int:
+    """A shard's threshold (0 for a shard the keys file names none for)."""
+    return seqs[shard] if shard < len(seqs) else 0
+
+
 def _split(header: str | None) -> tuple[str, str] | None:
     if not header or "." not in header:
         return None
@@ -109,6 +124,8 @@ class _KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """effect keys only: the kind it serves"""
     valid_to_seq: int = 0
     """revoked keys: the last journal stream sequence the key may have tagged"""
+    valid_to_shards: list[int] = []
+    """...in the journals of shards 1, 2, ... (shard 0's is ``valid_to_seq``)"""
 
 
 class _KeysFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -116,6 +133,8 @@ class _KeysFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: list[_KeyEntry]
     legacy_until: int = 0
     """journal stream sequences at or below this may lack a tag (written before keys)"""
+    legacy_until_shards: list[int] = []
+    """...in the journals of shards 1, 2, ... (shard 0's is ``legacy_until``)"""
 
 
 @dataclass(frozen=True)
@@ -123,12 +142,19 @@ class Key:
     id: str
     secret: bytes = field(repr=False)
     use: str = _VERIFY
-    valid_to_seq: int = 0
+    valid_to: tuple[int, ...] = (0,)
+    """revoked keys: the last journal stream sequence the key may have tagged, by shard"""
     kind: str = ""
+
+    @property
+    def valid_to_seq(self) -> int:
+        """shard 0's ``valid_to`` (the only one of a deployment of one shard)"""
+        return _at(self.valid_to, 0)
 
     def entry(self) -> _KeyEntry:
         secret = base64.b64encode(self.secret).decode()
-        return _KeyEntry(self.id, secret, self.use, self.kind, self.valid_to_seq)
+        first, *rest = self.valid_to or (0,)
+        return _KeyEntry(self.id, secret, self.use, self.kind, first, rest)
 
 
 def new_key(use: str = _SIGN) -> Key:
@@ -136,12 +162,18 @@ def new_key(use: str = _SIGN) -> Key:
     return Key(key_id(secret), secret, use)
 
 
-def _read(path: str | Path, fmt: str) -> tuple[list[Key], int]:
+def _read(path: str | Path, fmt: str) -> tuple[list[Key], tuple[int, ...]]:
     path = Path(path)
     try:
         doc = msgspec.json.decode(path.read_bytes(), type=_KeysFile)
         keys = [
-            Key(e.id, base64.b64decode(e.secret, validate=True), e.use, e.valid_to_seq, e.kind)
+            Key(
+                e.id,
+                base64.b64decode(e.secret, validate=True),
+                e.use,
+                (e.valid_to_seq, *e.valid_to_shards),
+                e.kind,
+            )
             for e in doc.keys
         ]
     except OSError as e:
@@ -162,14 +194,15 @@ def _read(path: str | Path, fmt: str) -> tuple[list[Key], int]:
             raise ConfigError(f"{path}: key {k.id} has use {k.use!r} or a secret under 16 bytes")
     if sum(k.use == _SIGN for k in keys if not k.kind) > 1:
         raise ConfigError(f"{path}: more than one key has use 'sign'")
-    return keys, doc.legacy_until
+    return keys, (doc.legacy_until, *doc.legacy_until_shards)
 
 
-def _write(path: str | Path, fmt: str, keys: Iterable[Key], legacy_until: int) -> None:
+def _write(path: str | Path, fmt: str, keys: Iterable[Key], legacy: tuple[int, ...]) -> None:
     """Write a keys file readable by its owner only (replacing it atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = _KeysFile(fmt, [k.entry() for k in keys], legacy_until)
+    first, *rest = legacy or (0,)
+    doc = _KeysFile(fmt, [k.entry() for k in keys], first, rest)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -193,9 +226,12 @@ _LEGACY = Verdict(True, legacy=True)
 class Keyring:
     """A deployment's keys: tags what a worker writes and checks what it reads."""
 
-    def __init__(self, keys: Iterable[Key], *, legacy_until: int = 0) -> None:
+    def __init__(self, keys: Iterable[Key], *, legacy_until: Seqs = 0) -> None:
         self.keys = {k.id: k for k in keys}
-        self.legacy_until = legacy_until
+        self.legacy = _seqs(legacy_until)
+        """by shard: journal stream sequences at or below may lack a tag"""
+        self.legacy_until = _at(self.legacy, 0)
+        """shard 0's (the only one of a deployment of one shard)"""
         signing = [k for k in self.keys.values() if k.use == _SIGN]
         if len(signing) != 1:
             raise ConfigError(
@@ -210,15 +246,15 @@ class Keyring:
         return cls(keys, legacy_until=legacy_until)
 
     @classmethod
-    def generate(cls, *, legacy_until: int = 0) -> Keyring:
+    def generate(cls, *, legacy_until: Seqs = 0) -> Keyring:
         return cls([new_key()], legacy_until=legacy_until)
 
     def save(self, path: str | Path) -> None:
-        _write(path, KEYS_FORMAT, self.keys.values(), self.legacy_until)
+        _write(path, KEYS_FORMAT, self.keys.values(), self.legacy)
 
     # ------------------------------------------------------------------ changes
     def added(self, key: Key) -> Keyring:
-        return Keyring([*self.keys.values(), key], legacy_until=self.legacy_until)
+        return Keyring([*self.keys.values(), key], legacy_until=self.legacy)
 
     def signing_with(self, kid: str) -> Keyring:
         """The ring with ``kid`` as its sign key (the old one kept for verifying)."""
@@ -229,17 +265,18 @@ class Keyring:
             replace(k, use=_SIGN if k.id == kid else (_VERIFY if k.use == _SIGN else k.use))
             for k in self.keys.values()
         ]
-        return Keyring(keys, legacy_until=self.legacy_until)
+        return Keyring(keys, legacy_until=self.legacy)
 
-    def revoked(self, kid: str, valid_to_seq: int) -> Keyring:
+    def revoked(self, kid: str, valid_to_seq: Seqs) -> Keyring:
+        """The ring with ``kid`` revoked: valid up to ``valid_to_seq`` (by shard)."""
         key = self._known(kid)
         if key.use == _SIGN:
             raise ConfigError(f"key {kid} is the sign key: make another the sign key first")
         keys = [
-            replace(k, use=_REVOKED, valid_to_seq=valid_to_seq) if k.id == kid else k
+            replace(k, use=_REVOKED, valid_to=_seqs(valid_to_seq)) if k.id == kid else k
             for k in self.keys.values()
         ]
-        return Keyring(keys, legacy_until=self.legacy_until)
+        return Keyring(keys, legacy_until=self.legacy)
 
     def _known(self, kid: str) -> Key:
         if kid not in self.keys:
@@ -274,8 +311,9 @@ class Keyring:
         self, subject: str, link: bytes, header: str | None, seq: int | Callable[[], int]
     ) -> Verdict:
         parts = _split(header)
+        shard = journal_shard(subject)
         if parts is None:
-            if header is None and _value(seq) <= self.legacy_until:
+            if header is None and _value(seq) <= _at(self.legacy, shard):
                 return _LEGACY
             return Verdict(
                 False, problem="it carries no valid Ms-Mac tag (not written by a worker)"
@@ -284,11 +322,12 @@ class Keyring:
         key = self.keys.get(kid)
         if key is None:
             return Verdict(False, problem=f"it is tagged with key {kid!r}, unknown here")
-        if key.use == _REVOKED and (at := _value(seq)) > key.valid_to_seq:
+        if key.use == _REVOKED and (at := _value(seq)) > (valid := _at(key.valid_to, shard)):
+            where = f" of shard {shard}" if shard else ""
             return Verdict(
                 False,
                 problem=f"it is tagged with key {kid}, revoked after stream sequence "
-                f"{key.valid_to_seq} (this entry is at {at})",
+                f"{valid}{where} (this entry is at {at})",
             )
         if not hmac.compare_digest(mac, tag(key.secret, b"j", subject, link)):
             return Verdict(False, problem="its Ms-Mac tag does not match (altered or forged)")
@@ -353,18 +392,19 @@ class Keyring:
             for k in self.keys.values()
             if k.use != _REVOKED
         ]
-        return EffectKeys(keys, legacy_until=self.legacy_until)
+        return EffectKeys(keys, legacy_until=self.legacy)
 
 
 class EffectKeys:
     """A handler's keys: checks requests of its kinds and tags its results."""
 
-    def __init__(self, keys: Iterable[Key], *, legacy_until: int = 0) -> None:
+    def __init__(self, keys: Iterable[Key], *, legacy_until: Seqs = 0) -> None:
         self.by_kind: dict[str, dict[str, Key]] = {}
         for k in keys:
             self.by_kind.setdefault(k.kind, {})[k.id] = k
-        self.legacy_until = legacy_until
-        """requests at or below this journal stream sequence may lack a tag"""
+        self.legacy = _seqs(legacy_until)
+        """by shard: requests at or below this journal stream sequence may lack a tag"""
+        self.legacy_until = _at(self.legacy, 0)
 
     @classmethod
     def load(cls, path: str | Path) -> EffectKeys:
@@ -373,7 +413,7 @@ class EffectKeys:
 
     def save(self, path: str | Path) -> None:
         keys = (k for ks in self.by_kind.values() for k in ks.values())
-        _write(path, EFFECT_KEYS_FORMAT, keys, self.legacy_until)
+        _write(path, EFFECT_KEYS_FORMAT, keys, self.legacy)
 
     def kinds(self) -> list[str]:
         return sorted(self.by_kind)
@@ -388,7 +428,7 @@ class EffectKeys:
             return f"this handler holds no effect key for kind {kind!r}"
         parts = _split(header)
         if parts is None:
-            if header is None and seq <= self.legacy_until:
+            if header is None and seq <= _at(self.legacy, journal_shard(subject)):
                 return None
             return f"it carries no {HDR_FX_MAC} tag (not written by a worker)"
         key = keys.get(parts[0])

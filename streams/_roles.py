@@ -56,15 +56,19 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
     ``kinds`` name the effect kinds it serves."""
     s = subjects
     p = s.prefix
-    j, i, d, o = s.journal_stream, s.inbox_stream, s.dead_letter_stream, s.object_stream
+    d, o = s.dead_letter_stream, s.object_stream
+    shards = range(s.shards)
+    js = s.journal_streams  # one journal stream and one inbox stream per shard
+    ins = [s.inbox_stream_of(k) for k in shards]
     leases, markers, objects = s.lease_bucket, EffectMarkers.bucket(s), s.object_bucket
     # what every role needs to find the deployment (ensure_topology only reads when the
     # streams exist, as the operator made them)
     runs = s.index_stream
-    base = _api("INFO", *(f"STREAM.INFO.{x}" for x in (j, i, d, o, runs)))
+    base = _api("INFO", *(f"STREAM.INFO.{x}" for x in (*js, *ins, d, o, runs)))
     read_objects = _api(f"DIRECT.GET.{o}", f"DIRECT.GET.{o}.>")
     read_journal = [
-        *_api(f"DIRECT.GET.{j}", f"DIRECT.GET.{j}.>", f"STREAM.MSG.GET.{j}"),
+        *_api(*(c for j in js for c in (f"DIRECT.GET.{j}", f"DIRECT.GET.{j}.>"))),
+        *_api(*(f"STREAM.MSG.GET.{j}" for j in js)),
         *read_objects,
     ]
     write_objects = [f"$O.{objects}.>"]
@@ -76,8 +80,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 f"$KV.{leases}.>",
                 f"$KV.{markers}.>",
                 *write_objects,
-                f"$JS.ACK.{i}.>",
-                f"$JS.ACK.{j}.>",
+                *(f"$JS.ACK.{x}.>" for x in (*ins, *js)),
                 "$JS.FC.>",
             ],
             subscribe=[REPLIES, f"{p}.>"],
@@ -88,9 +91,9 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
             publish=[
                 *base,
                 *read_journal,
-                f"{p}.j.>",
+                *(s.journal_all(k) for k in shards),
                 f"{p}.in.>",
-                f"{p}.sched.>",
+                *(s.schedule_all(k) for k in shards),
                 f"{p}.dlq.>",
                 f"{p}.worker.*.ping",
                 s.lease_round(),
@@ -107,12 +110,13 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                     f"CONSUMER.CREATE.KV_{leases}.>",
                     f"CONSUMER.INFO.KV_{leases}.>",
                     f"CONSUMER.DELETE.KV_{leases}.>",
-                    f"CONSUMER.CREATE.{i}.>",
-                    f"CONSUMER.MSG.NEXT.{i}.>",
-                    f"CONSUMER.INFO.{i}.>",
-                    f"CONSUMER.DELETE.{i}.>",
+                    *(
+                        f"CONSUMER.{call}.{i}.>"
+                        for i in ins
+                        for call in ("CREATE", "MSG.NEXT", "INFO", "DELETE")
+                    ),
                 ),
-                f"$JS.ACK.{i}.>",
+                *(f"$JS.ACK.{i}.>" for i in ins),
                 "$JS.FC.>",
             ],
             subscribe=[REPLIES, f"{p}.worker.*.ping", s.lease_round()],
@@ -131,9 +135,11 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 *(
                     a
                     for k in kinds
+                    for shard, j in enumerate(js)
                     for a in (
                         # the filter is part of the subject: no wider one, no other kind
-                        f"$JS.API.CONSUMER.CREATE.{j}.{s.effect_consumer(k)}.{s.effect_filter(k)}",
+                        f"$JS.API.CONSUMER.CREATE.{j}.{s.effect_consumer(k)}."
+                        f"{s.effect_filter(k, shard)}",
                         f"$JS.API.CONSUMER.MSG.NEXT.{j}.{s.effect_consumer(k)}",
                         f"$JS.ACK.{j}.{s.effect_consumer(k)}.>",
                     )
@@ -149,7 +155,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 *(f"{p}.in.*.*.{kind}" for kind in ("start", "cancel", "wake")),
                 f"{p}.event.>",
                 *write_objects,
-                *_api(f"STREAM.INFO.{j}.>"),
+                *_api(*(f"STREAM.INFO.{j}.>" for j in js)),
             ],
             subscribe=[REPLIES, f"{p}.jn.>"],
         )
@@ -174,8 +180,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                     f"DIRECT.GET.{d}.>",
                     f"DIRECT.GET.{runs}",
                     f"DIRECT.GET.{runs}.>",
-                    f"CONSUMER.CREATE.{j}",
-                    f"CONSUMER.CREATE.{j}.>",
+                    *(c for j in js for c in (f"CONSUMER.CREATE.{j}", f"CONSUMER.CREATE.{j}.>")),
                 ),
                 "$JS.FC.>",
             ],

@@ -15,6 +15,16 @@ Layout for prefix ``ms`` (configurable, so tests and tenants can be isolated)::
     ms.dlq.<source>.<run>        dead letters: messages a consumer could not apply (MS_DEADLETTERS)
     ms.active.<run>              a run not yet ended, where a cap is set (MS_ACTIVE)
     ms.runs.<run>                the run index: every run a keyed worker started (MS_RUNS)
+
+Shards (``shards=S``, fixed when the deployment is created, docs/scaling.md): shard k
+owns a range of the partitions, with a journal stream and an inbox stream of its own.
+Shard 0 keeps the names above, so a deployment of one shard is laid out as it always
+was; shard k >= 1 writes its journal on ``ms.j<k>.<run>...`` (stream MS_JOURNAL_<k>,
+republished to ``ms.jn.>`` like shard 0) and its timers on ``ms.sched<k>.<run>.<seq>``;
+its inbox stream MS_INBOX_<k> holds ``ms.in.<p>.>`` of its partitions. Published events
+are taken in by shard 0's inbox stream alone (one stream may own ``ms.event.*.*``) and
+stored there under their partition's subject, which a second consumer of the
+partition's owner reads.
 """
 
 from __future__ import annotations
@@ -41,46 +51,102 @@ def partition_of(run_id: str, partitions: int) -> int:
     return h % partitions
 
 
+def journal_shard(subject: str) -> int:
+    """The shard of a journal subject (``ms.j3.<run>.e`` is shard 3's, ``ms.j.<run>.e``
+    shard 0's)."""
+    token = subject.split(".", 2)[1] if subject.count(".") >= 2 else ""
+    return int(token[1:]) if token[1:].isdigit() else 0
+
+
 class Subjects:
     """Subjects and stream names for one Mainspring deployment (a prefix)."""
 
-    def __init__(self, prefix: str = "ms", partitions: int = 16) -> None:
+    def __init__(self, prefix: str = "ms", partitions: int = 16, shards: int = 1) -> None:
         if not _PREFIX_RE.fullmatch(prefix):
             raise ConfigError(
                 f"invalid subject prefix {prefix!r}: start with a-z, then up to 31 of a-z 0-9 _ -"
             )
         if not 1 <= partitions <= 1024:
             raise ConfigError(f"partitions must be between 1 and 1024, got {partitions}")
+        if not 1 <= shards <= min(partitions, 64):
+            raise ConfigError(
+                f"shards must be between 1 and the partitions ({partitions}, at most 64), "
+                f"got {shards}"
+            )
         self.prefix = prefix
         self.partitions = partitions
+        self.shards = shards
         upper = prefix.upper().replace("-", "_")
+        self._upper = upper
         self.journal_stream = f"{upper}_JOURNAL"
+        """shard 0's journal stream (the only one of a deployment of one shard)"""
         self.inbox_stream = f"{upper}_INBOX"
+        """shard 0's inbox stream: it also takes in every published event"""
         self.lease_bucket = f"{prefix.replace('-', '_')}_leases"
         self.dead_letter_stream = f"{upper}_DEADLETTERS"
         self.active_stream = f"{upper}_ACTIVE"
         self.index_stream = f"{upper}_RUNS"
 
+    # shards -----------------------------------------------------------------
+    def shard_of_partition(self, partition: int) -> int:
+        """The shard owning a partition: shards own equal ranges of the partitions."""
+        return partition * self.shards // self.partitions
+
+    def shard_of(self, run_id: str) -> int:
+        return self.shard_of_partition(partition_of(run_id, self.partitions))
+
+    def shard_partitions(self, shard: int) -> list[int]:
+        return [p for p in range(self.partitions) if self.shard_of_partition(p) == shard]
+
+    def journal_stream_of(self, shard: int) -> str:
+        return self.journal_stream if shard == 0 else f"{self._upper}_JOURNAL_{shard}"
+
+    def inbox_stream_of(self, shard: int) -> str:
+        return self.inbox_stream if shard == 0 else f"{self._upper}_INBOX_{shard}"
+
+    @property
+    def journal_streams(self) -> list[str]:
+        return [self.journal_stream_of(k) for k in range(self.shards)]
+
+    def run_journal_stream(self, run_id: str) -> str:
+        """The journal stream a run's entries are in."""
+        return self.journal_stream_of(self.shard_of(run_id))
+
+    def shard_of_subject(self, subject: str) -> int:
+        """The shard of a journal subject (``ms.j3.<run>.e`` is shard 3's)."""
+        return journal_shard(subject)
+
+    def _j(self, shard: int) -> str:
+        return f"{self.prefix}.j" if shard == 0 else f"{self.prefix}.j{shard}"
+
     # journal ----------------------------------------------------------------
     def journal(self, run_id: str) -> str:
-        return f"{self.prefix}.j.{run_id}.e"
+        return f"{self._j(self.shard_of(run_id))}.{run_id}.e"
 
     def journal_end(self, run_id: str) -> str:
         """The subject of a run's terminal event (journals written before 2026-12 hold
         it on ``journal(run_id)``)."""
-        return f"{self.prefix}.j.{run_id}.end"
+        return f"{self._j(self.shard_of(run_id))}.{run_id}.end"
 
     def journal_effect(self, run_id: str, kind: str) -> str:
-        return f"{self.prefix}.j.{run_id}.fx.{kind}"
+        return f"{self._j(self.shard_of(run_id))}.{run_id}.fx.{kind}"
 
     def journal_run_filter(self, run_id: str) -> str:
-        return f"{self.prefix}.j.{run_id}.>"
+        return f"{self._j(self.shard_of(run_id))}.{run_id}.>"
 
-    def journal_all(self) -> str:
-        return f"{self.prefix}.j.>"
+    def journal_all(self, shard: int = 0) -> str:
+        return f"{self._j(shard)}.>"
 
-    def effect_filter(self, kind: str) -> str:
-        return f"{self.prefix}.j.*.fx.{kind}"
+    def journal_starts(self, shard: int = 0) -> str:
+        """The subjects that name every run of a shard once (each run's ``.e``)."""
+        return f"{self._j(shard)}.*.e"
+
+    def journal_placeholder(self, shard: int, token: str) -> str:
+        """An erased entry's subject in a shard's journal (no run id holds ``token``)."""
+        return f"{self._j(shard)}.{token}.gone"
+
+    def effect_filter(self, kind: str, shard: int = 0) -> str:
+        return f"{self._j(shard)}.*.fx.{kind}"
 
     def watch_all(self) -> str:
         return f"{self.prefix}.jn.>"
@@ -122,14 +188,32 @@ class Subjects:
     def inbox_partition(self, partition: int) -> str:
         return f"{self.prefix}.in.{partition}.>"
 
-    def schedule(self, run_id: str, seq: int) -> str:
-        return f"{self.prefix}.sched.{run_id}.{seq}"
+    def event_partition(self, partition: int) -> str:
+        """A partition's published events, as shard 0's inbox stream stores them."""
+        return f"{self.prefix}.in.{partition}.*.ev.*"
 
-    def schedule_all(self) -> str:
-        return f"{self.prefix}.sched.>"
+    def inbox_stream_subjects(self, shard: int) -> list[str]:
+        """What a shard's inbox stream owns (shard 0 also takes in published events)."""
+        if self.shards == 1:
+            return [self.event_ingest(), self.inbox_all(), self.schedule_all()]
+        mine = [self.inbox_partition(p) for p in self.shard_partitions(shard)]
+        ingest = [self.event_ingest()] if shard == 0 else []
+        return [*ingest, *mine, self.schedule_all(shard)]
+
+    def _sched(self, shard: int) -> str:
+        return f"{self.prefix}.sched" if shard == 0 else f"{self.prefix}.sched{shard}"
+
+    def schedule(self, run_id: str, seq: int) -> str:
+        return f"{self._sched(self.shard_of(run_id))}.{run_id}.{seq}"
+
+    def schedule_run(self, run_id: str) -> str:
+        return f"{self._sched(self.shard_of(run_id))}.{run_id}.>"
+
+    def schedule_all(self, shard: int = 0) -> str:
+        return f"{self._sched(shard)}.>"
 
     def is_inbox(self, subject: str) -> bool:
-        """A subject of the inbox stream (a run's input), as stored or as published."""
+        """A subject of an inbox stream (a run's input), as stored or as published."""
         return subject.startswith((f"{self.prefix}.in.", f"{self.prefix}.event."))
 
     # dead letters ---------------------------------------------------------------
@@ -175,6 +259,11 @@ class Subjects:
 
     def inbox_consumer(self, partition: int) -> str:
         return f"inbox-p{partition}"
+
+    def event_consumer(self, partition: int) -> str:
+        """The consumer of a partition's events in shard 0's inbox stream, where the
+        partition belongs to another shard."""
+        return f"inbox-ev-p{partition}"
 
     def unrouted_consumer(self) -> str:
         return "inbox-unrouted"

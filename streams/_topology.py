@@ -77,11 +77,17 @@ async def check_server(nc: NATS) -> ServerFeatures:
     return ServerFeatures(version=found, api_level=level)
 
 
-def journal_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, Any]:
-    return {
-        "name": subjects.journal_stream,
+SHARDS_KEY = "mainspring_shards"
+"""the stream metadata entry of shard 0's journal that records the deployment's shards"""
+
+
+def journal_stream_config(
+    subjects: Subjects, cfg: TopologyConfig, shard: int = 0
+) -> dict[str, Any]:
+    config = {
+        "name": subjects.journal_stream_of(shard),
         "description": "Mainspring run journals: the source of truth",
-        "subjects": [subjects.journal_all()],
+        "subjects": [subjects.journal_all(shard)],
         "retention": "limits",
         "storage": cfg.storage,
         "num_replicas": cfg.replicas,
@@ -94,18 +100,23 @@ def journal_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, 
         "deny_purge": True,
         "allow_rollup_hdrs": False,
         "republish": {
-            "src": subjects.journal_all(),
+            "src": subjects.journal_all(shard),
             "dest": subjects.watch_all(),
             "headers_only": True,
         },
     }
+    if shard == 0 and subjects.shards > 1:
+        # Where every process finds how many shards there are (a deployment of one
+        # shard has none: so were all deployments before shards).
+        config["metadata"] = {SHARDS_KEY: str(subjects.shards)}
+    return config
 
 
-def inbox_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, Any]:
-    return {
-        "name": subjects.inbox_stream,
+def inbox_stream_config(subjects: Subjects, cfg: TopologyConfig, shard: int = 0) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "name": subjects.inbox_stream_of(shard),
         "description": "Mainspring run inboxes: inputs not yet turned into journal facts",
-        "subjects": [subjects.event_ingest(), subjects.inbox_all(), subjects.schedule_all()],
+        "subjects": subjects.inbox_stream_subjects(shard),
         "retention": "workqueue",
         "storage": cfg.storage,
         "num_replicas": cfg.replicas,
@@ -113,11 +124,13 @@ def inbox_stream_config(subjects: Subjects, cfg: TopologyConfig) -> dict[str, An
         "duplicate_window": int(cfg.duplicate_window_s * _NS),
         "allow_direct": True,
         "allow_msg_schedules": True,
-        "subject_transform": {
+    }
+    if shard == 0:
+        config["subject_transform"] = {
             "src": subjects.event_ingest(),
             "dest": subjects.event_transform_dest(),
-        },
-    }
+        }
+    return config
 
 
 DLQ_MAX_AGE_DAYS = 30
@@ -146,6 +159,12 @@ def dead_letter_stream_config(subjects: Subjects) -> dict[str, Any]:
     }
 
 
+def _same(field: str, current: Any, wanted: Any) -> bool:
+    if field == "metadata":  # the server adds entries of its own (``_nats.*``)
+        return all((current or {}).get(k) == v for k, v in wanted.items())
+    return bool(current == wanted)
+
+
 async def create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
     name = config["name"]
     if config.get("num_replicas") is None:
@@ -162,7 +181,7 @@ async def create_or_update(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
     current: dict[str, Any] = info["config"]
     if keep_replicas:
         config = {**config, "num_replicas": current.get("num_replicas", 1)}
-    if all(current.get(k) == v for k, v in config.items()):
+    if all(_same(k, current.get(k), v) for k, v in config.items()):
         return current
     merged = {**current, **config}
     try:
@@ -195,18 +214,22 @@ async def ensure_topology(
     streams and verify what the server echoes."""
     cfg = cfg or TopologyConfig()
     features = await check_server(nc)
-    journal = journal_stream_config(subjects, cfg)
-    inbox = inbox_stream_config(subjects, cfg)
-    _require(
-        await create_or_update(nc, journal),
-        journal,
-        ("allow_direct", "republish", "deny_delete", "deny_purge"),
-    )
-    _require(
-        await create_or_update(nc, inbox),
-        inbox,
-        ("allow_msg_schedules", "subject_transform", "retention"),
-    )
+    await check_shards(nc, subjects)
+    for shard in range(subjects.shards):
+        journal = journal_stream_config(subjects, cfg, shard)
+        inbox = inbox_stream_config(subjects, cfg, shard)
+        _require(
+            await create_or_update(nc, journal),
+            journal,
+            ("allow_direct", "republish", "deny_delete", "deny_purge"),
+        )
+        _require(
+            await create_or_update(nc, inbox),
+            inbox,
+            ("allow_msg_schedules", "subject_transform", "retention")
+            if shard == 0
+            else ("allow_msg_schedules", "retention"),
+        )
     dlq = dead_letter_stream_config(subjects)
     if cfg.replicas is not None:
         dlq["num_replicas"] = cfg.replicas
@@ -217,6 +240,32 @@ async def ensure_topology(
     _require(await create_or_update(nc, index), index, ("deny_delete", "deny_purge"))
     await _ensure_objects(nc, subjects, cfg)
     return features
+
+
+async def deployed_shards(nc: NATS, subjects: Subjects) -> int | None:
+    """How many shards the deployment of ``subjects.prefix`` was created with (None:
+    there is none yet)."""
+    info = await stream_info(nc, subjects.journal_stream)
+    if info is None:
+        return None
+    metadata = info["config"].get("metadata") or {}
+    return int(metadata.get(SHARDS_KEY, "1"))
+
+
+async def check_shards(nc: NATS, subjects: Subjects) -> None:
+    """Refuse to work with another number of shards than the deployment was created
+    with: runs would be looked for, and their inputs sent, in the wrong streams."""
+    found = await deployed_shards(nc, subjects)
+    if found is None or found == subjects.shards:
+        return
+    raise ConfigError(
+        f"the deployment {subjects.prefix!r} has {found} shard(s), but this process was "
+        f"started with {subjects.shards}. The number of shards is fixed when a deployment "
+        f"is created: start it with --shards {found} (Subjects(..., shards={found}) in code). "
+        "To move to more shards, create a new deployment under another prefix with "
+        "`mainspring setup --prefix NEW --shards N`, start new runs there, and retire the "
+        "old one when its runs have ended (docs/scaling.md, 'Changing the number of shards')."
+    )
 
 
 async def _ensure_objects(nc: NATS, subjects: Subjects, cfg: TopologyConfig) -> None:
@@ -234,11 +283,10 @@ async def set_retention(nc: NATS, subjects: Subjects, max_age_s: float) -> None:
     (``discard: old``): retention for every run alike. Workers starting later keep it
     (they only set what they need). A run still going when its first entries age out
     loses them: pick an age longer than any run lives."""
-    info = await stream_info(nc, subjects.journal_stream)
-    if info is None:
-        raise ConfigError(f"no journal stream {subjects.journal_stream}: run setup first")
-    await api_request(
-        nc,
-        f"$JS.API.STREAM.UPDATE.{subjects.journal_stream}",
-        {**info["config"], "max_age": int(max_age_s * _NS)},
-    )
+    for name in subjects.journal_streams:
+        info = await stream_info(nc, name)
+        if info is None:
+            raise ConfigError(f"no journal stream {name}: run setup first")
+        await api_request(
+            nc, f"$JS.API.STREAM.UPDATE.{name}", {**info["config"], "max_age": int(max_age_s * _NS)}
+        )
