@@ -34,8 +34,15 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 @pytest.fixture
-def subjects() -> Subjects:
-    return Subjects(prefix="t" + uuid.uuid4().hex[:10], partitions=4)
+def shards() -> int:
+    """Journal and inbox shards of a test's deployment: 1, unless its module runs its
+    cases over 1 and 4 (``pytestmark = SHARDED``: the kernel and projection tests)."""
+    return 1
+
+
+@pytest.fixture
+def subjects(shards: int) -> Subjects:
+    return Subjects(prefix="t" + uuid.uuid4().hex[:10], partitions=4, shards=shards)
 
 
 @pytest.fixture
@@ -62,10 +69,22 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep `replayed` modules true to their word: a case that uses NATS without the
-    forced_replay fixture must say why (live_only), and one that says so must not."""
+    forced_replay fixture must say why (live_only), and one that says so must not.
+    Cases over 4 shards run live only: replay does not depend on where a journal is."""
     wrong = []
+    replayed_s4 = [
+        item
+        for item in items
+        if isinstance(item, pytest.Function)
+        and hasattr(item, "callspec")
+        and item.callspec.params.get("shards") == 4
+        and item.callspec.params.get("forced_replay")
+    ]
+    if replayed_s4:
+        config.hook.pytest_deselected(items=replayed_s4)
+        items[:] = [item for item in items if item not in set(replayed_s4)]
     for item in items:
         if not isinstance(item, pytest.Function) or item.get_closest_marker("replayed") is None:
             continue

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import anyio
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 
 from actors import Registry, Worker, WorkerOptions
@@ -18,7 +19,16 @@ from client import Client, RunStatus
 from handlers import Handlers, HandlerService
 from projections import Projector
 from schemas import EffectRequested, Event, StepCompleted, encode_event
-from streams import Key, Keyring, StoredEvent, Subjects, key_id, verify_chain
+from streams import Journal, Key, Keyring, StoredEvent, Subjects, key_id, verify_chain
+
+
+@pytest.fixture(name="shards", params=[1, 4], ids=["s1", "s4"])
+def sharded(request: pytest.FixtureRequest) -> int:
+    """Imported by the kernel and projection test modules (``from tests.harness import
+    sharded``): their cases run on a deployment of one shard and of four (on four
+    partitions: one each)."""
+    return int(request.param)
+
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -117,9 +127,9 @@ def events_of(events: list[StoredEvent], cls: type[E]) -> list[E]:
 
 
 async def projected(projector: Projector, nc: NATS, subjects: Subjects, timeout: float = 20) -> int:
-    """Wait until the projector has committed everything the journal holds now."""
-    info = await nc.jetstream().stream_info(subjects.journal_stream)
-    target = info.state.last_seq
+    """Wait until the projector has committed everything the journal holds now (its
+    position is the sum over the shards)."""
+    target = sum(await Journal(nc, subjects).last_seqs())
 
     async def caught_up() -> bool:
         return projector.stats.position >= target

@@ -19,6 +19,7 @@ from schemas import (
     StepCompleted,
 )
 from streams import GENESIS, HDR_TYPE, Journal, Subjects, ensure_topology, partition_of
+from tests.harness import sharded  # noqa: F401  (the shards fixture: 1 and 4)
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -177,7 +178,7 @@ async def test_journal_history_cannot_be_purged_or_deleted(nc: NATS, subjects: S
     await ensure_topology(nc, subjects)
     j = Journal(nc, subjects)
     first = await j.append(_started("r9"), expected_seq=0, prev=GENESIS)
-    stream = subjects.journal_stream
+    stream = subjects.run_journal_stream("r9")
     for body in ({}, {"filter": subjects.journal_run_filter("r9")}):
         with pytest.raises(ApiError, match="purge not permitted"):
             await api_request(nc, f"$JS.API.STREAM.PURGE.{stream}", body)

@@ -9,7 +9,11 @@ from nats.aio.client import Client as NATS
 import mainspring as ms
 from streams import Subjects
 from tests.apps import registry
-from tests.harness import wait_status, wait_until
+from tests.harness import (
+    sharded,  # noqa: F401  (the shards fixture: 1 and 4)
+    wait_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -41,7 +41,13 @@ from schemas import (
     stored_refs,
 )
 from streams import Journal, Objects, PayloadLimits, StoredEvent, Subjects
-from tests.harness import assert_journal_sound, events_of, running, wait_status
+from tests.harness import (
+    assert_journal_sound,
+    events_of,
+    running,
+    sharded,  # noqa: F401  (the shards fixture: 1 and 4)
+    wait_status,
+)
 from tests.procs import acli, cli, conn_args
 
 pytestmark = [pytest.mark.anyio, pytest.mark.replayed]
@@ -221,7 +227,7 @@ async def test_result_over_cap_fails_effect_once(
         rid = await client.start("too_large_result", at_most_once)
         assert await client.result(rid, timeout=30) == "payload_too_large"
         info = await nc.jetstream().consumer_info(
-            subjects.journal_stream, subjects.effect_consumer("blob.make")
+            subjects.run_journal_stream(rid), subjects.effect_consumer("blob.make")
         )
     assert calls == ["x"]
     assert info.num_redelivered == 0

@@ -10,7 +10,12 @@ import mainspring as ms
 from projections import Projector, Queries, Signer, drop_projections
 from streams import Subjects
 from tests.apps import handlers, registry
-from tests.harness import projected, running, wait_status
+from tests.harness import (
+    projected,
+    running,
+    sharded,  # noqa: F401  (the shards fixture: 1 and 4)
+    wait_status,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +94,7 @@ async def test_resume_updates_the_projection(
 async def _dump(pool: asyncpg.Pool) -> dict[str, list[tuple[object, ...]]]:
     tables = {
         "runs": "SELECT * FROM runs ORDER BY run_id",
-        "run_events": "SELECT * FROM run_events ORDER BY stream_seq",
+        "run_events": "SELECT * FROM run_events ORDER BY run_id, n",
         "effects": "SELECT * FROM effects ORDER BY effect_id",
         "waits": "SELECT * FROM waits ORDER BY run_id, seq",
         "checkpoints": "SELECT run_id, n, hash, signature, key_id FROM checkpoints ORDER BY 1, 2",

@@ -14,14 +14,20 @@ from projections import Projector, audit
 from servers._postgres import PostgresServer
 from streams import Subjects
 from tests.apps import registry
-from tests.harness import projected, running, wait_until
+from tests.harness import (
+    projected,
+    running,
+    sharded,  # noqa: F401  (the shards fixture: 1 and 4)
+    wait_until,
+)
 from tests.procs import spawn
 
 pytestmark = pytest.mark.anyio
 
 
 async def _event_count(nc: NATS, subjects: Subjects) -> int:
-    return (await nc.jetstream().stream_info(subjects.journal_stream)).state.messages
+    js = nc.jetstream()
+    return sum([(await js.stream_info(s)).state.messages for s in subjects.journal_streams])
 
 
 async def test_projector_sigkill_and_restart(
@@ -58,7 +64,7 @@ async def test_projector_sigkill_and_restart(
             await wait_until(all_projected, timeout=30)
         finally:
             second.stop()
-        assert await pool.fetchval("SELECT count(DISTINCT stream_seq) FROM run_events") == total
+        assert await pool.fetchval("SELECT count(DISTINCT (run_id, n)) FROM run_events") == total
         assert await pool.fetchval("SELECT max(stream_seq) FROM run_events") == await pool.fetchval(
             "SELECT stream_seq FROM projector_positions WHERE name = 'main'"
         )

@@ -27,6 +27,7 @@ from tests.harness import (
     assert_journal_sound,
     events_of,
     running,
+    sharded,  # noqa: F401  (the shards fixture: 1 and 4)
     types,
     wait_status,
     wait_until,
@@ -332,7 +333,8 @@ async def test_a_start_arriving_again_changes_nothing(
 async def _scheduled(nc: NATS, subjects: Subjects, run_id: str) -> tuple[str, str]:
     """The stream sequence and time of a run's wall-time deadline timer."""
     req = msgspec.json.encode({"last_by_subj": subjects.schedule(run_id, 0)})
-    msg = await nc.request(f"$JS.API.DIRECT.GET.{subjects.inbox_stream}", req, timeout=5)
+    stream = subjects.inbox_stream_of(subjects.shard_of(run_id))
+    msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", req, timeout=5)
     headers = msg.headers or {}
     assert "Status" not in headers, headers
     return headers["Nats-Sequence"], headers["Nats-Schedule"]
@@ -439,7 +441,9 @@ async def test_corrupt_journal_holds_that_run_only(
         await h.client.send_event("bent", "go", {"approved": True})
         js = nc.jetstream()
         held = await js.get_last_msg(subjects.inbox_stream, f"{subjects.prefix}.in.*.bent.ev.go")
-        consumer = subjects.inbox_consumer(subjects.partition("bent"))
+        p = subjects.partition("bent")  # published events are read where shard 0 keeps them
+        consumer = subjects.inbox_consumer(p) if p in subjects.shard_partitions(0) else None
+        consumer = consumer or subjects.event_consumer(p)
 
         async def delivered() -> bool:
             info = await js.consumer_info(subjects.inbox_stream, consumer)

@@ -1,0 +1,165 @@
+"""Shards: a deployment of S journal and inbox streams, each owning a range of the
+partitions. Fixed when the deployment is created: found by every command without being
+named, refused when a process names another number. Keys' sequence thresholds are
+per shard. (The kernel and projection modules run their cases over 1 and 4 shards.)"""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+import mainspring as ms
+from actors import Worker
+from client import Client
+from projections import Projector
+from schemas import ConfigError
+from servers import NatsServer
+from streams import Journal, Key, Keyring, Subjects, deployed_shards, ensure_topology, key_id
+from tests.apps import handlers, registry
+from tests.harness import keys_for, projected, running, wait_status
+from tests.procs import acli, conn_args
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def shards() -> int:
+    return 4
+
+
+def _one_run_per_shard(subjects: Subjects, stem: str = "r") -> list[str]:
+    """A run id for each shard (shards own ranges of the partitions)."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < subjects.shards:
+        found.setdefault(subjects.shard_of(f"{stem}{n}"), f"{stem}{n}")
+        n += 1
+    return [found[k] for k in range(subjects.shards)]
+
+
+def test_layout_keeps_shard_0_and_splits_the_partitions() -> None:
+    """Shard 0 is laid out as a deployment of one shard always was; the others own the
+    rest of the partitions, with subjects that no two streams share."""
+    one, four = Subjects("ms", 16), Subjects("ms", 16, shards=4)
+    rid = next(r for r in (f"r{n}" for n in range(100)) if four.shard_of(r) == 2)
+    assert four.journal_stream == one.journal_stream == "MS_JOURNAL"
+    assert four.journal_streams == ["MS_JOURNAL", "MS_JOURNAL_1", "MS_JOURNAL_2", "MS_JOURNAL_3"]
+    assert four.journal(rid) == f"ms.j2.{rid}.e"
+    assert one.journal(rid) == f"ms.j.{rid}.e"
+    assert four.schedule(rid, 7) == f"ms.sched2.{rid}.7"
+    assert four.inbox(rid, "start") == one.inbox(rid, "start")  # inbox subjects do not move
+    assert [four.shard_partitions(k) for k in range(4)] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10, 11],
+        [12, 13, 14, 15],
+    ]
+    owned = [s for k in range(4) for s in four.inbox_stream_subjects(k)]
+    assert len(owned) == len(set(owned))
+    assert one.inbox_stream_subjects(0) == ["ms.event.*.*", "ms.in.>", "ms.sched.>"]
+    assert four.shard_of_subject(four.journal_effect(rid, "x")) == 2
+    with pytest.raises(ConfigError, match="shards must be between 1 and the partitions"):
+        Subjects("ms", 4, shards=8)
+
+
+async def test_runs_in_every_shard_and_commands_find_them_unnamed(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects, pool: asyncpg.Pool, pg_dsn: str
+) -> None:
+    """Runs with effects, events and timers end in each shard; the projector follows
+    every shard; `status`, `audit verify --all`, `erase` work without --shards; a
+    process that names another number of shards is refused and told the right one."""
+    projector = Projector(nc, pool, subjects, keys=keys_for(subjects))
+    ids, sleepers = _one_run_per_shard(subjects), _one_run_per_shard(subjects, "t")
+    async with running(nc, subjects, registry, handlers, projector=projector) as h:
+        for rid in ids:
+            await h.client.start("agent", "shards", run_id=rid)  # an effect, then an event
+        for rid in sleepers:
+            await h.client.start("sleeper", 0.05, run_id=rid)  # a timer
+        for rid in ids:
+            await wait_status(h.client, rid, "waiting")
+            await h.client.send_event(rid, "approval", {"approved": True, "by": "ops"})
+        for rid in ids:
+            assert (await h.client.result(rid, timeout=20))["by"] == "ops"
+        for rid in sleepers:
+            assert await h.client.result(rid, timeout=20) == "woke"
+        await projected(projector, nc, subjects)
+    per_shard = await Journal(nc, subjects).last_seqs()
+    assert all(n > 0 for n in per_shard), per_shard
+    assert await deployed_shards(nc, subjects) == 4
+    rows = await pool.fetch("SELECT run_id, status FROM runs ORDER BY run_id")
+    assert {r["run_id"]: r["status"] for r in rows} == dict.fromkeys(ids + sleepers, "completed")
+
+    args = conn_args(nats_server, subjects, pg_dsn)  # no --shards: read from the deployment
+    out = await acli("status", ids[3], "--json", *args)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "completed"
+    out = await acli("audit", "verify", "--all", *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"verified {len(ids) * 2} run(s)" in out.stdout
+
+    out = await acli("erase", ids[2], "--reason", "asked", "--yes", *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = await acli("audit", "verify", "--all", *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"run {ids[2]} was erased on request" in out.stdout
+
+    out = await acli("status", ids[0], "--shards", "2", *args)
+    assert out.returncode != 0
+    assert "has 4 shard(s)" in out.stderr
+    assert "--shards 4" in out.stderr
+    other = Subjects(subjects.prefix, subjects.partitions, shards=2)
+    with pytest.raises(ConfigError, match="has 4 shard"):
+        await ensure_topology(nc, other)
+    with pytest.raises(ConfigError, match="has 4 shard"):
+        await Worker(nc, registry, subjects=other).run()
+
+
+async def test_client_reads_the_shards_of_the_deployment(
+    nc: NATS, nats_server: NatsServer, subjects: Subjects
+) -> None:
+    """`Client.connect` without ``shards`` finds the deployment's."""
+    await ensure_topology(nc, subjects)
+    client = await Client.connect(
+        nats_server.url, prefix=subjects.prefix, partitions=subjects.partitions
+    )
+    try:
+        assert client.subjects.shards == 4
+    finally:
+        await client.close()
+
+
+def test_key_thresholds_are_per_shard(tmp: object) -> None:
+    """An untagged entry is legacy up to its own shard's threshold; a revoked key's
+    entries are valid up to its own shard's sequence; the file keeps them all."""
+    from pathlib import Path
+
+    secret = bytes(range(32))
+    ring = Keyring([Key(key_id(secret), secret, "sign")], legacy_until=[10, 3])
+    s = Subjects("ms", 16, shards=4)
+    in_shard = {s.shard_of(f"r{n}"): f"r{n}" for n in range(200)}
+    zero, one, two = (s.journal(in_shard[k]) for k in (0, 1, 2))
+    assert ring.check_entry(zero, b"x", None, 10).legacy
+    assert ring.check_entry(one, b"x", None, 3).legacy
+    assert not ring.check_entry(one, b"x", None, 4).ok
+    assert not ring.check_entry(two, b"x", None, 1).ok  # no threshold named: none legacy
+
+    old = ring.signing
+    rotated = ring.added(Key(key_id(b"n" * 32), b"n" * 32, "verify")).signing_with(
+        key_id(b"n" * 32)
+    )
+    revoked = rotated.revoked(old.id, [100, 5])
+    tag = old.id + "." + ring.tag_entry(one, b"x").split(".", 1)[1]
+    assert revoked.check_entry(one, b"x", tag, 5).ok
+    assert (
+        "revoked after stream sequence 5 of shard 1"
+        in revoked.check_entry(one, b"x", tag, 6).problem
+    )
+    path = Path(str(tmp)) / "keys.json"
+    revoked.save(path)
+    again = Keyring.load(path)
+    assert again.legacy == (10, 3)
+    assert again.keys[old.id].valid_to == (100, 5)
+    _ = ms  # the package under test is importable as users import it
