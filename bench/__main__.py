@@ -13,7 +13,7 @@ from types import ModuleType
 
 import anyio
 
-from bench import chaos, floor, late, w1, w2, w3, w4, w5, w6, w8, w9, w10
+from bench import chaos, floor, late, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10
 from bench._env import Environment
 from mainspring._logging import configure_logging
 
@@ -24,6 +24,7 @@ WORKLOADS: dict[str, tuple[ModuleType, str]] = {
     "w4": (w4, "crash recovery: SIGKILL a worker mid-flight, time a replacement"),
     "w5": (w5, "audit replay speed: events/s whose hash chains are verified from the stream"),
     "w6": (w6, "projection lag under W1 load, and projector throughput rebuilding"),
+    "w7": (w7, "shards: steps/s of W1's burst on deployments of 1, 2 and 4 shards"),
     "w8": (w8, "effects through a handler process: per-effect latency, effects/s"),
     "w9": (w9, "agent-shaped runs: runtime overhead over the handlers' own work"),
     "w10": (w10, "tenants: one tenant's W1 while another, at its storage quota, keeps trying"),

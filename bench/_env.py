@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -200,15 +201,43 @@ async def handlers_ready(
     s = env.subjects
     with anyio.fail_after(timeout):
         for kind in kinds:
-            while True:
-                try:
-                    info = await js.consumer_info(s.journal_stream, s.effect_consumer(kind))
-                except nats.js.errors.NotFoundError:
-                    info = None  # not created yet
-                if info is not None and (info.num_waiting or 0) >= want:
-                    break
-                await anyio.sleep(0.05)
+            for stream in s.journal_streams:  # a consumer per kind in each shard's journal
+                while True:
+                    try:
+                        info = await js.consumer_info(stream, s.effect_consumer(kind))
+                    except nats.js.errors.NotFoundError:
+                        info = None  # not created yet
+                    if info is not None and (info.num_waiting or 0) >= want:
+                        break
+                    await anyio.sleep(0.05)
     log(f"{want} handler process(es) pulling {', '.join(kinds)}")
+
+
+async def lease_holders(client: ms.Client, subjects: Subjects) -> dict[int, str]:
+    """Partition → the worker id holding its lease now."""
+    kv = await client.nc.jetstream().key_value(subjects.lease_bucket)
+    held: dict[int, str] = {}
+    for p in range(subjects.partitions):
+        try:
+            entry = await kv.get(subjects.lease_key(p))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            continue
+        held[p] = (entry.value or b"").decode()
+    return held
+
+
+async def balanced(
+    client: ms.Client, subjects: Subjects, workers: int, timeout: float = 30
+) -> dict[int, str]:
+    """Wait until ``workers`` workers hold every partition between them, balanced."""
+    with anyio.fail_after(timeout):
+        while True:
+            held = await lease_holders(client, subjects)
+            counts = Counter(held.values())
+            full = len(held) == subjects.partitions and len(counts) == workers
+            if full and max(counts.values()) - min(counts.values()) <= 1:
+                return held
+            await anyio.sleep(0.05)
 
 
 async def warm_up(

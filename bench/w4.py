@@ -13,11 +13,18 @@ from functools import partial
 from pathlib import Path
 
 import anyio
-import nats.js.errors
 from nats.aio.msg import Msg
 
 import mainspring as ms
-from bench._env import Environment, common_fields, connect, log, warm_up
+from bench._env import (
+    Environment,
+    balanced,
+    common_fields,
+    connect,
+    lease_holders,
+    log,
+    warm_up,
+)
 from schemas import event_type
 from streams import Subjects
 
@@ -73,31 +80,6 @@ async def _audit(
     return audit
 
 
-async def _holders(client: ms.Client, subjects: Subjects) -> dict[int, str]:
-    """Partition → the worker id holding its lease now."""
-    kv = await client.nc.jetstream().key_value(subjects.lease_bucket)
-    held: dict[int, str] = {}
-    for p in range(subjects.partitions):
-        try:
-            entry = await kv.get(subjects.lease_key(p))
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            continue
-        held[p] = (entry.value or b"").decode()
-    return held
-
-
-async def _split(client: ms.Client, subjects: Subjects, timeout: float = 30) -> dict[int, str]:
-    """Wait until two workers hold every partition between them, balanced."""
-    with anyio.fail_after(timeout):
-        while True:
-            held = await _holders(client, subjects)
-            counts = Counter(held.values())
-            full = len(held) == subjects.partitions and len(counts) == 2
-            if full and max(counts.values()) - min(counts.values()) <= 1:
-                return held
-            await anyio.sleep(0.05)
-
-
 class _Freed:
     """When the survivor said the killed worker is gone, and when it held each lease."""
 
@@ -137,10 +119,10 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
     s = env.subjects
     async with connect(env) as client:
         await warm_up(client, 1)
-        victim = next(iter((await _holders(client, s)).values()))
+        victim = next(iter((await lease_holders(client, s)).values()))
         if not args.replacement:
             env.spawn_worker(concurrency)  # the survivor, running before the kill
-            held = await _split(client, s)
+            held = await balanced(client, s, 2)
             log(f"two workers hold {Counter(held.values()).most_common()} partitions")
         ids = [f"w4-{i}" for i in range(runs)]
         all_done = anyio.Event()
@@ -160,7 +142,7 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
                 tg.start_soon(partial(one, rid))
             # the kill lands at --kill-after, mid-flight: that is the workload, not a settle
             await anyio.sleep(max(0.0, t0 + kill_after - time.perf_counter()))
-            lost = {p for p, w in (await _holders(client, s)).items() if w == victim}
+            lost = {p for p, w in (await lease_holders(client, s)).items() if w == victim}
             freed = _Freed()
             watch = anyio.CancelScope()
 

@@ -65,25 +65,55 @@ def setup(
             show_default=False,
         ),
     ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="stream replicas: 3 on a 3-node cluster (a node may fail); default: 1 for "
+            "a new deployment, unchanged for an existing one",
+            show_default=False,
+        ),
+    ] = None,
     *,
     conn: Connection,
 ) -> None:
     """Create the deployment's streams, KV buckets and object store (idempotent).
 
-    With roles (`mainspring roles write`) only the operator may: run this once with
-    --nats-nkey operator.nk before starting workers, handlers and the rest."""
-    from streams import EffectMarkers, Leases, ensure_topology, set_active_cap, set_retention
+    With --shards N (fixed from then on) the journal and the inbox are N streams each.
+    On a cluster their leaders are spread over the nodes; run setup again after nodes
+    restarted to spread them again. With roles (`mainspring roles write`) only the
+    operator may: run this once with --nats-nkey operator.nk before starting workers,
+    handlers and the rest."""
+    from streams import (
+        EffectMarkers,
+        Leases,
+        TopologyConfig,
+        ensure_topology,
+        set_active_cap,
+        set_retention,
+        spread_leaders,
+    )
 
     if max_active_runs is not None and max_active_runs < 1:
         raise typer.BadParameter("--max-active-runs must be at least 1")
     if retain_days is not None and retain_days < 1:
         raise typer.BadParameter("--retain-days must be at least 1")
 
+    if replicas is not None and replicas not in (1, 3, 5):
+        raise typer.BadParameter("--replicas is 1, 3 or 5")
+
     async def body(env: Env) -> int:
-        await ensure_topology(env.nc, env.subjects)
+        await ensure_topology(env.nc, env.subjects, TopologyConfig(replicas=replicas))
         await EffectMarkers(env.nc, env.subjects).open()
         await Leases(env.nc, env.subjects, "setup").open()
-        print(f"deployment {env.subjects.prefix!r} is set up: streams, buckets, object store")
+        shards = env.subjects.shards
+        print(
+            f"deployment {env.subjects.prefix!r} is set up ({shards} shard"
+            f"{'s' if shards > 1 else ''}): streams, buckets, object store"
+        )
+        leaders = await spread_leaders(env.nc, env.subjects) if shards > 1 else {}
+        if leaders:
+            nodes = sorted(set(leaders.values()))
+            print(f"  stream leaders on {len(nodes)} node(s): {', '.join(nodes)}")
         if max_active_runs is not None:
             await set_active_cap(env.nc, env.subjects, max_active_runs)
             print(f"  at most {max_active_runs} runs not yet ended (restart workers to apply)")

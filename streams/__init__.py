@@ -90,6 +90,7 @@ from streams._topology import (
     deployed_shards,
     ensure_topology,
     set_retention,
+    spread_leaders,
 )
 
 __all__ = [
@@ -175,6 +176,7 @@ __all__ = [
     "role_users",
     "set_active_cap",
     "set_retention",
+    "spread_leaders",
     "stream_info",
     "stream_seq",
     "stream_subjects",

@@ -242,6 +242,56 @@ async def ensure_topology(
     return features
 
 
+async def spread_leaders(nc: NATS, subjects: Subjects) -> dict[str, str]:
+    """Move the leaders of the shards' replicated journal and inbox streams apart, so
+    that no node leads more of them than its share (a leader takes every append of its
+    stream: shards pay off across nodes only when their leaders are on different ones).
+
+    The server places each stream's peers and elects its leader without regard to the
+    others; this asks an overloaded node's streams to step down in favour of a replica
+    on the least loaded node (nats-server >= 2.11: a preferred leader). A no-op when
+    already spread, or on one node. Returns stream -> leader afterwards."""
+    streams = [
+        *subjects.journal_streams,
+        *(subjects.inbox_stream_of(k) for k in range(subjects.shards)),
+    ]
+    leaders: dict[str, str] = {}
+    peers: dict[str, list[str]] = {}
+    for name in streams:
+        info = await stream_info(nc, name)
+        cluster = (info or {}).get("cluster") or {}
+        if not cluster.get("leader") or not cluster.get("replicas"):
+            continue  # R1, or no leader right now: nothing to move
+        leaders[name] = cluster["leader"]
+        peers[name] = [r["name"] for r in cluster["replicas"] if r.get("current")]
+    nodes = sorted({n for name in leaders for n in (leaders[name], *peers[name])})
+    if len(nodes) < 2:
+        return leaders
+    share = -(-len(leaders) // len(nodes))
+    load = {n: sum(1 for v in leaders.values() if v == n) for n in nodes}
+    for name in sorted(leaders):
+        here = leaders[name]
+        if load[here] <= share:
+            continue
+        target = min(peers[name], key=lambda n: (load[n], n), default=None)
+        if target is None or load[target] + 1 > share:
+            continue
+        try:
+            await api_request(
+                nc,
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{name}",
+                {"placement": {"preferred": target}},
+            )
+        except ApiError as e:  # a peer just went away: leave this one where it is
+            log.warning("leader_not_moved", stream=name, to=target, error=e.description)
+            continue
+        load[here] -= 1
+        load[target] += 1
+        leaders[name] = target
+        log.info("leader_moved", stream=name, to=target)
+    return leaders
+
+
 async def deployed_shards(nc: NATS, subjects: Subjects) -> int | None:
     """How many shards the deployment of ``subjects.prefix`` was created with (None:
     there is none yet)."""

@@ -1,0 +1,153 @@
+"""W7, shards: W1's burst of chains on deployments of S = 1, 2, 4 shards; steps/s by shards.
+
+Each S is its own deployment (its own prefix) on the same server (or 3-node cluster,
+``--cluster``, streams R3), with as many worker processes as shards unless
+``--workers`` says otherwise. The deployments are measured in turn, ``--rounds`` times
+over in alternating order (1 2 4, then 4 2 1, ...) so a drift of the machine does not
+favour one; the median of each S is reported. ``ratio_4_to_1`` is what shows whether
+sharding works: each stream syncs on its own, so with ``--fsync-always`` (disk waits
+dominate) more shards give more steps/s even on one node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import nats
+
+import mainspring as ms
+from bench._env import APP, Environment, balanced, common_fields, log, warm_up
+from bench.w1 import burst
+from mainspring import NatsServer
+from servers import free_port
+from streams import Subjects, TopologyConfig, ensure_topology
+from tests.harness import keys_for
+from tests.procs import Proc, spawn
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", default="1,2,4", help="shard counts to measure (default 1,2,4)")
+    p.add_argument("--runs", type=int, default=200, help="runs started at once (default 200)")
+    p.add_argument("--steps", type=int, default=10, help="steps per run (default 10)")
+    p.add_argument("--concurrency", type=int, default=1000, help="worker --concurrency")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes per deployment (default: one per shard)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="passes over the shard counts")
+    p.add_argument(
+        "--cluster", action="store_true", help="a 3-node cluster, streams R3 (default: one node)"
+    )
+
+
+def _cluster(env: Environment) -> list[NatsServer]:
+    cports = [free_port() for _ in range(3)]
+    nodes = [
+        NatsServer(
+            env.dir / f"node{i}",
+            sync_always=env.fsync_always,
+            server_name=f"n{i}",
+            cluster_name="w7",
+            cluster_port=cports[i],
+            routes=[p for j, p in enumerate(cports) if j != i],
+        )
+        for i in range(3)
+    ]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready(timeout=60)
+    return nodes
+
+
+class _Deployment:
+    """One deployment of ``shards`` shards and its worker processes."""
+
+    def __init__(self, env: Environment, url: str, shards: int, cluster: bool) -> None:
+        self.env, self.url, self.cluster = env, url, cluster
+        self.subjects = Subjects(f"w7s{shards}", env.subjects.partitions, shards=shards)
+        self.workers: list[Proc] = []
+
+    async def start(self, workers: int, concurrency: int) -> None:
+        """Create the streams (so workers find the shards), then start the workers."""
+        nc = await nats.connect(self.url)
+        try:
+            replicas = TopologyConfig(replicas=3) if self.cluster else None
+            await ensure_topology(nc, self.subjects, replicas)
+        finally:
+            await nc.close()
+        for n in range(workers):
+            proc = spawn(
+                "worker",
+                APP,
+                self.url,
+                self.subjects,
+                self.env.dir / f"{self.subjects.prefix}-worker-{n}.log",
+                extra=("--concurrency", str(concurrency)),
+                env=self.env.spawn_env,
+                new_session=True,
+            )
+            self.workers.append(proc)
+            self.env.workers.append(proc)  # stopped with the environment if we fail
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            proc.stop()
+            self.env.workers.remove(proc)
+        self.workers.clear()
+
+
+async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
+    counts = [int(x) for x in args.shards.split(",")]
+    nodes = _cluster(env) if args.cluster else []
+    url = ",".join(n.url for n in nodes) if nodes else env.url
+    rates: dict[int, list[float]] = {s: [] for s in counts}
+    try:
+        for r in range(args.rounds):
+            order = counts if r % 2 == 0 else counts[::-1]
+            for shards in order:
+                rates[shards].append(await _measure(env, url, shards, args, r))
+    finally:
+        for node in nodes:
+            node.stop()
+    by_shards = {str(s): round(statistics.median(v), 1) for s, v in rates.items()}
+    base = by_shards.get("1")
+    return {
+        **common_fields("w7", env),
+        "cluster": bool(nodes),
+        "runs": args.runs,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "workers_per_deployment": args.workers or "one per shard",
+        "steps_per_s_by_shards": by_shards,
+        "rounds_steps_per_s": {str(s): [round(x, 1) for x in v] for s, v in rates.items()},
+        "ratio_4_to_1": round(by_shards["4"] / base, 2) if base and "4" in by_shards else None,
+        "ratio_2_to_1": round(by_shards["2"] / base, 2) if base and "2" in by_shards else None,
+    }
+
+
+async def _measure(
+    env: Environment, url: str, shards: int, args: argparse.Namespace, r: int
+) -> float:
+    dep = _Deployment(env, url, shards, args.cluster)
+    workers = args.workers or shards
+    await dep.start(workers, args.concurrency)
+    try:
+        nc = await nats.connect(url)
+        try:
+            keys = keys_for(dep.subjects) if env.keys is not None else None
+            client = ms.Client(nc, dep.subjects, keys=keys)
+            await balanced(client, dep.subjects, workers)  # no lease moves while timed
+            await warm_up(client, 2 * shards, steps=args.steps, tag=f"warm{r}")
+            total = args.runs * args.steps
+            seconds = await burst(client, f"w7r{r}", args.runs, args.steps, args.timeout)
+        finally:
+            await nc.close()
+    finally:
+        dep.stop()
+    rate = float(total / seconds)
+    log(f"S={shards} ({workers} worker(s)): {total} steps in {seconds:.3f}s = {rate:.0f} steps/s")
+    return rate
