@@ -214,15 +214,19 @@ async def handlers_ready(
 
 
 async def lease_holders(client: ms.Client, subjects: Subjects) -> dict[int, str]:
-    """Partition → the worker id holding its lease now."""
-    kv = await client.nc.jetstream().key_value(subjects.lease_bucket)
-    held: dict[int, str] = {}
-    for p in range(subjects.partitions):
-        try:
-            entry = await kv.get(subjects.lease_key(p))
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            continue
-        held[p] = (entry.value or b"").decode()
+    """Partition → the worker id holding its lease now (none before a worker made the
+    bucket)."""
+    try:
+        kv = await client.nc.jetstream().key_value(subjects.lease_bucket)
+        held: dict[int, str] = {}
+        for p in range(subjects.partitions):
+            try:
+                entry = await kv.get(subjects.lease_key(p))
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue
+            held[p] = (entry.value or b"").decode()
+    except (nats.js.errors.BucketNotFoundError, nats.errors.TimeoutError):
+        return {}  # no bucket yet, or a new replicated one without a leader yet
     return held
 
 

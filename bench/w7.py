@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from collections import Counter
 
+import anyio
 import nats
+from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from bench._env import APP, Environment, balanced, common_fields, log, warm_up
 from bench.w1 import burst
 from mainspring import NatsServer
 from servers import free_port
-from streams import Subjects, TopologyConfig, ensure_topology
-from tests.harness import keys_for
+from streams import Subjects, TopologyConfig, ensure_topology, spread_leaders
+from tests.harness import keys_for, wait_until
 from tests.procs import Proc, spawn
 
 
@@ -40,6 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="passes over the shard counts")
     p.add_argument(
         "--cluster", action="store_true", help="a 3-node cluster, streams R3 (default: one node)"
+    )
+    p.add_argument(
+        "--bare",
+        type=int,
+        default=20_000,
+        help="messages of the bare baseline: acked 300-byte publishes from one nats-py "
+        "client into 1, 2 and 4 streams, no Mainspring code (0: skip it)",
     )
 
 
@@ -63,6 +74,25 @@ def _cluster(env: Environment) -> list[NatsServer]:
     return nodes
 
 
+async def _connect(url: str) -> NATS:
+    """A connection to ``url``: one server, or a cluster's nodes separated by commas."""
+    return await nats.connect(servers=url.split(","))
+
+
+async def _spread(nc: NATS, subjects: Subjects) -> dict[str, str]:
+    """Once every shard stream has a leader, spread the leaders over the nodes (what
+    `mainspring setup` does); stream -> leader."""
+    want = 2 * subjects.shards  # a journal and an inbox stream per shard
+
+    async def spread() -> dict[str, str] | None:
+        found = await spread_leaders(nc, subjects)
+        return found if len(found) == want else None
+
+    leaders = await wait_until(spread, timeout=30, interval=0.1)
+    log(f"leaders of {subjects.prefix}: {sorted(Counter(leaders.values()).items())}")
+    return leaders
+
+
 class _Deployment:
     """One deployment of ``shards`` shards and its worker processes."""
 
@@ -70,13 +100,17 @@ class _Deployment:
         self.env, self.url, self.cluster = env, url, cluster
         self.subjects = Subjects(f"w7s{shards}", env.subjects.partitions, shards=shards)
         self.workers: list[Proc] = []
+        self.leaders: dict[str, str] = {}
+        """stream -> the node leading it (on a cluster)"""
 
     async def start(self, workers: int, concurrency: int) -> None:
         """Create the streams (so workers find the shards), then start the workers."""
-        nc = await nats.connect(self.url)
+        nc = await _connect(self.url)
         try:
             replicas = TopologyConfig(replicas=3) if self.cluster else None
             await ensure_topology(nc, self.subjects, replicas)
+            if self.cluster:
+                self.leaders = await _spread(nc, self.subjects)
         finally:
             await nc.close()
         for n in range(workers):
@@ -105,11 +139,17 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
     nodes = _cluster(env) if args.cluster else []
     url = ",".join(n.url for n in nodes) if nodes else env.url
     rates: dict[int, list[float]] = {s: [] for s in counts}
+    cores: dict[int, list[float]] = {s: [] for s in counts}
+    bare: dict[str, float] = {}
     try:
         for r in range(args.rounds):
             order = counts if r % 2 == 0 else counts[::-1]
             for shards in order:
-                rates[shards].append(await _measure(env, url, shards, args, r))
+                rate, busy = await _measure(env, url, nodes, shards, args, r)
+                rates[shards].append(rate)
+                cores[shards].append(busy)
+        if args.bare:
+            bare = await _bare(url, counts, args.bare, replicas=3 if nodes else 1)
     finally:
         for node in nodes:
             node.stop()
@@ -126,28 +166,77 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
         "rounds_steps_per_s": {str(s): [round(x, 1) for x in v] for s, v in rates.items()},
         "ratio_4_to_1": round(by_shards["4"] / base, 2) if base and "4" in by_shards else None,
         "ratio_2_to_1": round(by_shards["2"] / base, 2) if base and "2" in by_shards else None,
+        "cpu_busy_cores_by_shards": {
+            str(s): round(statistics.median(v), 2) for s, v in cores.items()
+        },
+        "bare_msgs_per_s_by_streams": bare,
+        "bare_ratio_4_to_1": round(bare["4"] / bare["1"], 2)
+        if "4" in bare and "1" in bare
+        else None,
     }
 
 
+async def _bare(url: str, counts: list[int], n: int, *, replicas: int) -> dict[str, float]:
+    """The broker alone: acked 300-byte publishes from one nats-py client, 16 in
+    flight, spread over 1, 2, 4 streams of the same storage (what shards can gain from
+    the server when no Mainspring code runs)."""
+    nc = await _connect(url)
+    out: dict[str, float] = {}
+    try:
+        js = nc.jetstream()
+        for k in range(max(counts)):
+            await js.add_stream(name=f"W7BARE{k}", subjects=[f"w7bare{k}.>"], num_replicas=replicas)
+        data = b"x" * 300
+        for streams in counts:
+
+            async def publisher(first: int, streams: int = streams) -> None:
+                for i in range(first, n, 16):  # 16 publishers: 16 acks awaited at a time
+                    await js.publish(f"w7bare{i % streams}.x", data)
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for first in range(16):
+                    tg.start_soon(publisher, first)
+            out[str(streams)] = round(n / (time.perf_counter() - t0), 1)
+            log(f"bare: {n} acked publishes over {streams} stream(s): {out[str(streams)]:.0f}/s")
+    finally:
+        await nc.close()
+    return out
+
+
 async def _measure(
-    env: Environment, url: str, shards: int, args: argparse.Namespace, r: int
-) -> float:
+    env: Environment,
+    url: str,
+    nodes: list[NatsServer],
+    shards: int,
+    args: argparse.Namespace,
+    r: int,
+) -> tuple[float, float]:
+    """One burst on a new deployment of ``shards``: steps/s, and the cores busy
+    meanwhile (server nodes, workers, this client)."""
     dep = _Deployment(env, url, shards, args.cluster)
     workers = args.workers or shards
     await dep.start(workers, args.concurrency)
     try:
-        nc = await nats.connect(url)
+        nc = await _connect(url)
         try:
             keys = keys_for(dep.subjects) if env.keys is not None else None
             client = ms.Client(nc, dep.subjects, keys=keys)
             await balanced(client, dep.subjects, workers)  # no lease moves while timed
             await warm_up(client, 2 * shards, steps=args.steps, tag=f"warm{r}")
             total = args.runs * args.steps
+            cpu = env.cpu_meter()
+            cpu.pids |= {f"node{i}": n.pid for i, n in enumerate(nodes) if n.pid is not None}
+            cpu.start()
             seconds = await burst(client, f"w7r{r}", args.runs, args.steps, args.timeout)
+            busy = sum(cpu.stop().values())
         finally:
             await nc.close()
     finally:
         dep.stop()
     rate = float(total / seconds)
-    log(f"S={shards} ({workers} worker(s)): {total} steps in {seconds:.3f}s = {rate:.0f} steps/s")
-    return rate
+    log(
+        f"S={shards} ({workers} worker(s)): {total} steps in {seconds:.3f}s = {rate:.0f} "
+        f"steps/s, {busy:.2f} cores busy"
+    )
+    return rate, busy
