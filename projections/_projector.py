@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -50,6 +50,8 @@ from streams import (
 )
 
 if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
     from projections._schema import Conn
 
 log = structlog.get_logger()
@@ -177,9 +179,22 @@ class Projector:
         self.stats = ProjectorStats()
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._more = anyio.Event()
+        self._active: list[int] = self.shards
+        """the shards projected now: all of ``shards`` (``catch_up``), or those whose
+        lock this process holds (``run``)"""
+
+    @property
+    def held(self) -> list[int]:
+        """The shards this projector projects now."""
+        return list(self._active)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Project until cancelled; sleeps on the journal's republish subject when idle."""
+        """Project until cancelled; sleeps on the journal's republish subject when idle.
+
+        Projectors of the same name split the shards between them: each shard is
+        projected by the process holding its PostgreSQL advisory lock (``_ShardLocks``),
+        and each takes its fair share; a shard whose holder's connection ends is taken
+        by another within ``share_every_s``."""
         await self._prepare()
         if self.signer is None:
             log.warning("projector_unsigned", hint="set MAINSPRING_SIGNING_KEY to sign checkpoints")
@@ -187,20 +202,38 @@ class Projector:
         async def wake(_msg: Msg) -> None:
             self._more.set()
 
+        locks = _ShardLocks(self, self.shards)
+        self._active = []  # none until the locks say which
         sub = await self.nc.subscribe(self.subjects.watch_all(), cb=wake)
         next_report = anyio.current_time()
         try:
-            task_status.started()
-            while True:
-                pending = await self._step()
-                next_report = self._report(pending, next_report)
-                if not pending:
-                    with anyio.move_on_after(1.0):  # fallback if a wake-up was missed
-                        await self._more.wait()
-                    self._more = anyio.Event()
+            async with locks, anyio.create_task_group() as tg:
+                await tg.start(locks.keep)
+                task_status.started()
+                await self._loop(next_report)
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
+
+    async def _loop(self, next_report: float) -> None:
+        while True:
+            pending = await self._step()
+            next_report = self._report(pending, next_report)
+            if not pending:
+                with anyio.move_on_after(1.0):  # fallback if a wake-up was missed
+                    await self._more.wait()
+                self._more = anyio.Event()
+
+    async def _take(self, shard: int) -> None:
+        """Start projecting a shard (its lock just taken): from its committed position,
+        where another process may have left it."""
+        async with self.pool.acquire() as conn:
+            self._moved(shard, await self._position(conn, shard))
+        self._active = sorted({*self._active, shard})
+        self._more.set()
+
+    def _drop(self, shard: int) -> None:
+        self._active = [k for k in self._active if k != shard]
 
     async def catch_up(self) -> int:
         """Project everything stored so far, then return the position (for rebuild/tests)."""
@@ -220,18 +253,27 @@ class Projector:
         async with self.pool.acquire() as conn:
             await migrate(conn)
             for shard in self.shards:
-                pos = await conn.fetchval(
-                    "SELECT stream_seq FROM projector_positions WHERE name = $1",
+                # the row exists before any batch: a commit locks it (see _commit)
+                await conn.execute(
+                    "INSERT INTO projector_positions (name, stream_seq) VALUES ($1, 0) "
+                    "ON CONFLICT (name) DO NOTHING",
                     self.position_name(shard),
                 )
-                self.stats.positions[shard] = int(pos or 0)
+                self.stats.positions[shard] = await self._position(conn, shard)
         self.stats.position = sum(self.stats.positions.values())
+
+    async def _position(self, conn: Conn, shard: int) -> int:
+        pos = await conn.fetchval(
+            "SELECT stream_seq FROM projector_positions WHERE name = $1",
+            self.position_name(shard),
+        )
+        return int(pos or 0)
 
     async def _step(self) -> int:
         """Project the next batch of each shard; return how many journal events are
         still behind."""
         behind = 0
-        for shard in self.shards:
+        for shard in self._active:
             records, pending = await read_records(
                 self.nc,
                 self.subjects.journal_stream_of(shard),
@@ -264,6 +306,13 @@ class Projector:
         while True:
             try:
                 await self._commit(records, shard)
+                return
+            except _Overtaken as exc:
+                # Another projector of this name committed this shard meanwhile (the
+                # shard changed hands): go on from where it is, with views read again.
+                log.info("projector_overtaken", shard=shard, position=exc.position)
+                self._views.clear()
+                self._moved(shard, exc.position)
                 return
             except _REFUSED as exc:
                 # PostgreSQL refuses something in the batch itself: retrying the same
@@ -324,6 +373,14 @@ class Projector:
         checkpoints: list[tuple[str, int, bytes, bytes | None, str | None]] = []
         newest_at: datetime | None = None
         async with self.pool.acquire() as conn, conn.transaction():
+            # Fencing: the shard's position row is locked and must be where this process
+            # left it, or another of the same name got there first (nothing is written).
+            at = await conn.fetchval(
+                "SELECT stream_seq FROM projector_positions WHERE name = $1 FOR UPDATE",
+                self.position_name(shard),
+            )
+            if int(at or 0) != self.stats.positions[shard]:
+                raise _Overtaken(int(at or 0))
             for rec in records:
                 if is_placeholder(rec.subject):  # an erased run's entry (streams/_erase.py)
                     continue
@@ -419,6 +476,86 @@ class Projector:
             view.apply(decode_event(row["data"]), bytes(row["hash"]))
         view.take_changes()  # already stored
         return view
+
+
+class _Overtaken(Exception):
+    """Another projector of the same name committed the shard past this one's position."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+SHARE_EVERY_S = 2.0
+"""how often a projector counts the projectors of its name and takes or hands back shards"""
+
+
+class _ShardLocks:
+    """Which shards a running projector projects, by PostgreSQL advisory locks: one per
+    shard and projector name (and schema), held on a connection of its own. A process
+    that dies loses its connection, and with it its locks, at once. Each takes its fair
+    share (shards ÷ projectors of the name, counted by ``application_name``) and hands
+    back what is over it, so several processes split the shards between them."""
+
+    def __init__(self, projector: Projector, shards: list[int]) -> None:
+        self.p = projector
+        self.shards = shards
+        self.held: set[int] = set()
+        self._conn: PoolConnectionProxy[Any] | None = None
+        self._tag = f"ms-projector:{projector.name}"[:63]
+
+    async def __aenter__(self) -> _ShardLocks:
+        self._conn = await self.p.pool.acquire()
+        await self._conn.execute(f"SET application_name = '{_quoted(self._tag)}'")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._conn is not None:
+                # released to the pool, which resets it: its advisory locks go too
+                await self.p.pool.release(self._conn)
+                self._conn = None
+
+    async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self._round()
+        task_status.started()
+        while True:
+            await anyio.sleep(SHARE_EVERY_S)
+            try:
+                await self._round()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # PostgreSQL unreachable: the projector's commits fail and retry anyway
+                log.warning("projector_share_failed", error=str(exc))
+
+    async def _round(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        members = await conn.fetchval(
+            "SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE application_name = $1 "
+            "AND datname = current_database()",
+            self._tag,
+        )
+        share = -(-len(self.shards) // max(1, int(members or 1)))
+        for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]:
+            self.p._drop(shard)
+            self.held.discard(shard)
+            await conn.fetchval(_UNLOCK, self.p.name, shard)
+            log.info("projector_shard_released", shard=shard, share=share)
+        for shard in self.shards:
+            if len(self.held) >= share:
+                break
+            if shard not in self.held and await conn.fetchval(_TRY_LOCK, self.p.name, shard):
+                self.held.add(shard)
+                await self.p._take(shard)
+                log.info("projector_shard_taken", shard=shard, share=share)
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':ms-projector:' || $1), $2)"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext(current_schema() || ':ms-projector:' || $1), $2)"
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def position_name(name: str, shard: int) -> str:

@@ -119,8 +119,14 @@ async def migrate(conn: Conn) -> int:
 
     Tables go to the first schema of the connection's ``search_path``: a tenant's DSN
     names its own (``?search_path=tenant_a``), made here if it does not exist yet."""
-    await _own_schema(conn)
-    await conn.execute("CREATE TABLE IF NOT EXISTS mainspring_schema (version integer NOT NULL)")
+    async with conn.transaction():
+        # Projectors starting at once on a new database would race in CREATE ... IF NOT
+        # EXISTS (PostgreSQL then fails one on its catalog's unique index): one at a time.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mainspring:migrate'))")
+        await _own_schema(conn)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS mainspring_schema (version integer NOT NULL)"
+        )
     async with conn.transaction():
         # serialise concurrent projectors starting at once
         await conn.execute("LOCK TABLE mainspring_schema IN EXCLUSIVE MODE")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import anyio
+import anyio.abc
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
@@ -19,7 +21,7 @@ from schemas import ConfigError
 from servers import NatsServer
 from streams import Journal, Key, Keyring, Subjects, deployed_shards, ensure_topology, key_id
 from tests.apps import handlers, registry
-from tests.harness import keys_for, projected, running, wait_status
+from tests.harness import keys_for, projected, running, wait_status, wait_until
 from tests.procs import acli, conn_args
 
 pytestmark = pytest.mark.anyio
@@ -163,3 +165,67 @@ def test_key_thresholds_are_per_shard(tmp: object) -> None:
     assert again.legacy == (10, 3)
     assert again.keys[old.id].valid_to == (100, 5)
     _ = ms  # the package under test is importable as users import it
+
+
+async def test_projectors_of_one_name_split_the_shards_and_take_over(
+    nc: NATS, subjects: Subjects, pool: asyncpg.Pool
+) -> None:
+    """Two projector processes of the same name split the four shards (two each); every
+    entry is projected exactly once; when one stops, the other takes its shards over
+    and projects what comes after."""
+    first, second = Projector(nc, pool, subjects), Projector(nc, pool, subjects)
+    async with running(nc, subjects, registry) as h, anyio.create_task_group() as tg:
+        await tg.start(first.run)
+        scope = anyio.CancelScope()
+
+        async def second_runs(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with scope:
+                await second.run(task_status=task_status)
+
+        await tg.start(second_runs)
+
+        async def split() -> bool:
+            return sorted(first.held + second.held) == [0, 1, 2, 3] and len(first.held) == 2
+
+        await wait_until(split, timeout=15)
+        ids = _one_run_per_shard(subjects)
+        for rid in ids:
+            assert await h.client.result(await h.client.start("chain", 3, run_id=rid)) == 3
+
+        async def all_projected() -> bool:
+            total = sum(await Journal(nc, subjects).last_seqs())
+            return bool(await pool.fetchval("SELECT count(*) FROM run_events") == total)
+
+        await wait_until(all_projected, timeout=20)
+        scope.cancel()
+
+        async def took_over() -> bool:
+            return first.held == [0, 1, 2, 3]
+
+        await wait_until(took_over, timeout=15)
+        later = _one_run_per_shard(subjects, "later")
+        for rid in later:
+            assert await h.client.result(await h.client.start("chain", 2, run_id=rid)) == 2
+        await wait_until(all_projected, timeout=20)
+        tg.cancel_scope.cancel()
+    assert first.stats.dead_lettered == second.stats.dead_lettered == 0
+    rows = await pool.fetch("SELECT run_id, status FROM runs")
+    assert {r["run_id"]: r["status"] for r in rows} == dict.fromkeys(ids + later, "completed")
+
+
+async def test_a_projector_overtaken_on_a_shard_writes_nothing_twice(
+    nc: NATS, subjects: Subjects, pool: asyncpg.Pool
+) -> None:
+    """Two projectors of one name folding the same shards at once (a frozen one waking
+    up after its shards moved): the position row fences them, so no entry is written
+    twice and none is dead-lettered."""
+    async with running(nc, subjects, registry) as h:
+        for i in range(12):
+            await h.client.result(await h.client.start("chain", 3, run_id=f"f{i}"))
+    a, b = Projector(nc, pool, subjects, batch_size=7), Projector(nc, pool, subjects, batch_size=5)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.catch_up)
+        tg.start_soon(b.catch_up)
+    total = sum(await Journal(nc, subjects).last_seqs())
+    assert await pool.fetchval("SELECT count(*) FROM run_events") == total
+    assert a.stats.dead_lettered == b.stats.dead_lettered == 0
