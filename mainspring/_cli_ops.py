@@ -42,9 +42,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(roles_app, name="roles")
     app.add_typer(tenants_app, name="tenants")
     app.command()(setup)
+    from mainspring._cli_backup import backup, restore
     from mainspring._cli_erase import erase
 
     app.command()(erase)
+    app.command()(backup)
+    app.command()(restore)
 
 
 @connecting(json=False)

@@ -47,6 +47,7 @@ from streams import (
     ensure_topology,
     is_placeholder,
     read_records,
+    stream_info,
 )
 
 if TYPE_CHECKING:
@@ -261,6 +262,24 @@ class Projector:
                 )
                 self.stats.positions[shard] = await self._position(conn, shard)
         self.stats.position = sum(self.stats.positions.values())
+        await self._check_not_ahead()
+
+    async def _check_not_ahead(self) -> None:
+        """Refuse projections that are past the end of the journal: restored from a
+        PostgreSQL dump newer than the streams' backup, entries appended from now on
+        would land at sequences the projector believes done, and never be projected."""
+        for shard in self.shards:
+            info = await stream_info(self.nc, self.subjects.journal_stream_of(shard))
+            last = int((info or {}).get("state", {}).get("last_seq", 0))
+            if self.stats.positions[shard] > last:
+                raise ConfigError(
+                    f"the projections ({self.position_name(shard)!r}) are at journal "
+                    f"sequence {self.stats.positions[shard]}, past the end of "
+                    f"{self.subjects.journal_stream_of(shard)} ({last}): PostgreSQL holds "
+                    "more than the streams (restored from a newer dump than the streams' "
+                    "backup?). Rebuild them from the journal: `mainspring projections "
+                    "rebuild --yes`"
+                )
 
     async def _position(self, conn: Conn, shard: int) -> int:
         pos = await conn.fetchval(

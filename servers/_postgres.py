@@ -213,7 +213,7 @@ def _place(requested: Path, user: str | None, root: Path, bin_dir: Path) -> _Pla
 
 
 class PostgresServer(ChildServer):
-    """A PostgreSQL cluster for ``data_dir`` listening on 127.0.0.1:<port>.
+    """A PostgreSQL cluster for ``data_dir`` listening on <host>:<port> (127.0.0.1).
 
     ``data_dir`` is where the cluster was asked to live; ``self.data_dir`` is where
     it does (elsewhere only as root, when the server's user cannot reach it).
@@ -230,6 +230,8 @@ class PostgresServer(ChildServer):
         bin_dir: str | Path | None = None,
         relocation_root: str | Path = RELOCATION_ROOT,
         settings: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        launch_prefix: tuple[str, ...] = (),
     ) -> None:
         self.requested_dir = Path(data_dir).resolve()
         self._auto_port = port is None
@@ -241,6 +243,11 @@ class PostgresServer(ChildServer):
         self._placement: _Placement | None = None
         self.settings = dict(settings or {})
         """more server settings (``-c name=value``): ssl, logging"""
+        self.host = host
+        """the address it listens on"""
+        self.launch_prefix = launch_prefix
+        """what the server runs under (tests: ``ip netns exec <host>``, run as root, which
+        then drops to the server's user with ``setpriv``)"""
 
     @property
     def placement(self) -> _Placement:
@@ -263,7 +270,7 @@ class PostgresServer(ChildServer):
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
     def own(self, path: Path) -> None:
         """Hand ``path`` to the server's system user, readable by it alone (a TLS key
@@ -350,14 +357,19 @@ class PostgresServer(ChildServer):
 
     def launch(self) -> None:
         """Spawn the server without waiting for it to accept connections."""
+        user, prefix = self._user, self.launch_prefix
+        if prefix and user:  # the prefix needs root; the server then drops to its user
+            prefix = (*prefix, "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups")
+            user = None
         with open(self.data_dir / "server.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [
+                    *prefix,
                     str(self.bin_dir / "postgres"),
                     "-D",
                     str(self.data_dir),
                     "-h",
-                    "127.0.0.1",
+                    self.host,
                     "-p",
                     str(self.port),
                     "-k",
@@ -371,7 +383,7 @@ class PostgresServer(ChildServer):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, not the server
-                user=self._user,
+                user=user,
                 cwd="/",
                 preexec_fn=die_with_parent(self.stop_signal),
             )
@@ -380,7 +392,7 @@ class PostgresServer(ChildServer):
         assert self.proc is not None, "launch() first"
         log = self.data_dir / "server.log"
         deadline = time.monotonic() + timeout
-        ready = [str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"]
+        ready = [str(self.bin_dir / "pg_isready"), "-h", self.host, "-p", str(self.port), "-q"]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ConnectionFailed(f"postgres exited with {self.proc.returncode}; see {log}")

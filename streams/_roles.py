@@ -82,6 +82,7 @@ def permissions(subjects: Subjects, role: str, *, kinds: Sequence[str] = ()) -> 
                 *write_objects,
                 *(f"$JS.ACK.{x}.>" for x in (*ins, *js)),
                 "$JS.FC.>",
+                "$JS.SNAPSHOT.>",  # backup (snapshot acks) and restore (chunks)
             ],
             subscribe=[REPLIES, f"{p}.>"],
         )

@@ -39,6 +39,8 @@ CONNECTING: dict[str, tuple[list[str], set[Scope]]] = {
     "keys revoke": (["k1"], set()),
     "setup": ([], set()),
     "erase": (["r-1", "--reason", "test", "--yes"], {"postgres"}),
+    "backup": (["/nonexistent/backup"], set()),
+    "restore": (["/nonexistent/backup"], set()),
 }
 OFFLINE = {
     "dev",

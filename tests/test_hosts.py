@@ -1,7 +1,8 @@
-"""Real hosts, real faults: a 3-node NATS cluster, two workers and a handler, each on a
-host of its own (network namespaces, tests/netns.py), whose links are cut while runs
-with effects, timers and resume events are going, and brought back. Every run ends
-right, no journal breaks, a cut-off worker appends nothing after another took over.
+"""Real hosts, real faults: a 3-node NATS cluster, two workers, a handler, a projector and
+PostgreSQL, each on a host of its own (network namespaces, tests/netns.py), whose links
+are cut while runs with effects, timers and resume events are going, and brought back.
+Every run ends right, no journal breaks, a cut-off worker appends nothing after another
+took over, the projector catches up.
 
 Short form in CI (each link cut once); `MS_SOAK_SCALE=5 pytest -m soak` adds rounds that
 cut a worker, the handler and a NATS node together. It fails instead of skipping under
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import asyncpg
 import nats.errors
 import nats.js.errors
 import pytest
@@ -23,6 +25,7 @@ from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from mainspring import NatsServer
+from servers._postgres import PostgresServer
 from streams import Subjects, TopologyConfig, connect, ensure_topology
 from tests.harness import assert_journal_sound, keys_for, types, wait_until
 from tests.netns import Host, Lab, require_lab
@@ -63,6 +66,16 @@ def _cluster(lab: Lab, tmp_path: Path) -> list[NatsServer]:
     return nodes
 
 
+def _postgres(lab: Lab, tmp_path: Path) -> PostgresServer:
+    """PostgreSQL on a host of its own, taking connections from the lab's hosts."""
+    host = lab.host("pg")
+    server = PostgresServer(tmp_path / "pg", host=host.ip, port=5432, launch_prefix=host.wrap)
+    server.init()
+    with (server.data_dir / "pg_hba.conf").open("a") as hba:
+        hba.write("host all all 198.18.0.0/15 trust\n")
+    return server.start(timeout=60)
+
+
 def _worker_id(log: Path) -> str:
     found = re.search(r'"worker": "(w\w+)", "partitions": \d+, .*"worker_started"', log.read_text())
     assert found, log.read_text()[-2000:]
@@ -83,6 +96,29 @@ async def _holders(nc: NATS) -> dict[int, str]:
     return held
 
 
+async def _projected(dsn: str, client: ms.Client, rids: list[str]) -> None:
+    """The projector, whose database was cut off for a while, holds every run as ended,
+    with every journal entry once."""
+    entries = sum(await client.journal.last_seqs())
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def caught_up() -> bool:
+            try:
+                n = await conn.fetchval("SELECT count(*) FROM run_events")
+            except asyncpg.UndefinedTableError:
+                return False
+            return bool(n == entries)
+
+        await wait_until(caught_up, timeout=90, interval=0.2)
+        rows = await conn.fetch("SELECT run_id, status FROM runs")
+        assert {r["run_id"]: r["status"] for r in rows} == dict.fromkeys(rids, "completed")
+        dup = await conn.fetchval("SELECT count(*) - count(DISTINCT (run_id, n)) FROM run_events")
+        assert dup == 0
+    finally:
+        await conn.close()
+
+
 async def _ended_right(client: ms.Client, rid: str, n: int) -> None:
     """The run's result is 4n and its journal is whole: one request and one result per
     effect, one end."""
@@ -95,10 +131,13 @@ async def _ended_right(client: ms.Client, rid: str, n: int) -> None:
     assert kinds[-1] == "run.completed"
 
 
-async def test_cut_links_of_a_worker_a_handler_and_a_nats_node(lab: Lab, tmp_path: Path) -> None:
+async def test_cut_links_of_a_worker_a_handler_a_nats_node_and_postgres(
+    lab: Lab, tmp_path: Path
+) -> None:
     nodes = _cluster(lab, tmp_path)
+    pg = _postgres(lab, tmp_path)
     url = ",".join(node.url for node in nodes)
-    w1, w2, hh = lab.host("w1"), lab.host("w2"), lab.host("h1")
+    w1, w2, hh, pp = lab.host("w1"), lab.host("w2"), lab.host("h1"), lab.host("p1")
     procs: list[Proc] = []
 
     def run_on(
@@ -134,6 +173,7 @@ async def test_cut_links_of_a_worker_a_handler_and_a_nats_node(lab: Lab, tmp_pat
         run_on(w1, "worker", "tests.apps:registry", *ttl)
         run_on(w2, "worker", "tests.apps:registry", *ttl)
         run_on(hh, "handlers", "tests.apps:handlers", env={"MS_ACK_WAIT": "3"})
+        run_on(pp, "projector", "", "--postgres-dsn", pg.dsn)
 
         async def both_hold() -> bool:
             return len(set((await _holders(nc)).values())) == 2
@@ -186,6 +226,20 @@ async def test_cut_links_of_a_worker_a_handler_and_a_nats_node(lab: Lab, tmp_pat
         lab.restore(lab.hosts["n0"])
         print(f"phase 3 done at {time.monotonic() - t_start:.1f} s")
 
+        # 4. PostgreSQL's link is cut while runs go on: they do (the projections are
+        # not on their path), and the projector catches up once it is back.
+        lab.cut(lab.hosts["pg"])
+        during = [f"p{i}" for i in range(4)]
+        for i, rid in enumerate(during):
+            await start(rid, i)
+        for rid in during:
+            await client.wait_for(rid, "waiting", timeout=90)
+            await client.send_event(rid, "go", {})
+        for rid in during:
+            assert await client.result(rid, timeout=90) == 4 * during.index(rid)
+        lab.restore(lab.hosts["pg"])
+        print(f"phase 4 done at {time.monotonic() - t_start:.1f} s")
+
         # 4. (long form) A worker, the handler and a NATS node cut together, each round.
         for r in range(ROUNDS):
             batch = [f"t{r}-{i}" for i in range(8)]
@@ -204,9 +258,12 @@ async def test_cut_links_of_a_worker_a_handler_and_a_nats_node(lab: Lab, tmp_pat
         # it; journal reads check with the leader (Journal._catch_up)
         for rid, n in started.items():
             await _ended_right(client, rid, n)
+        await _projected(pg.dsn, client, list(started))
+        print(f"projections caught up at {time.monotonic() - t_start:.1f} s")
     finally:
         for proc in procs:
             proc.kill9()
         await nc.close()
         for node in nodes:
             node.stop()
+        pg.destroy()
