@@ -130,6 +130,11 @@ def print_settings(settings: Settings) -> None:
         print(f"config: {line}", file=sys.stderr)
 
 
+SERVICE_QUERY_TIMEOUT_S = 30.0
+"""how long a service's (the projector's) PostgreSQL query may take before it is given
+up and retried"""
+
+
 async def _layout(nc: NATS, prefix: str, partitions: int, shards: int | None) -> Subjects:
     """The deployment's subjects: its shards as it was created with (``shards`` given
     and different is refused, naming the number to give), or ``shards`` (1 if not
@@ -183,7 +188,12 @@ def run_command(
                 import asyncpg
 
                 try:
-                    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=5)
+                    # a service's queries end within SERVICE_QUERY_TIMEOUT_S: over a cut
+                    # link one would otherwise hang until TCP gives up (many minutes)
+                    limit = SERVICE_QUERY_TIMEOUT_S if service else None
+                    pool = await asyncpg.create_pool(
+                        dsn, min_size=1, max_size=8, timeout=5, command_timeout=limit
+                    )
                 except (OSError, asyncpg.PostgresError) as e:
                     raise ConnectionFailed(
                         f"cannot reach PostgreSQL at {redact(dsn)} ({e}); check {_where(settings)}"

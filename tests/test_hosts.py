@@ -5,7 +5,7 @@ Every run ends right, no journal breaks, a cut-off worker appends nothing after 
 took over, the projector catches up.
 
 Short form in CI (each link cut once); `MS_SOAK_SCALE=5 pytest -m soak` adds rounds that
-cut a worker, the handler and a NATS node together. It fails instead of skipping under
+cut a worker, the handler, a NATS node and PostgreSQL together. It fails instead of skipping under
 CI=true as root."""
 
 from __future__ import annotations
@@ -240,12 +240,12 @@ async def test_cut_links_of_a_worker_a_handler_a_nats_node_and_postgres(
         lab.restore(lab.hosts["pg"])
         print(f"phase 4 done at {time.monotonic() - t_start:.1f} s")
 
-        # 4. (long form) A worker, the handler and a NATS node cut together, each round.
+        # 5. (long form) A worker, the handler, a NATS node and PostgreSQL cut together.
         for r in range(ROUNDS):
             batch = [f"t{r}-{i}" for i in range(8)]
             for i, rid in enumerate(batch):
                 await start(rid, i)
-            hit = (lab.hosts[f"w{1 + r % 2}"], hh, lab.hosts[f"n{r % 3}"])
+            hit = (lab.hosts[f"w{1 + r % 2}"], hh, lab.hosts[f"n{r % 3}"], lab.hosts["pg"])
             lab.cut(*hit)
             await anyio.sleep(8)  # the outage lasts this long: it is the fault, not a settle
             lab.restore(*hit)
