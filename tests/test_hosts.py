@@ -4,9 +4,9 @@ are cut while runs with effects, timers and resume events are going, and brought
 Every run ends right, no journal breaks, a cut-off worker appends nothing after another
 took over, the projector catches up.
 
-Short form in CI (each link cut once); `MS_SOAK_SCALE=5 pytest -m soak` adds rounds that
-cut a worker, the handler, a NATS node and PostgreSQL together. It fails instead of skipping under
-CI=true as root."""
+Short form in CI (each link cut once); `MS_SOAK_SCALE=5 pytest -m soak` adds rounds
+that cut a worker, the handler, a NATS node and PostgreSQL together. It fails instead of
+skipping under CI=true as root."""
 
 from __future__ import annotations
 
