@@ -44,7 +44,6 @@ from schemas import (
     JournalCorrupt,
     JournalEvent,
     JournalForged,
-    NondeterminismError,
     PayloadTooLarge,
     RunCancelled,
     RunCompleted,
@@ -53,6 +52,7 @@ from schemas import (
     RunStarted,
     StartRun,
     TimerFire,
+    VersionUnavailable,
     WakeRun,
     WorkflowNotFound,
     check_event_name,
@@ -122,6 +122,9 @@ class RunActor:
         """journal stream sequence of run.started (0: not known)"""
         self.terminal: JournalEvent | None = None
         self.parked = False
+        self.unavailable: VersionUnavailable | None = None
+        """the run's version of its workflow is not registered here (parked till another
+        worker, that has it, takes the run)"""
         self.last_type = ""
         self.n = 0
         self.last_seq = 0
@@ -200,6 +203,8 @@ class RunActor:
         await self._load()
         if self.machine is not None and self.machine.nondeterminism is not None:
             await self._park(self.machine.nondeterminism)
+        elif self.unavailable is not None:
+            await self._park(self.unavailable, ErrorCode.VERSION_UNAVAILABLE)
 
     async def _load(self) -> None:
         events = await self.rt.journal.load(self.run_id)
@@ -237,6 +242,9 @@ class RunActor:
     def _replay(self, events: list[StoredEvent]) -> None:
         try:
             self.machine = Replayer(self.rt.registry).resume([e.event for e in events])
+        except VersionUnavailable as e:  # a deploy in progress: another worker has it
+            self.unavailable = e
+            self.parked = True
         except WorkflowNotFound as e:
             self.log.error("workflow_not_registered", error=str(e))
             self.parked = True
@@ -664,14 +672,14 @@ class RunActor:
                 cancel = CancelRun(run_id=child, reason="parent cancelled")
                 await self.rt.send_inbox(cancel, f"cancel:{child}")
 
-    async def _park(self, error: NondeterminismError) -> None:
-        self.log.error("run_parked", error=str(error))
+    async def _park(self, error: Exception, code: ErrorCode = ErrorCode.NONDETERMINISM) -> None:
+        self.log.error("run_parked", error=str(error), code=str(code))
         if self.last_type != "run.parked":
             await self._append(
                 RunParked(
                     run_id=self.run_id,
                     cause="actor",
-                    error=ErrorInfo(type=ErrorCode.NONDETERMINISM, message=str(error)),
+                    error=ErrorInfo(type=code, message=str(error)),
                 )
             )
         self.parked = True

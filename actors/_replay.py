@@ -149,7 +149,7 @@ class Replayer:
         workflow, ``msgspec.ValidationError`` when the recorded input no longer fits.
         """
         first = _started(events)
-        wf = self.registry.get(first.workflow)
+        wf = self.registry.for_run(first.workflow, first.version)
         value = msgspec.json.decode(first.input, type=wf.input_type)
         machine = Machine(first, events)
         try:

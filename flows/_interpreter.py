@@ -270,6 +270,7 @@ def flow_registry(registry: Registry | None = None) -> Registry:
     reg = FlowRegistry()
     if registry is not None:
         reg._workflows.update(registry._workflows)
+        reg._previous.update(registry._previous)
     if FLOW_WORKFLOW not in reg._workflows:
         reg.workflow(name=FLOW_WORKFLOW, version="1", events=declared_events)(run_flow)
     return reg

@@ -26,6 +26,7 @@ from schemas._errors import (
     RunNotFound,
     ServerUnsupported,
     TerminalError,
+    VersionUnavailable,
     WaitTimeoutError,
     WorkflowNotFound,
 )
@@ -154,6 +155,7 @@ __all__ = [
     "TimerFire",
     "TimerFired",
     "TimerStarted",
+    "VersionUnavailable",
     "WaitInfo",
     "WaitMatcher",
     "WaitStarted",

@@ -45,6 +45,11 @@ class ErrorCode(enum.StrEnum):
         "nondeterminism",
         "the code no longer matches the run's journal: the run is parked, not failed",
     )
+    VERSION_UNAVAILABLE = (
+        "version.unavailable",
+        "the worker holding the run lacks the workflow version that started it: the run is "
+        "parked until a worker that has it takes it (a deploy in progress)",
+    )
     CANCELLED = "cancelled", "the run was cancelled (the error of RunCancelledError)"
     WORKFLOW_MISUSE = (
         "WorkflowMisuse",

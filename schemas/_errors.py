@@ -16,6 +16,7 @@
     │   └── JournalCorrupt          hash chain or encoding broken in a stored journal
     │       └── JournalForged       an entry not tagged by a key of the deployment
     ├── WorkflowNotFound            no workflow registered under that name
+    │   └── VersionUnavailable      not the version of it that started the run (parked)
     ├── RunNotFound                 no journal for that run id
     ├── RunFailedError              awaited run ended failed (carries ErrorInfo)
     ├── RunCancelledError           awaited run was cancelled
@@ -110,6 +111,10 @@ class JournalForged(JournalCorrupt):
 
 class WorkflowNotFound(MainspringError):
     pass
+
+
+class VersionUnavailable(WorkflowNotFound):
+    """A run was started by a version of its workflow this worker does not have."""
 
 
 class RunNotFound(MainspringError):

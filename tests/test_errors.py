@@ -195,6 +195,7 @@ def test_wire_values_of_error_codes_never_change() -> None:
         "INPUT_INVALID": "input.invalid",
         "OUTPUT_INVALID": "output.invalid",
         "NONDETERMINISM": "nondeterminism",
+        "VERSION_UNAVAILABLE": "version.unavailable",
         "CANCELLED": "cancelled",
         "WORKFLOW_MISUSE": "WorkflowMisuse",
         "WAIT_TIMEOUT": "WaitTimeoutError",

@@ -158,7 +158,7 @@ def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
 
 
 PUBLIC = {
-    "schemas": 90,
+    "schemas": 91,
     "streams": 89,
     "servers": 3,
     "client": 3,

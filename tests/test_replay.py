@@ -49,9 +49,11 @@ def _v1() -> ms.Registry:
 
 
 def _v2_incompatible() -> ms.Registry:
+    """Changed code deployed under the same version: what replay catches (a new
+    version would leave the runs of "1" parked as version.unavailable instead)."""
     reg = ms.Registry()
 
-    @reg.workflow(name="nd", version="2")
+    @reg.workflow(name="nd", version="1")
     async def nd(ctx: ms.Context, _: None) -> str:
         await ctx.effect("llm.mock", {"prompt": "new first call"})
         await ctx.wait_event("go")
