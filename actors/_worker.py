@@ -97,8 +97,11 @@ class Worker:
         """activations (a task per busy run) and dead-lettering of unroutable input;
         a new set for each ``run``"""
         self.log = log.bind(worker=self.worker_id)
-        self._peers: set[str] = set()
-        """workers that announced themselves (the lease bucket's members), live or not"""
+        self._peers: dict[str, float] = {}
+        """workers that announced themselves (the lease bucket's members): when each
+        was last heard (monotonic); one silent for a lease TTL is not counted"""
+        self._members_known = False
+        """``_peers`` holds the bucket's whole membership (its watch is caught up)"""
         self._wake = anyio.Event()
         """set when a worker is gone: run a lease round now, not at the next period"""
         self._balancing = False
@@ -125,7 +128,7 @@ class Worker:
         async def round_asked(msg: Msg) -> None:
             peer = msg.data.decode(errors="replace")
             if peer != self.worker_id:
-                self._peers.discard(peer)
+                self._peers.pop(peer, None)
                 self._wake.set()
 
         ping = await nc.subscribe(self.subjects.worker_ping(self.worker_id), cb=pong)
@@ -165,6 +168,7 @@ class Worker:
                 with contextlib.suppress(nats.errors.Error):
                     await ping.unsubscribe()
                     await rounds.unsubscribe()
+                    await self.leases.forget(self.worker_id)  # no longer a member
                     # the partitions just released: the others take them now
                     await nc.publish(self.subjects.lease_round(), self.worker_id.encode())
                 for actor in self.actors.values():
@@ -172,8 +176,17 @@ class Worker:
 
     # ------------------------------------------------------------------ partitions
     async def _fair_share(self) -> int:
-        """Partitions this worker should hold: ⌈partitions ÷ live workers⌉."""
+        """Partitions this worker should hold: ⌈partitions ÷ live workers⌉. Live: the
+        members the bucket's watch heard from within a lease TTL, less those found gone
+        (no request at all); before the watch is caught up, each member is pinged."""
+        if self._members_known:
+            return math.ceil(self.subjects.partitions / len(self._live_peers()))
         return math.ceil(self.subjects.partitions / await self.leases.live_members())
+
+    def _live_peers(self) -> set[str]:
+        """This worker and every member heard from within a lease TTL."""
+        since = time.monotonic() - self.options.lease_ttl_s
+        return {p for p, heard in self._peers.items() if heard >= since} | {self.worker_id}
 
     async def _acquire(self, tg: TaskGroup, share: int) -> None:
         """Take free (or dead workers') partitions up to this worker's fair share."""
@@ -301,18 +314,41 @@ class Worker:
             self._balancing = False
 
     async def _watch_members(self) -> None:
-        """Keep ``_peers``: every worker that announced itself (announcements repeat
-        every lease round, so a new worker shows up within one)."""
+        """Keep ``_peers``: every worker that announced itself, and when (announcements
+        repeat every lease round, so a new worker shows up within one, and one that
+        stopped announcing drops out after a TTL). Counting members this way costs no
+        request: pinging each member every round made N² requests for N workers."""
         while True:
             try:
-                async for peer, present in self.leases.watch_members():
-                    if present:
-                        self._peers.add(peer)
+                self._peers.clear()
+                async for member in self.leases.watch_members():
+                    if member is None:  # the bucket's state so far is in
+                        await self._drop_gone(set(self._peers) - {self.worker_id})
+                        self._members_known = True
+                    elif member.present:
+                        self._peers[member.worker_id] = time.monotonic()
                     else:
-                        self._peers.discard(peer)
+                        self._peers.pop(member.worker_id, None)
             except (nats.errors.Error, MainspringError) as exc:
                 self.log.warning("member_watch_failed", error=str(exc))
+            finally:
+                self._members_known = False
             await anyio.sleep(self.options.lease_ttl_s / 3)  # cut off: watch again later
+
+    async def _drop_gone(self, peers: set[str]) -> None:
+        """Ping members found in the bucket (once, when the watch starts): a killed
+        worker's announcement stays until its TTL, and counting it would make this
+        worker hand back partitions it should hold."""
+
+        async def check(peer: str) -> None:
+            with contextlib.suppress(nats.errors.Error):
+                if await self.leases.gone(peer):
+                    self._peers.pop(peer, None)
+                    await self.leases.forget(peer)
+
+        async with anyio.create_task_group() as tg:
+            for peer in peers:
+                tg.start_soon(check, peer)
 
     async def _peer_watch(self) -> None:
         """Ping the next worker of the ring (the live workers, sorted): one whose
@@ -321,17 +357,18 @@ class Worker:
         per worker per period, whatever the number of workers."""
         while True:
             await anyio.sleep(self.options.peer_check_s)
-            ring = sorted(self._peers | {self.worker_id})
+            ring = sorted(self._live_peers())
             if len(ring) < 2:
                 continue
             peer = ring[(ring.index(self.worker_id) + 1) % len(ring)]
             try:
                 if not await self.leases.gone(peer):
                     continue
-                self._peers.discard(peer)
+                self._peers.pop(peer, None)
                 self.log.info("worker_gone", peer=peer)
                 self._wake.set()
                 await self.rt.nc.publish(self.subjects.lease_round(), peer.encode())
+                await self.leases.forget(peer)  # nobody counts it any more, joiners neither
             except nats.errors.Error as exc:  # NATS unreachable: the lease rounds cope
                 self.log.warning("peer_check_failed", error=str(exc))
 

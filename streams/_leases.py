@@ -29,6 +29,15 @@ class Lease:
     revision: int
 
 
+@dataclass(frozen=True)
+class Member:
+    """A worker's announcement in the lease bucket, as a watch sees it."""
+
+    worker_id: str
+    present: bool
+    """announced (False: its announcement was removed)"""
+
+
 class Leases:
     def __init__(self, nc: NATS, subjects: Subjects, worker_id: str, *, ttl_s: float = 10.0):
         self._nc = nc
@@ -86,14 +95,19 @@ class Leases:
             return False
         return False
 
-    async def watch_members(self) -> AsyncIterator[tuple[str, bool]]:
-        """(worker id, announced) for every member announcement there is, then for each
-        new one; a removed key yields False."""
+    async def forget(self, worker_id: str) -> None:
+        """Remove a worker's announcement (it stopped, or its connection is gone), so
+        that nobody counts it as a member any more."""
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            await self.kv.delete(f"m.{worker_id}")
+
+    async def watch_members(self) -> AsyncIterator[Member | None]:
+        """Every member announcement there is, then None (the state so far is
+        complete), then each new announcement or removal as it comes."""
         watcher = await self.kv.watch("m.*", meta_only=True)
         try:
             async for entry in watcher:
-                if entry is not None:
-                    yield entry.key[2:], entry.operation is None
+                yield None if entry is None else Member(entry.key[2:], entry.operation is None)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]
