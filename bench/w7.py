@@ -24,7 +24,6 @@ import mainspring as ms
 from bench._env import APP, Environment, balanced, common_fields, log, warm_up
 from bench.w1 import burst
 from mainspring import NatsServer
-from servers import free_port
 from streams import Subjects, TopologyConfig, ensure_topology, spread_leaders
 from tests.harness import keys_for, wait_until
 from tests.procs import Proc, spawn
@@ -52,26 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="messages of the bare baseline: acked 300-byte publishes from one nats-py "
         "client into 1, 2 and 4 streams, no Mainspring code (0: skip it)",
     )
-
-
-def _cluster(env: Environment) -> list[NatsServer]:
-    cports = [free_port() for _ in range(3)]
-    nodes = [
-        NatsServer(
-            env.dir / f"node{i}",
-            sync_always=env.fsync_always,
-            server_name=f"n{i}",
-            cluster_name="w7",
-            cluster_port=cports[i],
-            routes=[p for j, p in enumerate(cports) if j != i],
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start(wait=False)
-    for node in nodes:
-        node.wait_ready(timeout=60)
-    return nodes
 
 
 async def _connect(url: str) -> NATS:
@@ -136,7 +115,11 @@ class _Deployment:
 
 async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
     counts = [int(x) for x in args.shards.split(",")]
-    nodes = _cluster(env) if args.cluster else []
+    nodes = (
+        NatsServer.local_cluster(env.dir / "cluster", name="w7", sync_always=env.fsync_always)
+        if args.cluster
+        else []
+    )
     url = ",".join(n.url for n in nodes) if nodes else env.url
     rates: dict[int, list[float]] = {s: [] for s in counts}
     cores: dict[int, list[float]] = {s: [] for s in counts}
@@ -229,7 +212,9 @@ async def _measure(
             cpu.pids |= {f"node{i}": n.pid for i, n in enumerate(nodes) if n.pid is not None}
             cpu.start()
             seconds = await burst(client, f"w7r{r}", args.runs, args.steps, args.timeout)
-            busy = sum(cpu.stop().values())
+            split = cpu.stop()
+            busy = sum(split.values())
+            log(f"cores busy: {split}")
         finally:
             await nc.close()
     finally:

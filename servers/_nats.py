@@ -110,6 +110,30 @@ class NatsServer(ChildServer):
         conf.write_text(text + self.extra_config)
         return conf
 
+    @classmethod
+    def local_cluster(
+        cls, store_dir: Path, *, nodes: int = 3, name: str = "ms", sync_always: bool = False
+    ) -> list[NatsServer]:
+        """``nodes`` servers on this host routed into one cluster, started and ready
+        (tests and benchmarks: a cluster's behaviour without more machines)."""
+        cports = [free_port() for _ in range(nodes)]
+        made = [
+            cls(
+                store_dir / f"n{i}",
+                sync_always=sync_always,
+                server_name=f"n{i}",
+                cluster_name=name,
+                cluster_port=cports[i],
+                routes=[p for j, p in enumerate(cports) if j != i],
+            )
+            for i in range(nodes)
+        ]
+        for node in made:
+            node.start(wait=False)
+        for node in made:
+            node.wait_ready(timeout=60)
+        return made
+
     def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
         """Start; with ``wait=False`` return at once (cluster nodes need each other
         before any is ready: start all, then ``wait_ready`` each)."""

@@ -9,7 +9,6 @@ import pytest
 
 import mainspring as ms
 from mainspring import NatsServer
-from servers import free_port
 from streams import Subjects, TopologyConfig, connect, ensure_topology
 from tests.apps import handlers, registry
 from tests.harness import assert_journal_sound, running, wait_status
@@ -17,29 +16,9 @@ from tests.harness import assert_journal_sound, running, wait_status
 pytestmark = pytest.mark.anyio
 
 
-def _cluster(tmp_path: Path) -> list[NatsServer]:
-    cports = [free_port() for _ in range(3)]
-    nodes = [
-        NatsServer(
-            tmp_path / f"n{i}",
-            port=free_port(),
-            server_name=f"n{i}",
-            cluster_name="ms",
-            cluster_port=cports[i],
-            routes=[p for j, p in enumerate(cports) if j != i],
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start(wait=False)
-    for node in nodes:
-        node.wait_ready(timeout=60)
-    return nodes
-
-
 async def test_losing_the_stream_leader_loses_nothing(tmp_path: Path) -> None:
     """Kill the journal's leader node: journals stay whole, waiting runs resume, new runs run."""
-    nodes = _cluster(tmp_path)
+    nodes = NatsServer.local_cluster(tmp_path)
     try:
         nc = await connect(",".join(n.url for n in nodes), reconnect_forever=True)
         subjects = Subjects("cluster", 4)
