@@ -3,15 +3,17 @@ node dies, and runs carry on."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 import mainspring as ms
 from mainspring import NatsServer
-from streams import Subjects, TopologyConfig, connect, ensure_topology
+from streams import Subjects, TopologyConfig, connect, ensure_topology, spread_leaders
 from tests.apps import handlers, registry
-from tests.harness import assert_journal_sound, running, wait_status
+from tests.harness import assert_journal_sound, running, wait_status, wait_until
+from tests.procs import acli
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +46,35 @@ async def test_losing_the_stream_leader_loses_nothing(tmp_path: Path) -> None:
             for rid in ("before", "waiting", "after"):
                 assert_journal_sound(rid, await h.client.history(rid))
         await nc.close()
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_setup_spreads_the_shards_leaders_over_the_nodes(tmp_path: Path) -> None:
+    """`mainspring setup --shards 3 --replicas 3` on a 3-node cluster: every shard's
+    journal and inbox stream is R3, and no node leads more than its share of them."""
+    nodes = NatsServer.local_cluster(tmp_path)
+    try:
+        url = ",".join(n.url for n in nodes)
+        subjects = Subjects("spread", 6, shards=3)
+        args = ("--nats-url", url, "--prefix", "spread", "--partitions", "6")
+        out = await acli("setup", "--shards", "3", "--replicas", "3", *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "(3 shards)" in out.stdout
+        nc = await connect(url)
+        try:
+
+            async def spread() -> dict[str, str] | None:
+                leaders = await spread_leaders(nc, subjects)  # as setup does, once elected
+                return leaders if len(leaders) == 6 else None
+
+            leaders = await wait_until(spread, timeout=30, interval=0.2)
+            assert max(Counter(leaders.values()).values()) <= 2, leaders
+            info = await nc.jetstream().stream_info(subjects.journal_stream_of(2))
+            assert info.config.num_replicas == 3
+        finally:
+            await nc.close()
     finally:
         for node in nodes:
             node.stop()

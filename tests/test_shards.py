@@ -10,12 +10,14 @@ import json
 import anyio
 import anyio.abc
 import asyncpg
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
 import mainspring as ms
 from actors import Worker
 from client import Client
+from handlers import HandlerService
 from projections import Projector
 from schemas import ConfigError
 from servers import NatsServer
@@ -229,3 +231,29 @@ async def test_a_projector_overtaken_on_a_shard_writes_nothing_twice(
     total = sum(await Journal(nc, subjects).last_seqs())
     assert await pool.fetchval("SELECT count(*) FROM run_events") == total
     assert a.stats.dead_lettered == b.stats.dead_lettered == 0
+
+
+async def test_handler_services_can_split_the_shards(nc: NATS, subjects: Subjects) -> None:
+    """A handler service given some shards serves only their requests; another takes
+    the rest (a shard's effects wait for a service of theirs)."""
+    keys = keys_for(subjects)
+    fx_keys = keys.effect_keys(handlers.kinds())
+    first, third = _one_run_per_shard(subjects)[0], _one_run_per_shard(subjects)[2]
+    low = HandlerService(nc, handlers, subjects=subjects, keys=fx_keys, shards=[0, 1])
+    high = HandlerService(nc, handlers, subjects=subjects, keys=fx_keys, shards=[2, 3])
+    async with running(nc, subjects, registry, keys=keys) as h, anyio.create_task_group() as tg:
+        await tg.start(low.run)
+        for rid in (first, third):
+            await h.client.start("agent", "split", run_id=rid)
+        await wait_status(h.client, first, "waiting")  # its effect was served
+        js = nc.jetstream()
+        with pytest.raises(nats.js.errors.NotFoundError):  # nobody pulls shard 2's yet
+            await js.consumer_info(subjects.journal_stream_of(2), "fx-llm_mock")
+        await tg.start(high.run)
+        await wait_status(h.client, third, "waiting")
+        for rid in (first, third):
+            await h.client.send_event(rid, "approval", {"approved": True, "by": "ops"})
+            assert (await h.client.result(rid, timeout=20))["by"] == "ops"
+        tg.cancel_scope.cancel()
+    with pytest.raises(ConfigError, match="not shards of this deployment"):
+        HandlerService(nc, handlers, subjects=subjects, shards=[4])
