@@ -12,9 +12,11 @@ dominate) more shards give more steps/s even on one node.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections import Counter
+from datetime import datetime
 
 import anyio
 import nats
@@ -48,8 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bare",
         type=int,
         default=20_000,
-        help="messages of the bare baseline: acked 300-byte publishes from one nats-py "
-        "client into 1, 2 and 4 streams, no Mainspring code (0: skip it)",
+        help="messages of the bare baseline: W7's append pattern (chains of acked, "
+        "OCC-checked publishes) from four nats-py connections into 1, 2 and 4 streams, no "
+        "Mainspring code (0: skip it)",
     )
 
 
@@ -160,31 +163,69 @@ async def run(env: Environment, args: argparse.Namespace) -> dict[str, object]:
 
 
 async def _bare(url: str, counts: list[int], n: int, *, replicas: int) -> dict[str, float]:
-    """The broker alone: acked 300-byte publishes from one nats-py client, 16 in
-    flight, spread over 1, 2, 4 streams of the same storage (what shards can gain from
-    the server when no Mainspring code runs)."""
-    nc = await _connect(url)
+    """The broker alone, on W7's own pattern: 256 chains of 10 acked 300-byte appends,
+    each stating where its chain's subject must end (the journal's optimistic check),
+    from four connections, over 1, 2 and 4 streams of the same storage: what shards
+    can gain from the server when no Mainspring code runs. ``n``: messages per count."""
+    conns = [await _connect(url) for _ in range(4)]
     out: dict[str, float] = {}
     try:
-        js = nc.jetstream()
+        js0 = conns[0].jetstream()
         for k in range(max(counts)):
-            await js.add_stream(name=f"W7BARE{k}", subjects=[f"w7bare{k}.>"], num_replicas=replicas)
+            await js0.add_stream(
+                name=f"W7BARE{k}", subjects=[f"w7bare{k}.>"], num_replicas=replicas
+            )
         data = b"x" * 300
+        chains, steps = 256, max(1, n // 256)
         for streams in counts:
 
-            async def publisher(first: int, streams: int = streams) -> None:
-                for i in range(first, n, 16):  # 16 publishers: 16 acks awaited at a time
-                    await js.publish(f"w7bare{i % streams}.x", data)
+            async def chain(c: int, streams: int = streams) -> None:
+                js = conns[c % len(conns)].jetstream()
+                subject = f"w7bare{c % streams}.s{streams}c{c}"
+                last = 0
+                for i in range(steps):
+                    headers = {
+                        "Nats-Msg-Id": f"{subject}:{i}",
+                        "Nats-Expected-Last-Subject-Sequence": str(last),
+                        "Nats-Expected-Last-Subject-Sequence-Subject": f"{subject}.>",
+                    }
+                    last = (await js.publish(f"{subject}.e", data, headers=headers)).seq
 
             t0 = time.perf_counter()
             async with anyio.create_task_group() as tg:
-                for first in range(16):
-                    tg.start_soon(publisher, first)
-            out[str(streams)] = round(n / (time.perf_counter() - t0), 1)
-            log(f"bare: {n} acked publishes over {streams} stream(s): {out[str(streams)]:.0f}/s")
+                for c in range(chains):
+                    tg.start_soon(chain, c)
+            out[str(streams)] = round(chains * steps / (time.perf_counter() - t0), 1)
+            log(
+                f"bare: {chains}x{steps} chained appends over {streams} stream(s): "
+                f"{out[str(streams)]:.0f}/s"
+            )
     finally:
-        await nc.close()
+        for nc in conns:
+            await nc.close()
     return out
+
+
+async def _timeline(client: ms.Client, tag: str, runs: int) -> None:
+    """Where a burst's time went, from the actor-recorded times of 50 of its runs: the
+    gap between a run's steps (one append each), and how long after the first run's
+    start each run started and ended."""
+    sample = [f"{tag}-{i}" for i in range(0, runs, max(1, runs // 50))]
+    gaps: list[float] = []
+    starts: list[datetime] = []
+    spans: list[float] = []
+    for rid in sample:
+        events = [e.event for e in await client.history(rid)]
+        at = [e.at for e in events]
+        gaps += [(b - a).total_seconds() for a, b in itertools.pairwise(at)]
+        starts.append(at[0])
+        spans.append((at[-1] - at[0]).total_seconds())
+    first = min(starts)
+    log(
+        f"timeline: step gap p50 {statistics.median(gaps) * 1000:.1f} ms, run span p50 "
+        f"{statistics.median(spans):.3f} s, starts spread over "
+        f"{(max(starts) - first).total_seconds():.3f} s"
+    )
 
 
 async def _measure(
@@ -213,6 +254,7 @@ async def _measure(
             cpu.start()
             seconds = await burst(client, f"w7r{r}", args.runs, args.steps, args.timeout)
             split = cpu.stop()
+            await _timeline(client, f"w7r{r}", args.runs)
             busy = sum(split.values())
             log(f"cores busy: {split}")
         finally:
