@@ -42,7 +42,8 @@ from tests.harness import hand_made_request, keys_for, wait_status, wait_until
 from tests.procs import cli
 
 pytestmark = pytest.mark.anyio
-S = Subjects("ms", 4)
+S = Subjects("ms", 4, shards=2)
+"""two shards: every role does its job on the streams of both"""
 KINDS = ["math.double", "llm.mock"]
 
 
@@ -69,12 +70,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     with `mainspring setup` (no other role may create streams)."""
     base = tmp_path_factory.mktemp("roles")
     kinds = [a for k in KINDS for a in ("--kind", k)]
-    wrote = cli("roles", "write", "-o", str(base / "roles"), "--partitions", "4", *kinds)
+    shape = ("--partitions", "4", "--shards", "2")
+    wrote = cli("roles", "write", "-o", str(base / "roles"), *shape, *kinds)
     assert wrote.returncode == 0, wrote.stderr
     assert (base / "roles" / "worker.nk").stat().st_mode & 0o777 == 0o600
     config = (base / "roles" / "nats-auth.conf").read_text()
     server = NatsServer(base / "nats", extra_config=config).start()
-    conn = ("--nats-url", server.url, "--prefix", "ms", "--partitions", "4")
+    conn = ("--nats-url", server.url, "--prefix", "ms", *shape)
     refused = cli("setup", *conn, "--nats-nkey", str(base / "roles" / "worker.nk"))
     assert refused.returncode != 0
     assert "NATS refused $JS.API.STREAM.CREATE.MS_JOURNAL to these credentials" in refused.stderr
@@ -116,7 +118,10 @@ async def test_each_role_does_its_job_with_its_own_credentials(
             await tg.start(service.run)
             # a worker asks another if it is alive before taking its partitions
             assert (await wnc.request(S.worker_ping(second.worker_id), b"", timeout=5)).data
-            assert await client.result(await client.start("fanout", 3), timeout=20) == 6
+            per_shard = {S.shard_of(f"r{n}"): f"r{n}" for n in range(50)}
+            assert sorted(per_shard) == [0, 1]
+            for rid in per_shard.values():  # effects served from each shard's journal
+                assert await client.result(await client.start("fanout", 3, run_id=rid)) == 6
             rid = await client.start("waiter", 60)
             await wait_status(client, rid, "waiting")
             event = b'{"approved": true, "by": "webhook"}'
