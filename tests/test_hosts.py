@@ -32,7 +32,8 @@ from tests.netns import Host, Lab, require_lab
 from tests.procs import Proc, spawn
 
 pytestmark = [pytest.mark.anyio, pytest.mark.soak]
-SUBJECTS = Subjects("hosts", 8)
+SUBJECTS = Subjects("hosts", 8, shards=2)
+"""two shards: runs of both live through every cut"""
 ROUNDS = int(os.environ.get("MS_SOAK_SCALE", "1")) - 1
 """rounds of cuts together, after the single cuts (none in the short form)"""
 
