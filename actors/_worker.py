@@ -20,6 +20,7 @@ from ulid import ULID
 from actors._actor import Input, Outcome, RunActor
 from actors._registry import Registry
 from actors._runtime import Runtime, WorkerOptions
+from actors._slots import Slots
 from schemas import ConnectionFailed, MainspringError
 from streams import (
     ConsumerSpec,
@@ -35,7 +36,6 @@ from streams import (
     partition_of,
     pull_loop,
     retrying,
-    take_slot,
 )
 
 log = structlog.get_logger()
@@ -50,6 +50,9 @@ class _Held:
     generation: int
     renewed_at: float
     """monotonic time the last successful renewal (or the acquisition) was *sent*"""
+    moved_until: float = 0.0
+    """until then (monotonic), its inputs go first for activation slots: it was taken
+    over from a worker that is gone, whose runs were mid-way"""
 
 
 class _Router:
@@ -92,7 +95,8 @@ class Worker:
         self.moves_while_busy = 0
         """partitions let go while one of their runs was mid-activation (chaos tests count them)"""
         self._inflight = InFlight(self.options.ack_wait_s)
-        self._limiter = anyio.CapacityLimiter(self.options.concurrency)
+        self._slots = Slots(self.options.concurrency)
+        """activation slots: inputs delivered before (a moved run's) go first"""
         self._tasks = Tasks()
         """activations (a task per busy run) and dead-lettering of unroutable input;
         a new set for each ``run``"""
@@ -222,6 +226,8 @@ class Worker:
             # not taken for one fetched before a move (left unacked for the ack wait).
             generation = next(self._generations)
             held = self._held[p] = _Held(lease, anyio.CancelScope(), generation, sent_at)
+            if lease.taken_over:
+                held.moved_until = sent_at + self.options.lease_ttl_s
             try:
                 await tg.start(self._consume, specs, _Router(self, generation), held.scope)
             except BaseException:
@@ -474,11 +480,11 @@ class Worker:
         msg = inp.msg
         self._inflight.hold(msg)  # long activations are not redelivered
         try:
-            await take_slot(self._limiter)
+            await self._slots.acquire(first=self._moved(actor.run_id) or num_delivered(msg) > 1)
             try:
                 outcome = await actor.handle(inp)
             finally:
-                self._limiter.release()
+                self._slots.release()
         except Exception as exc:
             actor.log.exception("activation_failed", error=str(exc))
             actor.evict()
@@ -486,6 +492,11 @@ class Worker:
         finally:
             self._inflight.release(msg)
         await _settle(msg, outcome)
+
+    def _moved(self, run_id: str) -> bool:
+        """The run's partition was just taken over from a worker that is gone."""
+        held = self._held.get(self.subjects.partition(run_id))
+        return held is not None and held.moved_until > time.monotonic()
 
     async def _unroutable(self, msg: Msg) -> None:
         reason = (

@@ -27,6 +27,8 @@ from streams._subjects import Subjects
 class Lease:
     partition: int
     revision: int
+    taken_over: bool = False
+    """taken from a holder that is gone (not free): its runs were mid-way elsewhere"""
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ class Leases:
             rev = await self.kv.update(key, me, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
-        return Lease(partition, rev)
+        return Lease(partition, rev, taken_over=True)
 
     async def renew(self, lease: Lease) -> bool:
         """Renew; False means someone else took it (stop consuming that partition)."""
