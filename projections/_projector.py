@@ -11,6 +11,7 @@ When caught up it sleeps until the journal's republish subject says there is mor
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -524,16 +525,29 @@ class _ShardLocks:
         self._tag = f"ms-projector:{projector.name}"[:63]
 
     async def __aenter__(self) -> _ShardLocks:
-        self._conn = await self.p.pool.acquire()
-        await self._conn.execute(f"SET application_name = '{_quoted(self._tag)}'")
+        await self._connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         with anyio.CancelScope(shield=True):
-            if self._conn is not None:
-                # released to the pool, which resets it: its advisory locks go too
-                await self.p.pool.release(self._conn)
-                self._conn = None
+            await self._lose_all()
+
+    async def _connect(self) -> None:
+        conn = await self.p.pool.acquire()
+        self._conn = conn
+        await conn.execute(f"SET application_name = '{_quoted(self._tag)}'")
+
+    async def _lose_all(self) -> None:
+        """Project nothing until the locks are taken again (the connection that held
+        them failed, or the projector stops): released to the pool, which resets it, so
+        its advisory locks go too."""
+        for shard in self.held:
+            self.p._drop(shard)
+        self.held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self.p.pool.release(conn)
 
     async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._round()
@@ -541,10 +555,14 @@ class _ShardLocks:
         while True:
             await anyio.sleep(SHARE_EVERY_S)
             try:
+                if self._conn is None:
+                    await self._connect()
                 await self._round()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # PostgreSQL unreachable: the projector's commits fail and retry anyway
-                log.warning("projector_share_failed", error=str(exc))
+                # PostgreSQL unreachable or restarted: the locks may be gone with the
+                # connection. Project nothing, and take them again once it answers.
+                log.warning("projector_share_failed", error=str(exc), held=sorted(self.held))
+                await self._lose_all()
 
     async def _round(self) -> None:
         conn = self._conn
