@@ -257,3 +257,34 @@ async def test_handler_services_can_split_the_shards(nc: NATS, subjects: Subject
         tg.cancel_scope.cancel()
     with pytest.raises(ConfigError, match="not shards of this deployment"):
         HandlerService(nc, handlers, subjects=subjects, shards=[4])
+
+
+async def test_a_projector_whose_lock_connection_dies_takes_its_shards_again(
+    nc: NATS, subjects: Subjects, pool: asyncpg.Pool
+) -> None:
+    """PostgreSQL drops the connection holding a projector's shard locks (a restart, a
+    cut): the projector stops projecting on locks it may no longer hold, takes them
+    again on a new connection, and goes on."""
+    projector = Projector(nc, pool, subjects)
+    async with running(nc, subjects, registry) as h, anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        assert projector.held == [0, 1, 2, 3]
+        killed = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'ms-projector:main'"
+        )
+        assert killed == 1
+
+        async def let_go() -> bool:
+            return projector.held == []
+
+        async def taken_again() -> bool:
+            return projector.held == [0, 1, 2, 3]
+
+        await wait_until(let_go, timeout=10)
+        await wait_until(taken_again, timeout=10)
+        rid = await h.client.start("chain", 2, run_id="after")
+        assert await h.client.result(rid, timeout=20) == 2
+        await projected(projector, nc, subjects)
+        tg.cancel_scope.cancel()
+    assert await pool.fetchval("SELECT status FROM runs WHERE run_id = 'after'") == "completed"
