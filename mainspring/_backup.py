@@ -28,7 +28,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import ConfigError
-from streams import ApiError, EffectMarkers, Leases, Subjects, api_request, stream_info
+from streams import (
+    ApiError,
+    EffectMarkers,
+    Leases,
+    Subjects,
+    api_request,
+    consumer_infos,
+    stream_info,
+)
 
 FORMAT = "mainspring-backup/1"
 MANIFEST = "manifest.json"
@@ -82,27 +90,12 @@ async def check_quiet(nc: NATS, subjects: Subjects, what: str) -> None:
             f"handler before {what} (runs would move while it reads the streams)"
         )
     for stream in subjects.journal_streams:
-        for info in await _consumers(nc, stream):
+        for info in await consumer_infos(nc, stream):
             if info.get("num_waiting", 0) or info.get("push_bound"):
                 raise ConfigError(
                     f"consumer {info['name']} of {stream} has a reader connected (a "
                     f"handler?): stop every worker and handler before {what}"
                 )
-
-
-async def _consumers(nc: NATS, stream: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    while True:
-        try:
-            page = await api_request(nc, f"$JS.API.CONSUMER.LIST.{stream}", {"offset": len(found)})
-        except ApiError as e:
-            if e.err_code == 10059:  # no such stream
-                return found
-            raise
-        infos = page.get("consumers") or []
-        found += infos
-        if not infos or len(found) >= int(page.get("total", 0)):
-            return found
 
 
 async def backup(

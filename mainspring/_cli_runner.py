@@ -139,10 +139,13 @@ async def _layout(nc: NATS, prefix: str, partitions: int, shards: int | None) ->
     """The deployment's subjects: its shards as it was created with (``shards`` given
     and different is refused, naming the number to give), or ``shards`` (1 if not
     given) for a deployment not created yet."""
-    found = await deployed_shards(nc, Subjects(prefix, partitions))
-    subjects = Subjects(prefix, partitions, shards or found or 1)
-    await check_shards(nc, subjects)
-    return subjects
+    if shards is not None:
+        subjects = Subjects(prefix, partitions, shards)
+        await check_shards(nc, subjects)
+        return subjects
+    return Subjects(
+        prefix, partitions, await deployed_shards(nc, Subjects(prefix, partitions)) or 1
+    )
 
 
 def run_command(

@@ -37,8 +37,8 @@ from streams import (
     Verdict,
     chain,
     is_placeholder,
+    journal_states,
     read_records,
-    stream_info,
     stream_seq,
 )
 
@@ -501,11 +501,7 @@ async def check_index(
 
 async def _journal_first_seqs(nc: NATS, subjects: Subjects) -> list[int]:
     """Each shard's journal's first sequence (0: no such stream)."""
-    found = []
-    for stream in subjects.journal_streams:
-        info = await stream_info(nc, stream)
-        found.append(int(info["state"]["first_seq"]) if info is not None else 0)
-    return found
+    return [int(state.get("first_seq", 0)) for state in await journal_states(nc, subjects)]
 
 
 async def check_objects(objects: Objects, checkers: dict[str, ChainChecker]) -> list[Problem]:

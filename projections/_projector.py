@@ -47,8 +47,8 @@ from streams import (
     decode_record,
     ensure_topology,
     is_placeholder,
+    journal_states,
     read_records,
-    stream_info,
 )
 
 if TYPE_CHECKING:
@@ -269,9 +269,9 @@ class Projector:
         """Refuse projections that are past the end of the journal: restored from a
         PostgreSQL dump newer than the streams' backup, entries appended from now on
         would land at sequences the projector believes done, and never be projected."""
+        states = await journal_states(self.nc, self.subjects)
         for shard in self.shards:
-            info = await stream_info(self.nc, self.subjects.journal_stream_of(shard))
-            last = int((info or {}).get("state", {}).get("last_seq", 0))
+            last = int(states[shard].get("last_seq", 0))
             if self.stats.positions[shard] > last:
                 raise ConfigError(
                     f"the projections ({self.position_name(shard)!r}) are at journal "

@@ -33,7 +33,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from schemas import ConfigError, JournalError
-from streams._jsapi import ApiError, api_request, purge_subject, stream_info
+from streams._jsapi import ApiError, api_request, consumer_infos, purge_subject, stream_info
 from streams._keys import HDR_MAC, Keyring
 from streams._publish import publish_checked
 from streams._records import Record, read_all, read_records
@@ -222,26 +222,18 @@ class JournalEraser:
     async def _consumers(self) -> list[_Consumer]:
         """The journal's consumers and where each is; refuses while one has a reader."""
         found: list[_Consumer] = []
-        offset = 0
-        while True:
-            page = await api_request(
-                self._nc, f"$JS.API.CONSUMER.LIST.{self._stream}", {"offset": offset}
-            )
-            infos = page.get("consumers") or []
-            for info in infos:
-                if not info["config"].get("durable_name"):
-                    continue  # an ephemeral reader's (an audit's): it goes with its reader
-                if info.get("num_waiting", 0) or info.get("push_bound"):
-                    raise ConfigError(
-                        f"consumer {info['name']} of {self._stream} has a reader "
-                        "connected (a handler?): stop every worker, handler and projector "
-                        "of this deployment before erasing"
-                    )
-                floor = int(info.get("ack_floor", {}).get("stream_seq", 0))
-                found.append(_Consumer(info["config"], floor + 1))
-            offset += len(infos)
-            if not infos or offset >= int(page.get("total", 0)):
-                return found
+        for info in await consumer_infos(self._nc, self._stream):
+            if not info["config"].get("durable_name"):
+                continue  # an ephemeral reader's (an audit's): it goes with its reader
+            if info.get("num_waiting", 0) or info.get("push_bound"):
+                raise ConfigError(
+                    f"consumer {info['name']} of {self._stream} has a reader "
+                    "connected (a handler?): stop every worker, handler and projector "
+                    "of this deployment before erasing"
+                )
+            floor = int(info.get("ack_floor", {}).get("stream_seq", 0))
+            found.append(_Consumer(info["config"], floor + 1))
+        return found
 
     async def _copy_out(self, plan: _Plan) -> None:
         erased = {e.run_id for e in plan.erasures}

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -180,11 +181,7 @@ class Journal:
 
     async def last_seqs(self) -> list[int]:
         """Each shard's journal stream's last sequence (0: no stream, or nothing yet)."""
-        found = []
-        for stream in self._s.journal_streams:
-            info = await stream_info(self._nc, stream)
-            found.append(0 if info is None else int(info.get("state", {}).get("last_seq", 0)))
-        return found
+        return [int(state.get("last_seq", 0)) for state in await journal_states(self._nc, self._s)]
 
     async def last_seq(self) -> int:
         """Shard 0's journal stream's last sequence (0: no stream, or nothing yet)."""
@@ -294,6 +291,16 @@ class Journal:
         except PayloadUnavailable as e:
             raise JournalCorrupt(stored.event.run_id, stored.n, str(e)) from e
         return stored if event is stored.event else replace(stored, event=event)
+
+
+async def journal_states(nc: NATS, subjects: Subjects) -> list[dict[str, Any]]:
+    """Each shard's journal stream's state (``first_seq``, ``last_seq``, ...), shard 0
+    first; empty for a stream that does not exist."""
+    found = []
+    for stream in subjects.journal_streams:
+        info = await stream_info(nc, stream)
+        found.append({} if info is None else dict(info.get("state", {})))
+    return found
 
 
 def decode_record(rec: Record) -> StoredEvent:

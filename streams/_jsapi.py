@@ -242,6 +242,23 @@ async def stream_info(nc: NATS, name: str) -> dict[str, Any] | None:
     return info
 
 
+async def consumer_infos(nc: NATS, stream: str) -> list[dict[str, Any]]:
+    """Every consumer of ``stream`` as the server describes it (its config, where it
+    is, whether a reader is connected); none when there is no such stream."""
+    found: list[dict[str, Any]] = []
+    while True:
+        try:
+            page = await api_request(nc, f"$JS.API.CONSUMER.LIST.{stream}", {"offset": len(found)})
+        except ApiError as e:
+            if e.err_code == _STREAM_NOT_FOUND:
+                return found
+            raise
+        infos = page.get("consumers") or []
+        found += infos
+        if not infos or len(found) >= int(page.get("total", 0)):
+            return found
+
+
 async def purge_subject(
     nc: NATS, stream: str, subjects_filter: str, *, missing_ok: bool = False
 ) -> int:

@@ -159,7 +159,7 @@ def test_no_package_holds_more_than_a_quarter_of_the_code() -> None:
 
 PUBLIC = {
     "schemas": 91,
-    "streams": 89,
+    "streams": 91,
     "servers": 3,
     "client": 3,
     "handlers": 4,
